@@ -1,0 +1,280 @@
+"""Checkpoints: our own format (safetensors + config JSON) and the official one (torch.save'd dict).
+
+Every rename between our parameter names and the official ones lives in the tables below.
+Loading never executes pickled code: `weights_only=True`, allow-listing only the argparse
+Namespace that official training checkpoints carry under `args`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, ModelConfig, get_config
+from .model import FractalModel
+
+FORMAT_VERSION = "1"
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED = {"mnist": ASSETS / "mnist.safetensors"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+# ---- official names --------------------------------------------------------------------
+
+# Inside a level (ours -> official), by generator kind. Applied to the part after the level prefix.
+_COMMON_LEVEL = [
+    (r"^patch_embed\.", "patch_emb."), (r"^embed_norm\.", "patch_emb_ln."), (r"^cond_embed\.", "cond_emb."),
+    (r"^pos_embed$", "pos_embed_learned"), (r"^guide_embed\.", "pix_proj."), (r"^guide_head\.", "guiding_pixel_loss."),
+]
+_LEVEL_RENAMES = {
+    "ar": _COMMON_LEVEL + [
+        (r"\.attn_norm\.", ".attention_norm."), (r"\.attn\.qkv\.", ".attention.wqkv."),
+        (r"\.attn\.proj\.", ".attention.wo."), (r"\.mlp_norm\.", ".ffn_norm."),
+        (r"\.mlp\.gate\.", ".feed_forward.w1."), (r"\.mlp\.up\.", ".feed_forward.w3."),
+        (r"\.mlp\.down\.", ".feed_forward.w2."),
+    ],
+    "mar": _COMMON_LEVEL,
+}
+_CHANNEL_NAMES = "rgb"
+
+
+def _pixel_head_key(key: str) -> str:
+    """Pixel-head parameter (ours -> official): per-channel tables are r/g/b_codebook, biases r/g/b_mlm."""
+    def channel(i):
+        i = int(i)
+        return _CHANNEL_NAMES[i] if i < len(_CHANNEL_NAMES) else f"c{i}"
+
+    key = re.sub(r"^codebooks\.(\d+)\.", lambda m: f"{channel(m.group(1))}_codebook.", key)
+    key = re.sub(r"^logit_bias\.(\d+)$", lambda m: f"{channel(m.group(1))}_mlm.bias", key)
+    return re.sub(r"^embed_norm\.", "ln.", key)
+
+
+def official_key(key: str, config: ModelConfig) -> str:
+    """Our state-dict key -> the official one."""
+    if key == "null_class":
+        return "fake_latent"
+    if key.startswith("class_embed."):
+        return "class_emb." + key[len("class_embed."):]
+    if key.startswith("pixel_head."):
+        return "next_fractal." * config.num_levels + _pixel_head_key(key[len("pixel_head."):])
+    m = re.match(r"^levels\.(\d+)\.(.*)$", key)
+    if not m:
+        raise KeyError(key)
+    depth, rest = int(m.group(1)), m.group(2)
+    if rest.startswith("guide_head."):
+        rest = "guiding_pixel_loss." + _pixel_head_key(rest[len("guide_head."):])
+    else:
+        for pattern, repl in _LEVEL_RENAMES[config.kinds[depth]]:
+            rest = re.sub(pattern, repl, rest)
+    return "next_fractal." * depth + "generator." + rest
+
+
+def official_state_dict(model: FractalModel) -> dict[str, torch.Tensor]:
+    return {official_key(k, model.config): v for k, v in model.state_dict().items()}
+
+
+# ---- safe torch.load ---------------------------------------------------------------------
+
+def _plain(value) -> bool:
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def safe_torch_load(path: str | Path) -> dict:
+    """torch.load with weights_only=True; an argparse.Namespace of plain values is the only class allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files
+    except Exception as e:  # the unpickler's refusal, a truncated zip, garbage bytes ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"refusing to load {path}: it holds objects that would run code when "
+                                  f"unpickled ({msg[:200]})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {msg[:300]}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a checkpoint dict (got {type(obj).__name__})")
+    args = obj.get("args")
+    if args is not None and not (isinstance(args, argparse.Namespace) and _plain(vars(args))):
+        raise CheckpointError(f"refusing {path}: its 'args' entry is not an argparse Namespace of plain values")
+    return obj
+
+
+# ---- official format ---------------------------------------------------------------------
+
+def _official_config_from_args(args: argparse.Namespace | None) -> ModelConfig | None:
+    """The official training args name the model (e.g. --model fractalmar_in64)."""
+    name = getattr(args, "model", None) if args is not None else None
+    try:
+        return get_config(name) if isinstance(name, str) else None
+    except ConfigError:
+        return None
+
+
+def load_official(path, config=None) -> FractalModel:
+    """An official-format file ({'model': state_dict, ...}) into a model of the matching config."""
+    ckpt = safe_torch_load(path)
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no 'model' state dict (keys: {', '.join(map(str, ckpt)) or 'none'})")
+    cfg = get_config(config) if config is not None else _official_config_from_args(ckpt.get("args"))
+    if cfg is None:
+        raise CheckpointError(f"{path} is an official-format checkpoint: say which model it is "
+                              f"(a preset name or a config)")
+    with torch.device("meta"):
+        model = FractalModel(cfg)
+    ours = {}
+    expected = {official_key(k, cfg): (k, v.shape) for k, v in model.state_dict().items()}
+    for key, (our_key, shape) in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key {key} for config {cfg.name!r}")
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {key} is not a tensor")
+        if tuple(value.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                                  f"model {tuple(shape)} (config {cfg.name!r})")
+        ours[our_key] = value
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]} ({len(unexpected)} in all) "
+                              f"for config {cfg.name!r}")
+    model.load_state_dict(ours, assign=True, strict=True)
+    return model
+
+
+def save_official(model: FractalModel, path, **extra):
+    """Export to the official layout ({'model': state_dict, **extra}), written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model).items()}
+    atomic_save(lambda f: torch.save({"model": state, **extra}, f), path)
+
+
+# ---- our format -----------------------------------------------------------------------------
+
+def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
+    """Safetensors weights with the config (and optional recommended sampling settings) as metadata."""
+    from safetensors.torch import save as st_save
+
+    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+               .cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "fractalgen", "version": FORMAT_VERSION, "config": model.config.to_json()}
+    if sampling:
+        meta["sampling"] = json.dumps(sampling)
+    data = st_save(tensors, metadata=meta)
+    atomic_save(lambda f: f.write(data), path)
+
+
+def read_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
+
+
+def load_ours(path, config=None) -> FractalModel:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if "config" not in meta and config is None:
+        raise CheckpointError(f"{path} carries no config: pass one")
+    try:
+        cfg = get_config(config) if config is not None else ModelConfig.from_dict(json.loads(meta["config"]))
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: bad config in metadata: {e}") from None
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
+    with torch.device("meta"):
+        model = FractalModel(cfg)
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key {key}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: shape mismatch for {key}: checkpoint {tuple(state[key].shape)}, "
+                                  f"model {tuple(value.shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # bf16 files load as fp32
+    model.load_state_dict(state, assign=True, strict=True)
+    model.sampling_defaults = json.loads(meta["sampling"]) if "sampling" in meta else {}
+    return model
+
+
+def resolve(path) -> Path:
+    """A bundled model name, a file, or a directory holding model.safetensors."""
+    if str(path) in BUNDLED:
+        p = BUNDLED[str(path)]
+        if not p.is_file():
+            raise CheckpointError(f"the bundled model {path!r} is not installed ({p} missing)")
+        return p
+    p = Path(path)
+    if p.is_dir():
+        for name in ("model.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"no model.safetensors in directory {p}")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def load(path, config=None, device=None) -> FractalModel:
+    """Load any checkpoint (ours, official, or a bundled name) into a model in eval mode."""
+    p = resolve(path)
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if len(head) == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
+    is_torch = head[:2] == b"PK" or head[:1] == b"\x80"  # zip container or a legacy pickle
+    model = load_official(p, config) if is_torch else load_ours(p, config)
+    if not hasattr(model, "sampling_defaults"):
+        model.sampling_defaults = {}
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def atomic_save(write, path):
+    """Write through a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,340 @@
+"""Configuration: one frozen dataclass per level, one for the model, presets by name.
+
+A fractal model is a list of square sizes, one per level, each dividing the previous:
+(64, 4, 1) means level 0 sees a 64x64 image as a 16x16 grid of 4x4 patches, level 1
+sees a 4x4 patch as a 4x4 grid of pixels, and the pixel head models the channels of
+one pixel. Every level but the last is a generator (`ar` or `mar`); the last entry's
+width/blocks/heads belong to the pixel head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GENERATOR_KINDS = ("ar", "mar")
+CFG_SCHEDULES = ("linear", "constant")
+
+# Fixed by the official code (SPEC 5): the guiding-pixel head is a small pixel head.
+GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0
+# Fixed by the official AR blocks (SPEC 4), not taken from the dropout options.
+AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT = 0.1, 0.0
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One generator level: models a `size` x `size` square as a grid of `patch_size` patches."""
+
+    kind: str  # "ar" (raster order, causal) or "mar" (random order, bidirectional)
+    size: int  # side of the square this level generates
+    patch_size: int  # side of the square handed to the next level
+    width: int
+    blocks: int
+    heads: int
+    cond_width: int  # width of the conditions it receives (the previous level's width)
+    num_conds: int  # conditions it consumes: 1 for AR, the model's num_conds for MAR
+    guiding_pixel: bool  # predict the patch's mean colour first (MAR levels >= 1)
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid**2
+
+
+@dataclass(frozen=True)
+class PixelHeadConfig:
+    """The last level: a causal transformer over the C channels of one pixel."""
+
+    width: int
+    blocks: int
+    heads: int
+    cond_width: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    img_sizes: tuple[int, ...]
+    widths: tuple[int, ...]
+    blocks: tuple[int, ...]
+    heads: tuple[int, ...]
+    kinds: tuple[str, ...]  # one per generator level (len(img_sizes) - 1)
+    channels: int = 3
+    num_classes: int = 1000  # 0 = unconditional only
+    num_conds: int = 1
+    guiding_pixel: bool = False
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    label_drop_prob: float = 0.1
+    r_weight: float = 5.0  # weight of the first channel's loss in training
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: tuple[float, ...] = IMAGENET_STD
+    # Recommended sampling settings (the official ones for the official presets).
+    num_iter: tuple[int, ...] | None = None  # per generator level; None = sequence lengths
+    cfg: float = 1.0
+    temperature: float = 1.0
+    cfg_schedule: str = "linear"
+    name: str = "custom"
+
+    def __post_init__(self):
+        # Normalise lists to tuples so configs built from JSON compare equal and hash.
+        for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "num_iter"):
+            value = getattr(self, f)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, f, tuple(value))
+        self._validate()
+
+    def _validate(self):
+        n = len(self.img_sizes)
+        if n < 2:
+            raise ConfigError(f"need at least two image sizes (a generator and the pixel head), got {list(self.img_sizes)}")
+        for f in ("widths", "blocks", "heads"):
+            if len(getattr(self, f)) != n:
+                raise ConfigError(f"{f} has {len(getattr(self, f))} entries, img_sizes has {n}")
+        if len(self.kinds) != n - 1:
+            raise ConfigError(f"kinds needs one entry per generator level ({n - 1}), got {len(self.kinds)}")
+        if self.img_sizes[-1] != 1:
+            raise ConfigError(f"the last image size must be 1 (the pixel head), got {self.img_sizes[-1]}")
+        for a, b in zip(self.img_sizes, self.img_sizes[1:]):
+            if not isinstance(a, int) or not isinstance(b, int) or b < 1 or a <= b or a % b:
+                raise ConfigError(f"each image size must be a multiple of the next, larger than it: {a} and {b} in {list(self.img_sizes)}")
+        for kind in self.kinds:
+            if kind not in GENERATOR_KINDS:
+                raise ConfigError(f"unknown generator kind {kind!r} (choose from {', '.join(GENERATOR_KINDS)})")
+        for w, h in zip(self.widths, self.heads):
+            if w < 1 or h < 1 or w % h:
+                raise ConfigError(f"width {w} is not divisible by {h} heads")
+        for i, kind in enumerate(self.kinds):
+            head_dim = self.widths[i] // self.heads[i]
+            if kind == "ar" and head_dim % 4:
+                raise ConfigError(f"AR level {i}: head dim {head_dim} must be a multiple of 4 for the 2-D rotary embedding")
+        if any(b < 0 for b in self.blocks):
+            raise ConfigError(f"blocks must be >= 0, got {list(self.blocks)}")
+        if self.channels < 1:
+            raise ConfigError(f"channels must be >= 1, got {self.channels}")
+        if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels:
+            raise ConfigError(f"pixel_mean and pixel_std need {self.channels} entries (one per channel)")
+        if any(s <= 0 for s in self.pixel_std):
+            raise ConfigError("pixel_std entries must be positive")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        if not 1 <= self.num_conds <= 5:
+            raise ConfigError(f"num_conds must be 1..5 (a MAR level hands down 5 conditions), got {self.num_conds}")
+        for f in ("attn_dropout", "proj_dropout", "label_drop_prob"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
+        if self.r_weight <= 0:
+            raise ConfigError(f"r_weight must be positive, got {self.r_weight}")
+        if self.num_iter is not None and (len(self.num_iter) != n - 1 or any(k < 1 for k in self.num_iter)):
+            raise ConfigError(f"num_iter needs {n - 1} positive entries (one per generator level), got {list(self.num_iter)}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"unknown cfg schedule {self.cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+
+    # ---- derived structure -------------------------------------------------
+
+    @property
+    def num_levels(self) -> int:
+        """Number of generator levels (the pixel head not counted)."""
+        return len(self.img_sizes) - 1
+
+    @property
+    def img_size(self) -> int:
+        return self.img_sizes[0]
+
+    @property
+    def levels(self) -> tuple[LevelConfig, ...]:
+        out = []
+        for i, kind in enumerate(self.kinds):
+            out.append(LevelConfig(
+                kind=kind,
+                size=self.img_sizes[i],
+                patch_size=self.img_sizes[i + 1],
+                width=self.widths[i],
+                blocks=self.blocks[i],
+                heads=self.heads[i],
+                cond_width=self.widths[i - 1] if i > 0 else self.widths[0],
+                num_conds=1 if kind == "ar" else self.num_conds,
+                guiding_pixel=self.guiding_pixel and kind == "mar" and i > 0,
+            ))
+        return tuple(out)
+
+    @property
+    def pixel_head(self) -> PixelHeadConfig:
+        return PixelHeadConfig(width=self.widths[-1], blocks=self.blocks[-1], heads=self.heads[-1],
+                               cond_width=self.widths[-2])
+
+    @property
+    def default_num_iter(self) -> tuple[int, ...]:
+        return self.num_iter if self.num_iter is not None else tuple(lv.seq_len for lv in self.levels)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- (de)serialisation -------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Our own field names, or the official constructor's (see OFFICIAL_FIELDS)."""
+        d = dict(d)
+        if any(k in d for k in OFFICIAL_FIELDS):
+            return cls.from_official(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_official(cls, d: dict, **overrides) -> "ModelConfig":
+        """Build from the official constructor's field names (plus optional `channels`)."""
+        d = dict(d)
+        unknown = sorted(set(d) - set(OFFICIAL_FIELDS) - set(EXTRA_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        missing = [k for k in ("img_size_list", "embed_dim_list", "num_blocks_list", "num_heads_list",
+                               "generator_type_list") if k not in d]
+        if missing:
+            raise ConfigError(f"config is missing {', '.join(missing)}")
+        kinds = list(d["generator_type_list"])
+        # The official list has an entry for the pixel head too (ignored); accept both lengths.
+        if len(kinds) == len(d["img_size_list"]):
+            kinds = kinds[:-1]
+        kw = dict(
+            img_sizes=d["img_size_list"], widths=d["embed_dim_list"], blocks=d["num_blocks_list"],
+            heads=d["num_heads_list"], kinds=kinds,
+        )
+        for official, ours in OFFICIAL_FIELDS.items():
+            if ours is not None and official in d:
+                kw[ours] = d[official]
+        for k in EXTRA_FIELDS:
+            if k in d:
+                kw[k] = d[k]
+        channels = kw.get("channels", 3)
+        if channels != 3 and "pixel_mean" not in kw:
+            kw["pixel_mean"], kw["pixel_std"] = (0.5,) * channels, (0.5,) * channels
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_official(self) -> dict:
+        """The official constructor's fields (the form the authors' `args` would carry)."""
+        return {
+            "img_size_list": list(self.img_sizes), "embed_dim_list": list(self.widths),
+            "num_blocks_list": list(self.blocks), "num_heads_list": list(self.heads),
+            "generator_type_list": list(self.kinds) + ["ar"], "class_num": self.num_classes,
+            "num_conds": self.num_conds, "guiding_pixel": self.guiding_pixel,
+            "attn_dropout": self.attn_dropout, "proj_dropout": self.proj_dropout,
+            "label_drop_prob": self.label_drop_prob, "r_weight": self.r_weight, "channels": self.channels,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "ModelConfig":
+        try:
+            d = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(d)
+
+
+# Official constructor field -> ours (None: structural, handled explicitly).
+OFFICIAL_FIELDS = {
+    "img_size_list": None, "embed_dim_list": None, "num_blocks_list": None, "num_heads_list": None,
+    "generator_type_list": None, "class_num": "num_classes", "num_conds": "num_conds",
+    "guiding_pixel": "guiding_pixel", "attn_dropout": "attn_dropout", "proj_dropout": "proj_dropout",
+    "label_drop_prob": "label_drop_prob", "r_weight": "r_weight",
+}
+# Our additions accepted beside the official fields.
+EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name")
+
+
+# ---- presets ---------------------------------------------------------------
+
+def _official(name, sizes, widths, blocks, heads, kind, guiding, num_iter, cfg, temperature):
+    n = len(sizes) - 1
+    return ModelConfig(
+        img_sizes=sizes, widths=widths, blocks=blocks, heads=heads, kinds=(kind,) * n,
+        num_classes=1000, num_conds=1 if kind == "ar" else 5, guiding_pixel=guiding,
+        num_iter=num_iter, cfg=cfg, temperature=temperature, name=name,
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The five official models (SPEC 2, sampling settings SPEC 8).
+    "fractalar_in64": _official("fractalar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
+                                "ar", False, (64, 16), 11.0, 1.03),
+    "fractalmar_in64": _official("fractalmar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
+                                 "mar", False, (64, 16), 6.5, 1.02),
+    "fractalmar_base_in256": _official("fractalmar_base_in256", (256, 16, 4, 1), (768, 384, 192, 64),
+                                       (24, 6, 3, 1), (12, 6, 3, 4), "mar", True, (64, 16, 16), 29.0, 1.1),
+    "fractalmar_large_in256": _official("fractalmar_large_in256", (256, 16, 4, 1), (1024, 512, 256, 64),
+                                        (32, 8, 4, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 21.0, 1.1),
+    "fractalmar_huge_in256": _official("fractalmar_huge_in256", (256, 16, 4, 1), (1280, 640, 320, 64),
+                                       (40, 10, 5, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 19.0, 1.1),
+    # Small models for CPU work. MNIST digits are padded from 28 to 32 (a preset choice).
+    "mnist_ar": ModelConfig(
+        img_sizes=(32, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
+        channels=1, num_classes=10, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,
+        pixel_mean=(0.5,), pixel_std=(0.5,), cfg=2.0, temperature=1.0, name="mnist_ar",
+    ),
+    "mnist_mar": ModelConfig(
+        img_sizes=(32, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("mar", "mar"),
+        channels=1, num_classes=10, num_conds=5, attn_dropout=0.0, proj_dropout=0.0,
+        pixel_mean=(0.5,), pixel_std=(0.5,), num_iter=(16, 8), cfg=2.0, temperature=1.0, name="mnist_mar",
+    ),
+    # The speed benchmark's configurations (RGB 32x32, levels 32/4/1, 10 classes).
+    "cifar_ar": ModelConfig(
+        img_sizes=(32, 4, 1), widths=(256, 128, 64), blocks=(6, 2, 1), heads=(8, 4, 4), kinds=("ar", "ar"),
+        num_classes=10, num_conds=1, num_iter=(16, 16), cfg=2.0, name="cifar_ar",
+    ),
+    "cifar_mar": ModelConfig(
+        img_sizes=(32, 4, 1), widths=(256, 128, 64), blocks=(6, 2, 1), heads=(8, 4, 4), kinds=("mar", "mar"),
+        num_classes=10, num_conds=5, num_iter=(16, 16), cfg=2.0, name="cifar_mar",
+    ),
+    # Tiny RGB models for tests (the shapes of the reference test vectors).
+    "tiny_ar": ModelConfig(
+        img_sizes=(16, 4, 1), widths=(64, 32, 16), blocks=(2, 1, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
+        num_classes=10, num_conds=1, name="tiny_ar",
+    ),
+    "tiny_mar": ModelConfig(
+        img_sizes=(16, 4, 1), widths=(64, 32, 16), blocks=(2, 1, 1), heads=(4, 2, 2), kinds=("mar", "mar"),
+        num_classes=10, num_conds=5, name="tiny_mar",
+    ),
+    "tiny_mar_gp4": ModelConfig(
+        img_sizes=(16, 4, 2, 1), widths=(64, 32, 32, 16), blocks=(2, 1, 1, 1), heads=(4, 2, 2, 2),
+        kinds=("mar", "mar", "mar"), num_classes=10, num_conds=5, guiding_pixel=True, name="tiny_mar_gp4",
+    ),
+}
+
+
+def get_config(config) -> ModelConfig:
+    """A preset name, a ModelConfig, a dict (ours or official field names) or a JSON file path."""
+    if isinstance(config, ModelConfig):
+        return config
+    if isinstance(config, dict):
+        return ModelConfig.from_dict(config)
+    if isinstance(config, (str, Path)):
+        if str(config) in PRESETS:
+            return PRESETS[str(config)]
+        if str(config).endswith(".json"):
+            return ModelConfig.from_json_file(config)
+        raise ConfigError(f"unknown preset {str(config)!r} (choose from {', '.join(PRESETS)})")
+    raise ConfigError(f"cannot make a config from {type(config).__name__}")

@@ -1,0 +1,105 @@
+"""The AR level (SPEC 4): raster order, causal, LLaMA-style blocks with 2-D rotary embedding.
+
+Sequence = [condition token, patch_0, ..., patch_{N-2}]; the output at position i has seen
+the condition and patches < i, and is the condition for patch i. Sampling feeds one token
+per step through a key/value cache.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import AR_ATTN_DROPOUT, AR_RESIDUAL_DROPOUT, LevelConfig
+from ..nn import KVCache, LlamaBlock, rotary_table_2d
+from ..sampling import Known, SampleContext
+from .base import LevelOutput, Normalize, patchify, unpatchify
+
+
+class ARLevel(nn.Module):
+    def __init__(self, cfg: LevelConfig, channels: int, attn_dropout: float, proj_dropout: float,
+                 pixel_mean, pixel_std):
+        super().__init__()
+        # The dropout options do not apply: the official AR blocks fix them (SPEC 4).
+        del attn_dropout, proj_dropout
+        self.cfg = cfg
+        self.channels = channels
+        self.normalize = Normalize(pixel_mean, pixel_std)
+        width, p = cfg.width, cfg.patch_size
+        self.patch_embed = nn.Linear(channels * p * p, width)
+        self.cond_embed = nn.Linear(cfg.cond_width, width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len + 1, width))
+        self.embed_norm = nn.LayerNorm(width, eps=1e-6)
+        self.blocks = nn.ModuleList([LlamaBlock(width, cfg.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
+                                     for _ in range(cfg.blocks)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    def rotary(self, device):
+        return rotary_table_2d(self.cfg.grid, self.cfg.width // self.cfg.heads, num_prefix=1, device=device)
+
+    def hidden(self, patches, cond):
+        """patches (B, N, C*p*p) raw, cond (B, Dc) -> (B, N, D): row i conditions patch i."""
+        N = self.cfg.seq_len
+        # The last patch's token is never needed: causal attention keeps it from every output we use.
+        x = torch.cat([self.cond_embed(cond)[:, None], self.patch_embed(self.normalize(patches[:, :-1]))], dim=1)
+        x = self.embed_norm(x + self.pos_embed[:, :N])
+        rotary = self.rotary(x.device)[:N]
+        for block in self.blocks:
+            x = block(x, rotary)
+        return self.norm(x)
+
+    def forward_train(self, x, conds, mask_spec=None, weighted=True) -> LevelOutput:
+        """Every patch goes down (no masking in AR levels); mask_spec is accepted and ignored."""
+        B, p = x.shape[0], self.cfg.patch_size
+        patches = patchify(x, p)  # (B, N, C*p*p)
+        h = self.hidden(patches, conds[0])
+        return LevelOutput(
+            x=patches.reshape(-1, self.channels, p, p),
+            conds=[h.reshape(-1, h.shape[-1])],
+            parent=torch.arange(B, device=x.device).repeat_interleave(self.cfg.seq_len),
+        )
+
+    @torch.no_grad()
+    def sample(self, conds, cfg, ctx: SampleContext, known: Known | None, next_level, num_iter: int = 0,
+               schedule=None, on_step=None):
+        """Generate B squares patch by patch in raster order with a KV cache (num_iter is ignored: N steps).
+
+        conds (R, Dc) with R = 2B when guided. Fully known patches are fed, not generated;
+        partially known ones hand their known pixels to the next level. An AR level cannot look
+        ahead: a patch is generated from the condition and the patches before it in raster order.
+        """
+        B, N, p, C = cfg.shape[0], self.cfg.seq_len, self.cfg.patch_size, self.channels
+        device = conds[0].device
+        double = (lambda t: torch.cat([t, t])) if ctx.guided else (lambda t: t)
+        logp = torch.zeros(B, device=device)
+        patches = torch.zeros(B, N, C * p * p, device=device)
+        known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
+        if known is not None:
+            known_values, known_mask = patchify(known.values, p), patchify(known.mask, p)
+            patches = torch.where(known_mask, known_values, patches)
+            known_full = known_mask.all(-1)
+        rotary = self.rotary(device)
+        caches = [KVCache(N) for _ in self.blocks]
+        token = self.cond_embed(conds[0])  # (R, D): position 0
+        for t in range(N):
+            x = self.embed_norm(token[:, None] + self.pos_embed[:, t])
+            for block, cache in zip(self.blocks, caches):
+                x = block(x, rotary[t:t + 1], cache)
+            h = self.norm(x)[:, 0]  # (R, D): the condition for patch t
+            rows = (~known_full[:, t]).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                if schedule is not None:  # level 0: guidance ramps with the raster position
+                    cfg = schedule(ctx.cfg, torch.full((B,), (t + 1) / N, device=device))
+                next_known = None
+                if known is not None:
+                    next_known = Known(known_values[rows, t].view(-1, C, p, p), known_mask[rows, t].view(-1, C, p, p))
+                index = torch.cat([rows, rows + B]) if ctx.guided else rows
+                values, child_logp = next_level([h[index]], cfg[rows], next_known)
+                patches[rows, t] = values.reshape(rows.numel(), -1).to(patches.dtype)
+                logp.index_add_(0, rows, child_logp)
+            if t + 1 < N:
+                token = self.patch_embed(self.normalize(double(patches[:, t])))
+            if on_step is not None:
+                filled = torch.zeros(B, N, C * p * p, dtype=torch.bool, device=device)
+                filled[:, : t + 1] = True
+                on_step(unpatchify(patches, p, C), unpatchify(filled, p, C))
+        return unpatchify(patches, p, C), logp

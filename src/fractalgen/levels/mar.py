@@ -1,0 +1,203 @@
+"""The MAR level (SPEC 5): random order, bidirectional, masked.
+
+Sequence = [guiding-pixel token] + [cond_{n-1}, ..., cond_0] + [patch tokens, masked ones
+replaced by a learned token]; pre-LN ViT blocks. Each patch hands five conditions to the
+next level: its own hidden state and those of the patches above, right, below and left.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT, GUIDE_HEAD_WIDTH, LevelConfig
+from ..nn import ViTBlock
+from ..sampling import Known, SampleContext, cosine_masked_after
+from .base import LevelOutput, Normalize, complete_conds, patchify, unpatchify
+from .pixel import PixelHead
+
+# Neighbour offsets (row, column) of the five conditions: self, above, right, below, left.
+NEIGHBOURS = ((0, 0), (-1, 0), (0, 1), (1, 0), (0, -1))
+MASK_RATIO_STD = 0.25  # training mask ratio ~ N(1, 0.25) truncated to [0, 1]
+
+
+def training_mask(batch: int, seq_len: int, device, generator=None) -> torch.Tensor:
+    """Per row, ceil(N * ratio) random tokens masked, ratio ~ N(1.0, 0.25) truncated to [0, 1]."""
+    z = torch.randn(batch, device=device, generator=generator).abs()
+    while (z > 4.0).any():  # the truncation at ratio 0 (4 standard deviations): resample those rows
+        z = torch.where(z > 4.0, torch.randn(batch, device=device, generator=generator).abs(), z)
+    num_masked = torch.ceil(seq_len * (1.0 - MASK_RATIO_STD * z))  # (B,)
+    return mask_first_in_order(random_orders(batch, seq_len, device, generator), num_masked)
+
+
+def likelihood_mask(batch: int, seq_len: int, device, generator=None) -> torch.Tensor:
+    """One count k ~ U{1..N} for the whole batch, random positions per row (unbiased random-order NLL)."""
+    k = torch.randint(1, seq_len + 1, (1,), device=device, generator=generator).float().expand(batch)
+    return mask_first_in_order(random_orders(batch, seq_len, device, generator), k)
+
+
+def random_orders(batch: int, seq_len: int, device, generator=None, last: torch.Tensor | None = None):
+    """A random permutation per row (B, N); tokens flagged in `last` (B, N) go after all others."""
+    keys = torch.rand(batch, seq_len, device=device, generator=generator)
+    if last is not None:
+        keys = keys + 2.0 * last
+    return keys.argsort(dim=1)
+
+
+def mask_first_in_order(orders: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Bool (B, N): the first count[b] tokens of orders[b] are masked."""
+    B, N = orders.shape
+    first = torch.arange(N, device=orders.device)[None] < count[:, None]  # (B, N) in order space
+    return torch.zeros_like(first).scatter(1, orders, first)
+
+
+class MARLevel(nn.Module):
+    def __init__(self, cfg: LevelConfig, channels: int, attn_dropout: float, proj_dropout: float,
+                 pixel_mean, pixel_std):
+        super().__init__()
+        self.cfg = cfg
+        self.channels = channels
+        self.num_conds = cfg.num_conds
+        self.num_prefix = cfg.num_conds + int(cfg.guiding_pixel)
+        self.normalize = Normalize(pixel_mean, pixel_std)
+        width, p = cfg.width, cfg.patch_size
+        self.patch_embed = nn.Linear(channels * p * p, width)
+        self.cond_embed = nn.Linear(cfg.cond_width, width)
+        if cfg.guiding_pixel:
+            self.guide_embed = nn.Linear(channels, width)
+            self.guide_head = PixelHead(channels, cfg.cond_width, GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS,
+                                        GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + cfg.seq_len, width))
+        self.embed_norm = nn.LayerNorm(width, eps=1e-6)
+        self.blocks = nn.ModuleList([ViTBlock(width, cfg.heads, attn_dropout, proj_dropout)
+                                     for _ in range(cfg.blocks)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    # ---- the transformer ---------------------------------------------------------
+
+    def hidden(self, patches, mask, conds, guide=None):
+        """patches (R, N, C*p*p) raw, mask (R, N) bool, conds list of (R, Dc), guide (R, C) -> (R, N, D)."""
+        x = self.patch_embed(self.normalize(patches))  # (R, N, D)
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        conds = complete_conds(conds, self.num_conds)
+        prefix = [self.cond_embed(torch.stack(conds[::-1], dim=1))]  # (R, n, D): cond_{n-1} ... cond_0
+        if self.cfg.guiding_pixel:
+            prefix.insert(0, self.guide_embed(guide)[:, None])  # (R, 1, D)
+        x = torch.cat(prefix + [x], dim=1) + self.pos_embed
+        x = self.embed_norm(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, self.num_prefix:]
+
+    def neighbour_conds(self, h, rows, index):
+        """The five conditions of patches (rows[k], index[k]) of h (R, N, D) -> list of (K, D)."""
+        R, N, D = h.shape
+        g = self.cfg.grid
+        padded = F.pad(h.view(R, g, g, D), (0, 0, 1, 1, 1, 1))  # (R, g+2, g+2, D), zeros beyond the border
+        r, c = index // g + 1, index % g + 1
+        return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
+
+    def guide_values(self, x):
+        """The patch's mean colour: raw mean (B, C) and its normalised value (what the token sees)."""
+        raw_mean = x.mean(dim=(2, 3))
+        return raw_mean, self.normalize(raw_mean)
+
+    # ---- training and likelihood ---------------------------------------------------
+
+    def forward_train(self, x, conds, mask_spec="train", weighted=True) -> LevelOutput:
+        """x (B, C, S, S) raw; mask_spec: "train", "eval", "all" or a bool tensor (B, N), True = masked."""
+        B = x.shape[0]
+        patches = patchify(x, self.cfg.patch_size)  # (B, N, C*p*p)
+        mask = self._mask(mask_spec, B, x.device)
+        guide, guide_nll = None, None
+        if self.cfg.guiding_pixel:
+            raw_mean, guide = self.guide_values(x)
+            # Official: a 0.01-std jitter before rounding breaks exact .5 ties at random instead of to even.
+            target = (raw_mean + 1e-2 * torch.randn_like(raw_mean)).round().long().clamp(0, 255)
+            guide_nll = self.guide_head.nll(conds[0], target, weighted)
+        h = self.hidden(patches, mask, conds, guide)
+        rows, index = mask.nonzero(as_tuple=True)  # only masked patches go down
+        p = self.cfg.patch_size
+        return LevelOutput(
+            x=patches[rows, index].view(-1, self.channels, p, p),
+            conds=self.neighbour_conds(h, rows, index),
+            parent=rows,
+            guide_nll=guide_nll,
+        )
+
+    def _mask(self, spec, batch, device):
+        n = self.cfg.seq_len
+        if isinstance(spec, torch.Tensor):
+            return spec.to(device=device, dtype=torch.bool)
+        if spec == "train":
+            return training_mask(batch, n, device)
+        if spec == "eval":
+            return likelihood_mask(batch, n, device)
+        if spec == "all":
+            return torch.ones(batch, n, dtype=torch.bool, device=device)
+        raise ValueError(f"unknown mask spec {spec!r}")
+
+    # ---- sampling ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, conds, cfg, ctx: SampleContext, known: Known | None, next_level, num_iter: int,
+               schedule=None, on_step=None):
+        """Generate B squares; conds (R, Dc) with R = 2B when guided, cfg (B,) handed down.
+
+        Fully known patches start revealed and are never generated; the others are revealed
+        in random order, `num_iter` steps on a cosine schedule, by the next level, which gets
+        the known pixels of partially known patches. Returns raw values (B, C, S, S) and the
+        log-probability of what was drawn (B,).
+        """
+        B, N, p, C = cfg.shape[0], self.cfg.seq_len, self.cfg.patch_size, self.channels
+        device = conds[0].device
+        double = (lambda t: torch.cat([t, t])) if ctx.guided else (lambda t: t)
+        logp = torch.zeros(B, device=device)
+
+        guide = None
+        if self.cfg.guiding_pixel:
+            guide_raw, guide_logp = self.guide_head.sample(conds[0], cfg, ctx)  # the mean colour first
+            logp += guide_logp
+            guide = double(self.normalize(guide_raw.float()))
+
+        patches = torch.zeros(B, N, C * p * p, device=device)
+        known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
+        known_values = known_mask = None
+        if known is not None:
+            known_values = patchify(known.values, p)
+            known_mask = patchify(known.mask, p)
+            patches = torch.where(known_mask, known_values, patches)
+            known_full = known_mask.all(-1)
+        mask = ~known_full  # True = still to generate
+        total = mask.sum(1)  # (B,)
+        orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
+        steps = min(N, num_iter)
+        for step in range(steps):
+            masked = mask.sum(1)
+            # Official clamping: keep at least one masked, reveal at least one (rows already done keep 0).
+            keep = torch.maximum(torch.ones_like(masked), torch.minimum(
+                masked - 1, cosine_masked_after(step, steps, total.float()).long())).minimum(masked)
+            reveal = mask if step == steps - 1 else mask & ~mask_first_in_order(orders, keep)
+            rows, index = reveal.nonzero(as_tuple=True)
+            if rows.numel():
+                if schedule is not None:  # level 0: guidance follows the fraction generated
+                    cfg = schedule(ctx.cfg, (total - keep).float() / total.clamp(min=1))
+                h = self.hidden(double(patches), double(mask), conds, guide)
+                next_conds = self.neighbour_conds(h, double_rows(rows, B, ctx.guided), double(index))
+                next_known = None
+                if known is not None:
+                    next_known = Known(known_values[rows, index].view(-1, C, p, p),
+                                       known_mask[rows, index].view(-1, C, p, p))
+                values, child_logp = next_level(next_conds, cfg[rows], next_known)
+                patches[rows, index] = values.reshape(rows.numel(), -1).to(patches.dtype)
+                logp.index_add_(0, rows, child_logp)
+            mask = mask & ~reveal
+            if on_step is not None:
+                on_step(unpatchify(patches, p, C), unpatchify((~mask)[..., None].expand(-1, -1, C * p * p), p, C))
+        return unpatchify(patches, p, C), logp
+
+
+def double_rows(rows: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
+    """Row indices into a doubled batch: the conditional rows, then the same rows of the unconditional half."""
+    return torch.cat([rows, rows + batch]) if guided else rows

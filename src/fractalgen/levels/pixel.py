@@ -1,0 +1,90 @@
+"""The pixel head (SPEC 6): a causal transformer over the C channels of one pixel.
+
+Sequence = [projection of the condition, embedding(channel 0), ..., embedding(channel C-2)];
+position c predicts channel c as a 256-way categorical whose output weights are the
+channel's own embedding table (tied) plus a per-channel bias. The same module, with fixed
+width 128, is the guiding-pixel head of MAR levels (it predicts a patch's mean colour).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..nn import KVCache, ViTBlock
+from ..sampling import SampleContext, apply_temperature, draw, guide
+
+NUM_VALUES = 256
+
+
+class PixelHead(nn.Module):
+    def __init__(self, channels: int, cond_width: int, width: int, blocks: int, heads: int, red_weight: float):
+        super().__init__()
+        self.channels = channels
+        self.red_weight = red_weight
+        self.cond_proj = nn.Linear(cond_width, width)
+        self.codebooks = nn.ModuleList([nn.Embedding(NUM_VALUES, width) for _ in range(channels)])
+        self.embed_norm = nn.LayerNorm(width, eps=1e-6)
+        self.blocks = nn.ModuleList([ViTBlock(width, heads) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.logit_bias = nn.ParameterList([nn.Parameter(torch.zeros(1, NUM_VALUES)) for _ in range(channels)])
+
+    def _channel_logits(self, h: torch.Tensor, first: int) -> torch.Tensor:
+        """h (M, T, W) hidden states predicting channels first..first+T-1 -> fp32 logits (M, T, 256)."""
+        T = h.shape[1]
+        # fp32 island: 256-way logits against the tied tables, as the checkpoints expect.
+        table = torch.stack([cb.weight for cb in self.codebooks[first:first + T]]).float()  # (T, 256, W)
+        bias = torch.cat(list(self.logit_bias[first:first + T])).float()  # (T, 256)
+        return torch.einsum("mtw,tvw->mtv", h.float(), table) + bias
+
+    def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
+        tokens = [self.cond_proj(cond)[:, None]]
+        # The last channel's embedding is never needed: causal attention keeps it from every output.
+        tokens += [self.codebooks[c](values[:, c])[:, None] for c in range(self.channels - 1)]
+        x = self.embed_norm(torch.cat(tokens, dim=1))  # (M, C, W)
+        for block in self.blocks:
+            x = block(x, causal=True)
+        return self._channel_logits(self.norm(x), 0)
+
+    def nll(self, cond: torch.Tensor, values: torch.Tensor, weighted: bool) -> torch.Tensor:
+        """Per-row loss (M,) in nats. Training weights channel 0 by `red_weight`; evaluation is the plain mean."""
+        logits = self.logits(cond, values)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), values.flatten(), reduction="none")
+        ce = ce.view(values.shape)  # (M, C)
+        if not weighted:
+            return ce.mean(1)
+        weights = torch.ones(self.channels, device=ce.device)
+        weights[0] = self.red_weight
+        return (ce * weights).sum(1) / weights.sum()
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, cfg: torch.Tensor, ctx: SampleContext,
+               known_values: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
+        """Draw channel by channel with a KV cache.
+
+        cond (R, Dc) with R = 2B when guided (conditional rows first), cfg (B,);
+        known_values/known_mask (B, C): given channels are copied instead of drawn.
+        Returns values (B, C) long and the log-probability of the drawn channels (B,).
+        """
+        B = cfg.shape[0]
+        caches = [KVCache(self.channels) for _ in self.blocks]
+        values = torch.zeros(B, self.channels, dtype=torch.long, device=cond.device)
+        logp = torch.zeros(B, device=cond.device)
+        x = self.cond_proj(cond)[:, None]  # (R, 1, W)
+        for c in range(self.channels):
+            h = self.embed_norm(x)
+            for block, cache in zip(self.blocks, caches):
+                h = block(h, causal=True, cache=cache)
+            logits = apply_temperature(self._channel_logits(self.norm(h), c)[:, 0], ctx.temperature)  # (R, 256)
+            if ctx.guided:
+                logits = guide(logits, cfg, ctx.filter_threshold)  # (B, 256)
+            ids, lp = draw(logits, ctx.generator)
+            if known_mask is not None:
+                given = known_mask[:, c]
+                ids = torch.where(given, known_values[:, c].long(), ids)
+                lp = lp.masked_fill(given, 0.0)
+            values[:, c] = ids
+            logp += lp
+            if c + 1 < self.channels:
+                x = self.codebooks[c](torch.cat([ids, ids]) if ctx.guided else ids)[:, None]
+        return values, logp

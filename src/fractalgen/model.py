@@ -1,0 +1,177 @@
+"""The fractal composition: a list of generator levels and a pixel head.
+
+Each level takes a batch of squares with their conditions, and hands "generate these
+patches given these conditions" to the next level; the pixel head ends the recursion.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from .config import ModelConfig
+from .levels import LEVEL_KINDS, PixelHead
+from .levels.base import init_weights
+from .sampling import CFG_SCHEDULES, Known, SampleContext
+
+
+class FractalModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        width0 = config.widths[0]
+        if config.num_classes > 0:
+            self.class_embed = nn.Embedding(config.num_classes, width0)
+        self.null_class = nn.Parameter(torch.zeros(1, width0))  # the unconditional "class"
+        self.levels = nn.ModuleList([
+            LEVEL_KINDS[lv.kind](lv, config.channels, config.attn_dropout, config.proj_dropout,
+                                 config.pixel_mean, config.pixel_std)
+            for lv in config.levels
+        ])
+        head = config.pixel_head
+        self.pixel_head = PixelHead(config.channels, head.cond_width, head.width, head.blocks, head.heads,
+                                    config.r_weight)
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        init_weights(self)
+        for name, p in self.named_parameters():
+            if name.endswith(("pos_embed", "mask_token", "null_class")):
+                nn.init.normal_(p, std=0.02)
+
+    @property
+    def device(self):
+        return self.null_class.device
+
+    # ---- class conditioning (level 0) ----------------------------------------------
+
+    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0):
+        """(B, width0): the class embedding, or the null class where labels are absent or dropped."""
+        null = self.null_class.expand(batch, -1)
+        if labels is None or self.config.num_classes == 0:
+            return null
+        labels = labels.to(self.device)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
+            raise ValueError(f"class labels must be in 0..{self.config.num_classes - 1}")
+        emb = self.class_embed(labels)
+        if drop_prob > 0:  # classifier-free guidance training
+            drop = torch.rand(batch, device=emb.device) < drop_prob
+            emb = torch.where(drop[:, None], null.to(emb.dtype), emb)
+        return emb
+
+    # ---- training and likelihood ------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor):
+        c, s = self.config.channels, self.config.img_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"images must be (N, {c}, {s}, {s}), got {tuple(images.shape)}")
+
+    def _recurse(self, images, labels, train: bool, masks=None):
+        """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
+        self._check_images(images)
+        x = images.to(self.device, torch.float32)  # raw 0..255; each level normalises its own input
+        B = x.shape[0]
+        drop = self.config.label_drop_prob if train else 0.0
+        conds = [self.class_condition(labels if train else None, B, drop)]  # likelihood is unconditional
+        owner = torch.arange(B, device=x.device)
+        guide_terms = []
+        for i, level in enumerate(self.levels):
+            spec = masks[i] if masks is not None and masks[i] is not None else ("train" if train else "eval")
+            out = level.forward_train(x, conds, spec, weighted=train)
+            if out.guide_nll is not None:
+                guide_terms.append((out.guide_nll, owner))
+            x, conds, owner = out.x, out.conds, owner[out.parent]
+        pixel_nll = self.pixel_head.nll(conds[0], x.flatten(1).round().long(), weighted=train)  # x: (M, C, 1, 1)
+        return pixel_nll, owner, guide_terms
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None) -> torch.Tensor:
+        """Training loss (SPEC 7): mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
+
+        images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
+        dropped with the config's probability; MAR levels mask with the training schedule.
+        `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
+        """
+        pixel_nll, _, guide_terms = self._recurse(images, labels, train=True, masks=masks)
+        return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
+
+    def nll(self, images: torch.Tensor, masks=None) -> torch.Tensor:
+        """Likelihood-mode loss per image (N,), in nats per dimension: unconditional, plain channel mean.
+
+        For AR levels this is exact; a MAR level draws one uniform count of masked tokens per
+        batch, which makes it an unbiased estimate (average several passes).
+        """
+        pixel_nll, owner, guide_terms = self._recurse(images, None, train=False, masks=masks)
+        B = images.shape[0]
+        total = per_image_mean(pixel_nll, owner, B)
+        for g, g_owner in guide_terms:
+            total = total + per_image_mean(g, g_owner, B)
+        return total
+
+    # ---- sampling -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=1e-4,
+                 num_iter=None, generator=None, known: Known | None = None, on_step=None):
+        """Sample images; returns raw values (B, C, H, W) float and the log-probability of each draw (B,).
+
+        With labels and cfg != 1 the batch carries a conditional and an unconditional half down
+        to the pixel heads (classifier-free guidance). Settings left None take the config's
+        recommended values.
+        """
+        c = self.config
+        cfg = c.cfg if cfg is None else float(cfg)
+        temperature = c.temperature if temperature is None else float(temperature)
+        cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"unknown cfg schedule {cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+        num_iter = tuple(c.default_num_iter if num_iter is None else num_iter)
+        if len(num_iter) != c.num_levels or any(k < 1 for k in num_iter):
+            raise ValueError(f"num_iter needs {c.num_levels} positive entries, got {list(num_iter)}")
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).view(-1)
+            B = labels.numel()
+        elif n is not None:
+            B = int(n)
+        elif known is not None:
+            B = known.values.shape[0]
+        else:
+            raise ValueError("give labels or n")
+        guided = labels is not None and c.num_classes > 0 and cfg != 1.0
+        cond = self.class_condition(labels, B)
+        if guided:
+            cond = torch.cat([cond, self.null_class.expand(B, -1).to(cond.dtype)])
+        ctx = SampleContext(guided=guided, temperature=temperature, filter_threshold=filter_threshold,
+                            num_iter=num_iter, generator=generator, cfg=cfg, cfg_schedule=cfg_schedule,
+                            on_step=on_step)
+        cfg_rows = torch.full((B,), cfg, device=self.device)
+        return self._sample_level(0, ctx, [cond], cfg_rows, known)
+
+    def _sample_level(self, depth: int, ctx: SampleContext, conds, cfg, known: Known | None):
+        if depth == len(self.levels):  # the pixel head: squares are single pixels
+            kv = km = None
+            if known is not None:
+                kv, km = known.values.flatten(1), known.mask.flatten(1)
+            values, logp = self.pixel_head.sample(conds[0], cfg, ctx, kv, km)
+            return values.float().view(-1, self.config.channels, 1, 1), logp
+        return self.levels[depth].sample(
+            conds, cfg, ctx, known,
+            next_level=partial(self._sample_level, depth + 1, ctx),
+            num_iter=ctx.num_iter[depth],
+            schedule=CFG_SCHEDULES[ctx.cfg_schedule] if depth == 0 else None,
+            on_step=ctx.on_step if depth == 0 else None,
+        )
+
+
+def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean of `values` (M,) grouped by `owner` (M,) into (batch,)."""
+    sums = torch.zeros(batch, device=values.device, dtype=values.dtype).index_add_(0, owner, values)
+    counts = torch.zeros(batch, device=values.device, dtype=values.dtype).index_add_(
+        0, owner, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
+
+
+def bits(nats: torch.Tensor | float):
+    return nats / math.log(2.0)

@@ -1,0 +1,55 @@
+"""Multi-head attention through PyTorch's fused SDPA, with an optional key/value cache."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rotary import apply_rotary
+
+
+class KVCache:
+    """Keys/values for incremental decoding, preallocated to (B, H, max_len, head_dim) on first use."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k = self.v = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        if self.k is None:  # one allocation per sampling call instead of a concatenation per step
+            B, H, _, hd = k.shape
+            self.k = k.new_empty(B, H, self.max_len, hd)
+            self.v = v.new_empty(B, H, self.max_len, hd)
+        t = k.shape[2]
+        self.k[:, :, self.length:self.length + t] = k
+        self.v[:, :, self.length:self.length + t] = v
+        self.length += t
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, bias: bool, attn_dropout: float = 0.0, proj_dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.attn_dropout = attn_dropout
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def forward(self, x, causal=False, rotary=None, cache: KVCache | None = None):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).unbind(2)  # each (B, T, H, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        if cache is not None:
+            # A prefill (T > 1) must start an empty cache; one new token sees every cached one.
+            assert T == 1 or cache.length == 0, "multi-token append only into an empty cache"
+            causal = causal and T > 1
+            k, v = cache.append(k, v)
+        # fp32 island: the checkpoints were trained with fp32 attention logits; SDPA never
+        # materialises the (T, T) score/bias tensors the official code builds.
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=causal,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        ).to(x.dtype)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))

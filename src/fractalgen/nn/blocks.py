@@ -1,0 +1,71 @@
+"""The two transformer block styles: LLaMA (AR levels) and pre-LN ViT (MAR levels, pixel heads)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        xf = x.float()  # computed in fp32, as the checkpoints expect
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        hidden = -(-int(2 * 4 * width / 3) // 256) * 256  # LLaMA: 2/3 of 4x, rounded up to a multiple of 256
+        self.gate = nn.Linear(width, hidden, bias=False)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class LlamaBlock(nn.Module):
+    """RMSNorm, rotary attention without biases, SwiGLU; residual and MLP dropout."""
+
+    def __init__(self, width: int, heads: int, residual_dropout: float, attn_dropout: float):
+        super().__init__()
+        self.attn_norm = RMSNorm(width)
+        self.attn = Attention(width, heads, bias=False, attn_dropout=attn_dropout, proj_dropout=residual_dropout)
+        self.mlp_norm = RMSNorm(width)
+        self.mlp = SwiGLU(width)
+        self.mlp_drop = nn.Dropout(residual_dropout)
+
+    def forward(self, x, rotary, cache=None):
+        x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary, cache=cache)
+        return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN block: LayerNorm(1e-6), attention with biases, 4x GELU MLP."""
+
+    def __init__(self, width: int, heads: int, attn_dropout: float = 0.0, proj_dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads, bias=True, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = MLP(width, 4 * width, proj_dropout)
+
+    def forward(self, x, causal=False, cache=None):
+        x = x + self.attn(self.norm1(x), causal=causal, cache=cache)
+        return x + self.mlp(self.norm2(x))

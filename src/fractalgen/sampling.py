@@ -1,0 +1,87 @@
+"""Sampling as small pure functions: temperature -> guidance -> probabilities -> draw; schedules by name."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+# ---- logits -> token --------------------------------------------------------
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # Official quirk the published settings assume: temperature MULTIPLIES the logits (1.1 sharpens).
+    return logits * temperature
+
+
+def guide(logits: torch.Tensor, cfg: torch.Tensor, filter_threshold: float) -> torch.Tensor:
+    """Classifier-free guidance over a doubled batch: rows [:B] conditional, [B:] unconditional.
+
+    logits (2B, V), cfg (B,) -> (B, V) = u + cfg * (c - u), where first every unconditional
+    logit whose conditional probability is below the threshold is raised to
+    max(u, c - max(c) + max(u)), so guidance cannot resurrect very unlikely values.
+    """
+    cond, uncond = logits.chunk(2)
+    if filter_threshold > 0:
+        suppressed = torch.softmax(cond, dim=-1) < filter_threshold
+        floor = cond - cond.amax(-1, keepdim=True) + uncond.amax(-1, keepdim=True)
+        uncond = torch.where(suppressed, torch.maximum(uncond, floor), uncond)
+    return uncond + cfg[:, None] * (cond - uncond)
+
+
+def draw(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one id per row of (B, V) logits; returns ids (B,) and their log-probabilities (B,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ids = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    return ids, logp.gather(1, ids[:, None]).squeeze(1)
+
+
+# ---- schedules -----------------------------------------------------------------
+
+def cosine_masked_after(step: int, num_iter: int, total: torch.Tensor) -> torch.Tensor:
+    """MAR: how many of `total` tokens stay masked after step `step` (floor of the cosine)."""
+    return torch.floor(total * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
+
+
+def linear_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:
+    """Guidance ramps from 1 to cfg as generation progresses (progress in [0, 1])."""
+    return 1.0 + (cfg - 1.0) * progress
+
+
+def constant_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(progress, cfg)
+
+
+CFG_SCHEDULES: dict[str, Callable[[float, torch.Tensor], torch.Tensor]] = {
+    "linear": linear_cfg,
+    "constant": constant_cfg,
+}
+
+
+# ---- what every level's sampler shares ----------------------------------------------
+
+@dataclass
+class SampleContext:
+    """Settings handed down the recursion unchanged."""
+
+    guided: bool  # conditions carry a conditional and an unconditional half (2B rows)
+    temperature: float
+    filter_threshold: float
+    num_iter: tuple[int, ...]
+    generator: torch.Generator | None
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"  # applies at level 0 only; deeper levels use the value handed down
+    on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Known:
+    """Known content of a batch of squares: raw values 0..255 and a per-value mask (True = given)."""
+
+    values: torch.Tensor  # (B, C, S, S) float
+    mask: torch.Tensor  # (B, C, S, S) bool
+
+    def rows(self, index: torch.Tensor) -> "Known":
+        return Known(self.values[index], self.mask[index])
