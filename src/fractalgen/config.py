@@ -289,14 +289,14 @@ PRESETS: dict[str, ModelConfig] = {
                                         (32, 8, 4, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 21.0, 1.1),
     "fractalmar_huge_in256": _official("fractalmar_huge_in256", (256, 16, 4, 1), (1280, 640, 320, 64),
                                        (40, 10, 5, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 19.0, 1.1),
-    # Small models for CPU work. MNIST digits are padded from 28 to 32 (a preset choice).
+    # Small models for CPU work: 28x28 grayscale digits as a 7x7 grid of 4x4 patches.
     "mnist_ar": ModelConfig(
-        img_sizes=(32, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
+        img_sizes=(28, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
         channels=1, num_classes=10, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,
         pixel_mean=(0.5,), pixel_std=(0.5,), cfg=2.0, temperature=1.0, name="mnist_ar",
     ),
     "mnist_mar": ModelConfig(
-        img_sizes=(32, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("mar", "mar"),
+        img_sizes=(28, 4, 1), widths=(128, 64, 32), blocks=(4, 2, 1), heads=(4, 2, 2), kinds=("mar", "mar"),
         channels=1, num_classes=10, num_conds=5, attn_dropout=0.0, proj_dropout=0.0,
         pixel_mean=(0.5,), pixel_std=(0.5,), num_iter=(16, 8), cfg=2.0, temperature=1.0, name="mnist_mar",
     ),
