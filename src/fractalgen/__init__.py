@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import CheckpointError, load, save, save_official
+from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .likelihood import bits_per_dim, nll_per_image
 from .model import FractalModel
@@ -53,5 +54,6 @@ def sample(model: FractalModel, labels=None, n=None, cfg=1.0, cfg_schedule="line
 
 __all__ = [
     "build", "load", "save", "save_official", "sample", "bits_per_dim", "nll_per_image",
+    "inpaint", "outpaint", "uncrop", "edit",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]

@@ -1,0 +1,171 @@
+"""`fractalgen inpaint | outpaint | uncrop | edit`: conditional pixel prediction on one image file.
+
+    fractalgen inpaint --checkpoint mnist --image digit.png --box 4,14,24,28 --samples 4 --out out/
+    fractalgen edit --checkpoint mnist --image digit.png --label 3 --out out/
+
+The image is loaded with Pillow; another size is centre-cropped to a square and resized to the
+model's size (with a note). A mask image must have the image's size: white = regenerate.
+Boxes are x0,y0,x1,y1 in the input image's pixels (x1, y1 exclusive). Writes the completions
+and a side-by-side strip (the input with the regenerated region tinted, then the completions).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import conditional
+from .errors import UserError
+
+# What a box means for each command: the region to regenerate, or the region to keep.
+BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
+HELP = {
+    "inpaint": "regenerate a region of an image (--mask or --box), keeping the rest",
+    "outpaint": "keep a region of an image (--box, or --mask) and generate everything around it",
+    "uncrop": "keep a small centre of an image and generate the rest (default: the central half of each side)",
+    "edit": "regenerate part of an image under another class label (default: the lower three quarters)",
+}
+
+
+def register(subparsers):
+    for name, text in HELP.items():
+        p = subparsers.add_parser(name, help=text, description=text)
+        p.add_argument("--checkpoint", default="mnist", help="checkpoint file, directory, or bundled model name (default: mnist)")
+        p.add_argument("--image", required=True, help="input image file (PNG, JPEG, ...)")
+        region = p.add_mutually_exclusive_group(required=name in ("inpaint", "outpaint"))
+        region.add_argument("--mask", help="mask image of the input's size: white = regenerate, black = keep")
+        box_help = "region to keep" if BOX_MEANS_KEEP[name] else "region to regenerate"
+        region.add_argument("--box", help=f"x0,y0,x1,y1 in input pixels (x1, y1 exclusive): the {box_help}")
+        if name == "uncrop":
+            p.add_argument("--fraction", type=float, default=0.5,
+                           help="side of the known central square as a fraction of the image side (default: 0.5)")
+        p.add_argument("--label", type=int, required=name == "edit",
+                       help="class label (omit for unconditional)" if name != "edit" else "target class label")
+        p.add_argument("--samples", type=int, default=1, help="completions to draw (default: 1)")
+        p.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
+        p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
+        p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--out", required=True, help="output directory (existing files are never overwritten)")
+        p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import fractalgen
+
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    model = fractalgen.load(args.checkpoint, device=args.device)
+    size, channels = model.config.img_size, model.config.channels
+    if args.label is not None and not 0 <= args.label < model.config.num_classes:
+        k = model.config.num_classes
+        raise UserError(f"label {args.label} is out of range: the model has {k} classes"
+                        + (f" (0..{k - 1})" if k else " (it is unconditional)"))
+
+    picture = open_image(args.image, channels)
+    regenerate = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
+    image, regenerate = fit_to_model(picture, regenerate, size, args.image)
+    known = ~regenerate
+
+    out_dir = Path(args.out)
+    stem = Path(args.image).stem
+    names = [f"{stem}_{args.command}_{i}.png" for i in range(args.samples)] + [f"{stem}_{args.command}_strip.png"]
+    existing = [out_dir / n for n in names if (out_dir / n).exists()]
+    if existing:
+        raise UserError(f"{existing[0]} already exists (choose another --out; files are never overwritten)")
+
+    if known.all():
+        print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
+              file=sys.stderr)
+    labels = args.label
+    completions = conditional.inpaint(
+        model, image[None], known[None], labels=labels, cfg=args.cfg, temperature=args.temperature,
+        num_iter=args.num_iter, seed=args.seed, samples=args.samples,
+    )
+    for name, completion in zip(names, completions):
+        conditional.save_png(conditional.to_pil(completion), out_dir / name)
+    strip = conditional.grid_image([torch.cat([conditional.show_mask(image[None], known[None]),
+                                               conditional.as_rgb(completions)])])
+    conditional.save_png(strip, out_dir / names[-1])
+    print(f"wrote {args.samples} completion(s) and {names[-1]} to {out_dir}")
+    return 0
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------
+
+def open_image(path, channels: int):
+    """A PIL image in the model's colour mode (L for one channel, RGB for three)."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise UserError(f"image files can feed 1- or 3-channel models; this model has {channels} channels")
+    try:
+        with Image.open(path) as picture:
+            picture = picture.convert(mode)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    if picture.width == 0 or picture.height == 0:
+        raise UserError(f"image {path} is empty ({picture.width}x{picture.height})")
+    return picture
+
+
+def region_to_regenerate(args, image_size) -> np.ndarray:
+    """Bool (h, w) at the input's size, True = regenerate, from --mask, --box or the command's default."""
+    w, h = image_size
+    if args.mask:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.mask) as m:
+                mask = np.asarray(m.convert("L")) > 127  # white = regenerate
+        except FileNotFoundError:
+            raise UserError(f"mask not found: {args.mask}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"cannot read mask {args.mask}: {e}") from None
+        if mask.shape != (h, w):
+            raise UserError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but image {args.image} is {w}x{h}")
+        return mask
+    if args.box:
+        try:
+            box = [int(v) for v in args.box.split(",")]
+        except ValueError:
+            raise UserError(f"--box must be four integers x0,y0,x1,y1, got {args.box!r}") from None
+        x0, y0, x1, y1 = conditional.check_box(box, w, h)
+        inside = np.zeros((h, w), dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        return ~inside if BOX_MEANS_KEEP[args.command] else inside
+    if args.command == "uncrop":
+        side = min(w, h)  # the known centre of the square the model will see
+        x0, y0, x1, y1 = conditional.centre_box(side, args.fraction)
+        inside = np.zeros((h, w), dtype=bool)
+        inside[(h - side) // 2 + y0:(h - side) // 2 + y1, (w - side) // 2 + x0:(w - side) // 2 + x1] = True
+        return ~inside
+    regenerate = np.zeros((h, w), dtype=bool)  # edit: the lower three quarters
+    regenerate[round(0.25 * h):] = True
+    return regenerate
+
+
+def fit_to_model(picture, regenerate: np.ndarray, size: int, path):
+    """Centre-crop to a square and resize to the model's size; -> uint8 (C, S, S), bool (S, S) to regenerate."""
+    from PIL import Image
+
+    w, h = picture.size
+    if (w, h) != (size, size):
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        crop = (left, top, left + side, top + side)
+        picture = picture.crop(crop).resize((size, size), Image.BICUBIC)
+        mask = Image.fromarray(regenerate.astype(np.uint8) * 255).crop(crop).resize((size, size), Image.NEAREST)
+        regenerate = np.asarray(mask) > 127
+        print(f"note: {path} is {w}x{h}; centre-cropped to {side}x{side} and resized to {size}x{size} "
+              f"(the model's size)", file=sys.stderr)
+    array = np.asarray(picture)
+    image = torch.from_numpy(array.copy()).reshape(size, size, -1).permute(2, 0, 1).contiguous()  # (C, S, S)
+    return image, torch.from_numpy(regenerate.copy())

@@ -1,0 +1,300 @@
+"""Conditional pixel prediction (SPEC 11, paper figure 4): inpainting, outpainting, uncropping, editing.
+
+The known content is given first and the unknown part is generated conditioned on it, all the
+way down the recursion (the levels do the work, see `model.generate(known=...)`):
+- a MAR level starts with its fully known patches revealed and never generates them; patches
+  with unknown pixels are generated in random order, and the next level receives their known
+  pixels and does the same inside the patch;
+- an AR level feeds known patches when the raster order reaches them; a partially known patch
+  goes down with its known pixels;
+- the pixel head copies known channel values instead of drawing them.
+Every known pixel comes back bit-identical, and a fully unknown mask is the ordinary sampler.
+
+What the completion is conditioned on:
+- MAR levels see known content anywhere (bidirectional): the unknown part is drawn from the
+  model's conditional given all known patches. Known pixels of a *partially* known patch are
+  seen only inside that patch (at its own level the patch is a mask token, as in training),
+  and a guiding-pixel head draws the patch's mean colour before the patch's known pixels
+  are consulted.
+- An AR level cannot look ahead of its raster order: an unknown patch is drawn given the class
+  and the (known or generated) patches *before* it; known content later in raster order is
+  fed when reached but does not influence what came before it. So with an AR model, filling
+  the lower part of an image is exact conditioning, while a hole above known content ignores
+  the content below it (the seam may not match). The same holds for pixels inside a patch
+  at an AR level, and for channels inside a pixel (R, G, B order) in the pixel head.
+
+Images are uint8 (N, C, H, W); `known` is bool, True where the pixel is given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .model import FractalModel
+from .sampling import Known
+
+
+class ConditionalInputError(UserError, ValueError):
+    """Bad input to inpainting: wrong shapes, out-of-range labels or boxes."""
+
+
+# ---- the core: inpainting ----------------------------------------------------------------
+
+def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
+            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold: float = 1e-4) -> torch.Tensor:
+    """Regenerate the unknown pixels of `images` conditioned on the known ones.
+
+    images: uint8 (N, C, H, W) (or one image (C, H, W)) at the model's size.
+    known: bool (N, H, W) or (H, W) (one mask for all images), True where the pixel is given;
+        (N, C, H, W) gives a mask per channel.
+    labels: None (unconditional), one class for all images, or one per image.
+    cfg, temperature, num_iter, cfg_schedule: None takes the model's recommended settings.
+    Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
+    Images with no unknown pixel come back unchanged without running the model.
+    """
+    images = _as_images(model, images)
+    N = images.shape[0]
+    mask = _as_known(known, images.shape)
+    labels = _as_labels(model, labels, N)
+    if samples < 1:
+        raise ConditionalInputError(f"samples must be >= 1, got {samples}")
+    images, mask = images.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+    if labels is not None:
+        labels = labels.repeat_interleave(samples, 0)
+    out = images.clone()
+    todo = (~mask).flatten(1).any(1).nonzero(as_tuple=True)[0]  # rows with something to generate
+    if todo.numel() == 0:
+        return out
+
+    device = model.device
+    defaults = {**model.config.to_dict(), **getattr(model, "sampling_defaults", {})}
+    was_training = model.training
+    model.eval()
+    try:
+        values, _ = model.generate(
+            labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
+            cfg=defaults["cfg"] if cfg is None else cfg,
+            cfg_schedule=defaults["cfg_schedule"] if cfg_schedule is None else cfg_schedule,
+            temperature=defaults["temperature"] if temperature is None else temperature,
+            filter_threshold=filter_threshold, num_iter=num_iter,
+            generator=_generator(device, seed),
+            known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
+        )
+    finally:
+        model.train(was_training)
+    out[todo] = values.round().clamp(0, 255).to(torch.uint8).to(out.device)
+    return out
+
+
+# ---- thin helpers that build the mask ------------------------------------------------------
+
+def box_mask(size: int, box: Sequence[int]) -> torch.Tensor:
+    """Bool (size, size), True inside box = (x0, y0, x1, y1): columns x0..x1-1, rows y0..y1-1."""
+    x0, y0, x1, y1 = check_box(box, size, size)
+    inside = torch.zeros(size, size, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    return inside
+
+
+def outpaint(model: FractalModel, images, box: Sequence[int], **kwargs) -> torch.Tensor:
+    """Keep the pixels inside box = (x0, y0, x1, y1) (end exclusive) and generate everything around them."""
+    return inpaint(model, images, box_mask(model.config.img_size, box), **kwargs)
+
+
+def centre_box(size: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
+    """The central square whose side is round(fraction * size): (x0, y0, x1, y1)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConditionalInputError(f"the known centre fraction must be in (0, 1], got {fraction}")
+    side = max(1, round(fraction * size))
+    start = (size - side) // 2
+    return (start, start, start + side, start + side)
+
+
+def uncrop(model: FractalModel, images, fraction: float = 0.5, **kwargs) -> torch.Tensor:
+    """Outpainting from a small known centre: keep the central square and generate the rest.
+
+    By default the known centre is the central square of half the side (a quarter of the
+    pixels; rows and columns 7..20 of a 28x28 digit); `fraction` sets its side.
+    """
+    return outpaint(model, images, centre_box(model.config.img_size, fraction), **kwargs)
+
+
+def top_rows_known(size: int, fraction: float = 0.25) -> torch.Tensor:
+    """Bool (size, size): the top round(fraction * size) rows given, the rest to generate."""
+    known = torch.zeros(size, size, dtype=torch.bool)
+    known[: round(fraction * size)] = True
+    return known
+
+
+def edit(model: FractalModel, images, label, known=None, **kwargs) -> torch.Tensor:
+    """Class-conditional editing: inpainting with a chosen label (one for all images, or one per image).
+
+    By default the top quarter of the rows is kept and the lower three quarters are regenerated.
+    """
+    if model.config.num_classes == 0:
+        raise ConditionalInputError("editing needs a class-conditional model; this one is unconditional")
+    if known is None:
+        known = top_rows_known(model.config.img_size)
+    return inpaint(model, images, known, labels=label, **kwargs)
+
+
+# ---- input checks ------------------------------------------------------------------------------
+
+def _as_images(model: FractalModel, images) -> torch.Tensor:
+    images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if images.dim() == 3:
+        images = images[None]
+    c, s = model.config.channels, model.config.img_size
+    if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
+        raise ConditionalInputError(f"images must be (N, {c}, {s}, {s}) for this model, got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        raise ConditionalInputError(f"images must be uint8 (0..255), got {images.dtype}")
+    return images
+
+
+def _as_known(known, shape) -> torch.Tensor:
+    """Any accepted mask form -> bool (N, C, H, W)."""
+    N, C, H, W = shape
+    known = torch.as_tensor(np.asarray(known) if not isinstance(known, torch.Tensor) else known)
+    if known.dtype != torch.bool:
+        raise ConditionalInputError(f"the known mask must be bool (True = given), got {known.dtype}")
+    if known.dim() == 2:
+        known = known[None]
+    if known.dim() == 3:
+        known = known[:, None].expand(-1, C, -1, -1)  # one mask for every channel
+    if known.dim() != 4 or known.shape[1:] != (C, H, W) or known.shape[0] not in (1, N):
+        raise ConditionalInputError(f"the known mask must be (N, H, W) = ({N}, {H}, {W}) to match the images, "
+                                    f"got {tuple(known.shape)}")
+    return known.to(device=torch.device("cpu")).expand(N, -1, -1, -1).contiguous()
+
+
+def _as_labels(model: FractalModel, labels, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    k = model.config.num_classes
+    if k == 0:
+        raise ConditionalInputError("this model is unconditional: it takes no class label")
+    labels = torch.as_tensor(labels, dtype=torch.long).view(-1).cpu()
+    if labels.numel() == 1:
+        labels = labels.expand(n)
+    if labels.numel() != n:
+        raise ConditionalInputError(f"give one label, or one per image ({n}), got {labels.numel()}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)][0].item()
+        raise ConditionalInputError(f"label {bad} is out of range: the model has {k} classes (0..{k - 1})")
+    return labels.contiguous()
+
+
+def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    if len(box) != 4:
+        raise ConditionalInputError(f"a box is x0,y0,x1,y1 (four numbers), got {list(box)}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ConditionalInputError(f"box {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
+                                    f"0 <= y0 < y1 <= {height} (x1, y1 exclusive)")
+    return x0, y0, x1, y1
+
+
+def _generator(device, seed) -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+# ---- pictures: the mask shown on the input, side-by-side strips ------------------------------------
+
+MASK_TINT = (255, 64, 64)  # unknown pixels are shown half-blended with this colour
+
+
+def show_mask(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) and bool (N, H, W) -> uint8 RGB (N, 3, H, W) with the unknown pixels tinted."""
+    rgb = as_rgb(images).float()
+    tint = torch.tensor(MASK_TINT, dtype=torch.float32)[None, :, None, None]
+    unknown = (~known.reshape(known.shape[0], 1, *known.shape[-2:]))
+    return torch.where(unknown, 0.5 * rgb + 0.5 * tint, rgb).round().to(torch.uint8)
+
+
+def grid_image(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2):
+    """A PIL image of rows of uint8 (n, C, H, W) images, upscaled (nearest) so a cell is >= min_cell pixels."""
+    from PIL import Image
+
+    H, W = rows[0].shape[-2:]
+    scale = max(1, -(-min_cell // max(H, W)))  # ceil: small images (28x28 digits) become readable
+    h, w = H * scale, W * scale
+    cols = max(r.shape[0] for r in rows)
+    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        cells = as_rgb(row).permute(0, 2, 3, 1).repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (n, h, w, 3)
+        for j, cell in enumerate(cells.numpy()):
+            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = cell
+    return Image.fromarray(canvas)
+
+
+def save_png(image, path) -> Path:
+    """Write a PIL image atomically (never a half-written file)."""
+    from .checkpoint import atomic_save
+
+    atomic_save(lambda f: image.save(f, format="PNG"), path)
+    return Path(path)
+
+
+def to_pil(image: torch.Tensor):
+    """uint8 (C, H, W) -> PIL image (L for one channel, RGB for three)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    images = images.cpu()
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+
+
+# ---- the demo's examples ------------------------------------------------------------------------------
+
+def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
+    """Write the demo's inpainting pictures into out_dir; returns the written paths.
+
+    data: held-out digits, uint8 (N, 1, 28, 28), or a pair (images, labels); None loads the
+    held-out MNIST digits. Two pictures: the lower half regenerated (rows: original, input with
+    the mask shown, two completions), and digits edited to another class (rows: original,
+    input, the edit; the target of digit i is its label + 1 + i % 9 modulo the class count).
+    """
+    images, labels = _demo_data(data, count)
+    out_dir = Path(out_dir)
+    size = model.config.img_size
+    paths = []
+
+    top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
+    completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2n, C, H, W)
+    rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
+    paths.append(save_png(grid_image(rows), out_dir / "inpaint_lower_half.png"))
+
+    if model.config.num_classes > 0:
+        k = model.config.num_classes
+        start = labels if labels is not None else torch.zeros(images.shape[0], dtype=torch.long)
+        targets = (start + 1 + torch.arange(images.shape[0]) % max(1, k - 1)) % k
+        keep = top_rows_known(size, 0.25).expand(images.shape[0], -1, -1)
+        edited = edit(model, images, targets, known=keep, seed=seed)
+        rows = [images, show_mask(images, keep), edited]
+        paths.append(save_png(grid_image(rows), out_dir / "edit_to_class.png"))
+    return paths
+
+
+def _demo_data(data, count: int):
+    if data is None:
+        from .data import held_out_digits  # the held-out MNIST digits
+
+        data = held_out_digits(count)
+    images, labels = data if isinstance(data, (tuple, list)) else (data, None)
+    images = torch.as_tensor(images)[:count]
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long)[:count]
+    return images, labels
