@@ -1,0 +1,21 @@
+"""Generation-quality metrics: FID, Inception Score, precision/recall, on any feature network.
+
+    from fractalgen.metrics import InceptionNet, ImageSet, load_statistics, score_images
+    scores = score_images(ImageSet("samples/"), InceptionNet(), load_statistics("adm_in64_stats.npz"))
+
+How the features are computed (resizing included) is documented in inception.py.
+"""
+from .evaluate import Scores, class_schedule, generate_images, reference_statistics, score_images
+from .features import FeatureNet, FunctionFeatureNet, extract, mnist_classifier_net
+from .fid import Statistics, frechet_distance, load_statistics, save_statistics, statistics
+from .images import ImageSet
+from .inception import InceptionNet, resize_like_tf1
+from .inception_score import inception_score
+from .precision_recall import precision_recall
+
+__all__ = [
+    "Scores", "class_schedule", "generate_images", "reference_statistics", "score_images", "FeatureNet",
+    "FunctionFeatureNet", "extract", "mnist_classifier_net", "Statistics", "frechet_distance",
+    "load_statistics", "save_statistics", "statistics", "ImageSet", "InceptionNet", "resize_like_tf1",
+    "inception_score", "precision_recall",
+]

@@ -1,0 +1,67 @@
+"""Feature networks: uint8 images in, feature vectors (and, if the network has them, class logits) out.
+
+Every metric here works on features from any such network: the FID Inception network for
+ImageNet-style numbers (inception.py), the small MNIST classifier for a "classifier FID" on
+digits, or any function a user or a test supplies.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+class FeatureNet:
+    """`net(images uint8 (B, C, H, W)) -> (features (B, D), logits (B, K) or None)`."""
+
+    name: str = "features"
+    has_logits: bool = False
+    no_logits_reason: str = "this feature network has no classifier output"
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class FunctionFeatureNet(FeatureNet):
+    """Wrap plain functions: `features(images) -> (B, D)`, optional `logits(images) -> (B, K)`."""
+
+    def __init__(self, name: str, features: Callable, logits: Callable | None = None):
+        self.name, self._features, self._logits = name, features, logits
+        self.has_logits = logits is not None
+
+    @torch.no_grad()
+    def __call__(self, images):
+        return self._features(images), (self._logits(images) if self._logits is not None else None)
+
+
+def mnist_classifier_net() -> FeatureNet:
+    """The penultimate features and logits of the small MNIST classifier in fractalgen.classifier."""
+    try:
+        from .. import classifier
+    except ModuleNotFoundError as e:
+        if e.name != "fractalgen.classifier":
+            raise
+        raise UserError("the MNIST classifier (fractalgen.classifier) is not part of this installation") from None
+    model = classifier.load_mnist_classifier()
+    features = getattr(model, "features", None) or (lambda images: classifier.features(model, images))
+    predict = getattr(model, "logits", None) or getattr(model, "forward", None)
+    return FunctionFeatureNet("mnist-classifier", features, predict)
+
+
+def extract(net: FeatureNet, batches: Iterable[torch.Tensor], want_logits: bool = True,
+            on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the network over uint8 batches: features (N, D) float64, logits (N, K) float64 or None."""
+    features, logits = [], []
+    for images in batches:
+        f, lg = net(images)
+        features.append(f.detach().double().flatten(1).cpu().numpy())  # some nets return (B, D, 1, 1)
+        if want_logits and lg is not None:
+            logits.append(lg.detach().double().cpu().numpy())
+        if on_batch is not None:
+            on_batch(images.shape[0])
+    if not features:
+        raise UserError("no images to compute features of")
+    return np.concatenate(features), (np.concatenate(logits) if logits else None)

@@ -1,0 +1,124 @@
+"""Image sets to score: a folder of image files (searched recursively), an .npz, or the embedded digits.
+
+An .npz holds `images` (our data format) or `arr_0` (the ADM evaluator's sample and reference
+batches), uint8, (N, H, W) or (N, H, W, C). Every image of a set must have the same size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageSet:
+    """A fixed list of same-sized uint8 images, read in batches of (B, C, H, W)."""
+
+    def __init__(self, source: str | Path):
+        self.source = str(source)
+        self.files: list[Path] = []
+        self.array: np.ndarray | None = None  # (N, H, W, C) uint8 for in-memory sets
+        path = Path(source)
+        if self.source == "mnist" and not path.exists():
+            self.array = _embedded_digits()
+        elif path.is_dir():
+            self.files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not self.files:
+                raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        elif path.is_file() and path.suffix == ".npz":
+            self.array = _read_npz(path)
+        elif path.is_file():
+            raise UserError(f"{path}: give a folder of images or an .npz file")
+        else:
+            raise UserError(f"images not found: {path}")
+        self._describe()
+
+    @classmethod
+    def from_files(cls, files: list[Path]) -> "ImageSet":
+        """Exactly these files (e.g. the images `evaluate` wrote, whatever else their folder holds)."""
+        self = cls.__new__(cls)
+        self.source, self.files, self.array = str(files[0].parent) if files else "", list(files), None
+        if not self.files:
+            raise UserError("no images to score")
+        self._describe()
+        return self
+
+    def _describe(self):
+        self.mode = _mode_of(self.files[0]) if self.files else None  # files are read as "L" or "RGB"
+        self.size = None  # (H, W), set by the first read
+        first = self._read_files(self.files[:1])[0] if self.files else self.array[0]
+        self.height, self.width, self.channels = first.shape
+        self.size = (self.height, self.width)
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files else len(self.array)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            if self.files:
+                chunk = self._read_files(self.files[start:start + batch_size])
+            else:
+                chunk = self.array[start:start + batch_size]
+            yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+    def read_all(self) -> np.ndarray:
+        """All images, (N, H, W, C) uint8."""
+        return self.array if self.array is not None else self._read_files(self.files)
+
+    def _read_files(self, files: list[Path]) -> np.ndarray:
+        images = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    array = np.asarray(im.convert(self.mode))
+            except Exception as e:
+                raise UserError(f"cannot read image {f}: {str(e).splitlines()[0][:200]}") from None
+            array = array[..., None] if array.ndim == 2 else array  # (H, W) -> (H, W, 1)
+            if self.size is not None and array.shape[:2] != self.size:
+                raise UserError(f"{f} is {array.shape[1]}x{array.shape[0]}, the first {self.width}x{self.height}: "
+                                f"all images of a set must have one size")
+            images.append(array)
+        return np.stack(images)
+
+
+def _mode_of(path: Path) -> str:
+    try:
+        with Image.open(path) as im:
+            return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    except Exception as e:
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in ("images", "arr_0") if k in data.files), None)
+            if key is None:
+                raise UserError(f"{path} has no 'images' or 'arr_0' array (it has: {', '.join(data.files) or 'nothing'})")
+            images = data[key]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
+        raise UserError(f"{path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}")
+    return images[..., None] if images.ndim == 3 else images
+
+
+def _embedded_digits() -> np.ndarray:
+    """The 500 held-out digits of the embedded MNIST set (the `val` split of fractalgen.data)."""
+    try:
+        from .. import data
+    except ModuleNotFoundError as e:
+        if e.name != "fractalgen.data":
+            raise
+        raise UserError("the embedded MNIST digits (fractalgen.data) are not part of this installation") from None
+    images, _ = data.load_mnist(split="val")
+    images = np.asarray(images, dtype=np.uint8)
+    return images[..., None] if images.ndim == 3 else images
