@@ -41,4 +41,4 @@ def coverage(queries: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, b
     for batch in queries.split(batch_size):
         distances = torch.cdist(batch, points)  # (b, N)
         inside.append((distances <= radii[None, :]).any(dim=1))
-    return torch.cat(inside).float().mean().item()
+    return torch.cat(inside).double().mean().item()
