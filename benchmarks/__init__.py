@@ -1,0 +1,1 @@
+"""Speed benchmarks (not tests): `python -m benchmarks.speed`, and `benchmarks/gpu_huge.py` for a GPU."""
