@@ -97,7 +97,8 @@ def run_evaluate(args) -> int:
                                          "filter_threshold": args.filter_threshold})
     manifest = {"checkpoint": str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists()
                 else args.checkpoint, "preset": args.preset}
-    with tqdm(total=0, unit="img", dynamic_ncols=True, disable=_rank() != 0) as bar:
+    # delay: first drawn once the run knows its total (images to sample + images to score)
+    with tqdm(total=0, unit="img", dynamic_ncols=True, disable=_rank() != 0, delay=0.5) as bar:
         scores, generation = evaluate_model(
             model, Path(args.out), args.num_images, settings, net, reference, ref_images, args.batch_size,
             args.feature_batch_size, args.seed, Path(args.npz) if args.npz else None, args.splits, k=3,

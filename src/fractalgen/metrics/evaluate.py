@@ -225,9 +225,6 @@ class _NoProgress:
     def set_description(self, text):
         pass
 
-    def refresh(self):
-        pass
-
 
 def evaluate_model(model, out: Path, num_images: int, settings: dict, net: FeatureNet,
                    reference: Statistics | None = None, ref_images: ImageSet | None = None,
@@ -251,7 +248,6 @@ def evaluate_model(model, out: Path, num_images: int, settings: dict, net: Featu
                for i in range(num_images))
     progress.total = todo + num_images + (len(ref_images) if ref_images is not None else 0)
     progress.set_description("sampling")
-    progress.refresh()
     generation = generate_images(model, out, labels, num_images, settings, batch_size, seed, rank, world,
                                  on_images=lambda n: progress.update(n * world))  # rank 0 speaks for all
     barrier()

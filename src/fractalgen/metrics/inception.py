@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,7 +85,9 @@ class InceptionNet(FeatureNet):
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
         self.path = find_inception(path)
         try:
-            module = torch.jit.load(str(self.path), map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is how these networks ship
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(self.path), map_location="cpu")
         except Exception as e:
             raise UserError(f"cannot load {self.path} as a TorchScript Inception network "
                             f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}); "
