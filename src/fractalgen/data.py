@@ -1,0 +1,257 @@
+"""Datasets: image folders (official layout), .npz arrays, and the embedded MNIST digits.
+
+Every dataset yields (image uint8 (C, H, W), label int64) at the model's size and channel
+count, and knows its `num_classes` (0 = unlabelled). The data order is not decided here:
+`EpochBatches` (in this file) draws it from (seed, epoch), so a resumed run sees exactly the
+batches an uninterrupted one would.
+
+    --data mnist          5,000 digits shipped in the package, split 4,500 train / 500 val
+    --data ROOT           ROOT/train/<class>/*.png, ROOT/val/<class>/* (or ROOT/<class>/*)
+    --data FILE.npz       `images` uint8 (N, H, W) or (N, H, W, C), optional `labels`
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+MNIST_FILE = ASSETS / "mnist5k.npz"
+MNIST_SPLIT_SEED, MNIST_VAL = 0, 500  # fixed: every user gets the same 4,500 / 500 split
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, PIL's RGB -> L weights
+
+
+def note(message: str):
+    print(f"note: {message}", file=sys.stderr)
+
+
+# ---- pixels ---------------------------------------------------------------------------------
+
+def convert_channels(images: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """uint8 (N, H, W, c) -> (N, H, W, channels): grayscale replicated to RGB, RGB to luminance."""
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    if c == 4:  # drop alpha
+        images, c = images[..., :3], 3
+    if c == 1 and channels == 3:
+        note(f"{source}: grayscale images replicated to 3 channels for an RGB model")
+        return np.repeat(images, 3, axis=-1)
+    if c == 3 and channels == 1:
+        note(f"{source}: RGB images converted to luminance for a 1-channel model")
+        return np.round(images.astype(np.float32) @ LUMA)[..., None].clip(0, 255).astype(np.uint8)
+    if c == channels:
+        return images
+    raise UserError(f"{source}: images have {c} channels, the model needs {channels}")
+
+
+def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
+    """ADM's centre crop: halve with a box filter while the short side is >= 2x the target, bicubic resize, crop."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def pil_mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise UserError(f"image files can feed 1- or 3-channel models, not {channels}")
+    return "L" if channels == 1 else "RGB"
+
+
+def to_pil_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Odd modes (16-bit, palette, alpha, CMYK) to L or RGB; 16-bit values are scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray(np.round(arr / peak * 255).clip(0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha over white
+        image = Image.alpha_composite(background, image)
+    return image.convert(mode)
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Images held in memory: uint8 (N, C, H, W) and int64 labels (N,) (-1 when unlabelled)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str):
+        self.images, self.labels, self.num_classes, self.name = images, labels, num_classes, name
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        image = self.images[index]
+        return (image.flip(-1) if flip else image), self.labels[index]
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Files under ROOT/<class>/ (classes sorted by name) or directly under ROOT (unlabelled)."""
+
+    def __init__(self, root: Path, size: int, channels: int):
+        self.root, self.size, self.mode, self.name = root, size, pil_mode(channels), str(root)
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        self.classes = [p.name for p in class_dirs]
+        self.num_classes = len(class_dirs)
+        entries = ([(f, i) for i, d in enumerate(class_dirs) for f in sorted(d.rglob("*")) if f.is_file()]
+                   if class_dirs else [(f, -1) for f in sorted(root.iterdir()) if f.is_file()])
+        self.files = [(f, label) for f, label in entries if f.suffix.lower() in IMAGE_EXTENSIONS]
+        skipped = len(entries) - len(self.files)
+        if skipped:
+            note(f"{root}: skipped {skipped} non-image file(s)")
+        if not self.files:
+            raise UserError(f"no images found in {root} (expected {root}/<class>/*.png or images directly in it)")
+        self.bad = 0
+
+    def __len__(self):
+        return len(self.files)
+
+    def load(self, index: int) -> torch.Tensor:
+        path = self.files[index][0]
+        with Image.open(path) as image:
+            image = center_crop_adm(to_pil_mode(image, self.mode), self.size)
+        arr = np.asarray(image, dtype=np.uint8).reshape(self.size, self.size, -1)  # (H, W, C)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        # A corrupt file is replaced by the next readable one (counted) rather than ending a long run.
+        for attempt in range(min(len(self.files), 16)):
+            i = (index + attempt) % len(self.files)
+            try:
+                image = self.load(i)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                self.bad += 1
+                if self.bad in (1, 10, 100, 1000):
+                    note(f"unreadable image {self.files[i][0]} skipped ({self.bad} so far)")
+                continue
+            return (image.flip(-1) if flip else image), torch.tensor(self.files[i][1])
+        raise UserError(f"{self.root}: 16 unreadable images in a row near {self.files[index][0]}")
+
+
+def fit_array(images: np.ndarray, size: int, source: str) -> np.ndarray:
+    """uint8 (N, H, W, C) at the model size; MNIST-style arrays smaller than it are zero-padded centrally."""
+    h, w = images.shape[1:3]
+    if h != w:
+        raise UserError(f"{source}: images must be square, got {h}x{w}")
+    if h == size:
+        return images
+    if h < size and (size - h) % 2 == 0:
+        pad = (size - h) // 2
+        note(f"{source}: {h}x{h} images padded to {size}x{size}")
+        return np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    raise UserError(f"{source}: images are {h}x{w}, the model needs {size}x{size}")
+
+
+def array_dataset(images, labels, size: int, channels: int, source: str, num_classes: int | None = None):
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise UserError(f"{source}: 'images' must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise UserError(f"{source}: 'images' must be (N, H, W) or (N, H, W, C) with N > 0, got {images.shape}")
+    images = convert_channels(fit_array(images, size, source), channels, source)
+    if labels is None:
+        labels, num_classes = np.full(len(images), -1), 0
+    else:
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise UserError(f"{source}: {labels.shape[0]} labels for {images.shape[0]} images")
+        if labels.min() < 0:
+            raise UserError(f"{source}: labels must be >= 0")
+        num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return ArrayDataset(tensor, torch.from_numpy(labels), num_classes, source)
+
+
+def read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:  # no pickled objects: plain arrays only
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # a corrupt zip raises zipfile.BadZipFile and friends
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The embedded digits, (N, 28, 28) uint8 and labels: a fixed seeded permutation, last 500 = val."""
+    d = read_npz(MNIST_FILE)
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(d["images"]))
+    index = order[:-MNIST_VAL] if split == "train" else order[-MNIST_VAL:]
+    return d["images"][index], d["labels"][index]
+
+
+def load_dataset(spec: str, split: str, size: int, channels: int):
+    """A dataset at the model's size and channel count from `mnist`, an image folder, or an .npz file."""
+    if split not in ("train", "val"):
+        raise UserError(f"unknown split {split!r} (choose train or val)")
+    if spec == "mnist":
+        images, labels = mnist_split(split)
+        return array_dataset(images, labels, size, channels, f"mnist/{split}", num_classes=10)
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"data not found: {spec} (give 'mnist', an image folder or an .npz file)")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise UserError(f"{spec}: expected an .npz file or an image folder")
+        d = read_npz(path)
+        if "images" not in d:
+            raise UserError(f"{spec}: no 'images' array (found: {', '.join(d) or 'nothing'})")
+        return array_dataset(d["images"], d.get("labels"), size, channels, str(path))
+    root = path / split if (path / split).is_dir() else path
+    if root is path and (path / "train").is_dir():
+        raise UserError(f"{spec} has a train/ folder but no {split}/ folder")
+    return ImageFolder(root, size, channels)
+
+
+def stack(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` items as one uint8 (N, C, H, W) batch and labels (N,)."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.images[:limit], dataset.labels[:limit]
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+# ---- data order -----------------------------------------------------------------------------
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This rank's (index, flip) lists, batch by batch, from a permutation drawn from (seed, epoch).
+
+    The order is a pure function of (seed, epoch, position): resuming at `start` batches into
+    the run replays exactly what follows. Each global batch is split across ranks in contiguous slices.
+    """
+
+    def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int, flip: bool, start: int = 0):
+        if global_batch > size:
+            raise UserError(f"batch size {global_batch} is larger than the dataset ({size} images)")
+        self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
+        self.seed, self.flip, self.start = seed, flip, start
+        self.per_epoch = size // global_batch  # the last partial batch is dropped
+
+    def __iter__(self):
+        local = self.global_batch // self.world
+        position = self.start
+        while True:
+            epoch, b = divmod(position, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.size, generator=g)
+            flips = torch.rand(self.size, generator=g) < 0.5 if self.flip else torch.zeros(self.size, dtype=torch.bool)
+            for b in range(b, self.per_epoch):
+                chunk = order[b * self.global_batch:(b + 1) * self.global_batch][self.rank * local:(self.rank + 1) * local]
+                yield [(int(i), bool(flips[i])) for i in chunk]
+                position += 1
