@@ -430,3 +430,27 @@ def test_evaluate_writes_npz_and_scores_it_the_same(tmp_path, capsys):
     code, stdout, _ = run_cli(["fid", str(npz), "--ref-stats", stats, "--inception", net, "--json"], capsys)
     assert json.loads(stdout.splitlines()[-1])["fid"] == pytest.approx(from_pngs["fid"], rel=1e-9)
     assert ImageSet(str(tmp_path / "s")).read_all().shape == (6, 8, 8, 3)
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_sampling(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    net = scripted(Pool3Stand(), tmp_path / "net.pt")
+    ref, ckpt = write_reference(tmp_path), tiny_checkpoint(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "fractalgen", "evaluate", "--checkpoint", ckpt,
+                          "--num-images", "6", "--out", str(tmp_path / "s"), "--ref-images", ref, "--inception", net,
+                          "--batch-size", "2", "--device", "cpu", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    json_lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1  # only rank 0 reports
+    result = json.loads(json_lines[0])
+    assert result["generated"] == 6 and result["images"] == 6 and np.isfinite(result["fid"])
+    assert len(list((tmp_path / "s").glob("*.png"))) == 6
