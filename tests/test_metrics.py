@@ -454,3 +454,23 @@ def test_torchrun_splits_the_sampling(tmp_path):
     result = json.loads(json_lines[0])
     assert result["generated"] == 6 and result["images"] == 6 and np.isfinite(result["fid"])
     assert len(list((tmp_path / "s").glob("*.png"))) == 6
+
+
+def test_classifier_fid_on_the_held_out_digits(tmp_path, capsys):
+    stats = str(tmp_path / "digits.npz")
+    code, out, _ = run_cli(["ref-stats", "mnist", "--out", stats, "--features", "mnist-classifier", "--json"], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["dim"] == 128
+    digits = ImageSet("mnist").read_all()  # (500, 28, 28, 1)
+    np.savez(tmp_path / "inverted.npz", images=255 - digits)
+    results = {}
+    for name, source in (("same", "mnist"), ("inverted", str(tmp_path / "inverted.npz"))):
+        code, out, _ = run_cli(["fid", source, "--ref-stats", stats, "--features", "mnist-classifier", "--json"],
+                               capsys)
+        assert code == 0
+        results[name] = json.loads(out.splitlines()[-1])
+    assert results["same"]["fid"] < 1e-6 and results["same"]["precision"] == 1.0
+    assert results["inverted"]["fid"] > 1.0
+    assert results["same"]["inception_score"] > 5  # confident, balanced predictions over 10 digits
+    code, _, err = run_cli(["fid", "mnist", "--ref-stats", stats, "--features", "inception",
+                            "--inception", scripted(Pool3Stand(), tmp_path / "net.pt")], capsys)
+    assert code == 2 and "mnist-classifier features" in err

@@ -38,17 +38,14 @@ class FunctionFeatureNet(FeatureNet):
 
 
 def mnist_classifier_net() -> FeatureNet:
-    """The penultimate features and logits of the small MNIST classifier in fractalgen.classifier."""
-    try:
-        from .. import classifier
-    except ModuleNotFoundError as e:
-        if e.name != "fractalgen.classifier":
-            raise
-        raise UserError("the MNIST classifier (fractalgen.classifier) is not part of this installation") from None
+    """The small MNIST classifier (fractalgen.classifier): its (N, 128) penultimate activations as features
+    (a "classifier FID", common practice for digits) and its 10 logits (a classifier Inception Score).
+    Not comparable with Inception-based numbers."""
+    from .. import classifier
+
     model = classifier.load_mnist_classifier()
-    features = getattr(model, "features", None) or (lambda images: classifier.features(model, images))
-    predict = getattr(model, "logits", None) or getattr(model, "forward", None)
-    return FunctionFeatureNet("mnist-classifier", features, predict)
+    return FunctionFeatureNet("mnist-classifier", lambda images: classifier.features(images, model),
+                              lambda images: model(classifier.prepare(images)))
 
 
 def extract(net: FeatureNet, batches: Iterable[torch.Tensor], want_logits: bool = True,

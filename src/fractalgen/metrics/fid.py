@@ -61,7 +61,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     middle = (middle + middle.T) / 2  # exact symmetry for eigh
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(distance, 0.0))  # never negative; round-off can take identical sets to -1e-9 * trace
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:

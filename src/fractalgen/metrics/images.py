@@ -112,13 +112,8 @@ def _read_npz(path: Path) -> np.ndarray:
 
 
 def _embedded_digits() -> np.ndarray:
-    """The 500 held-out digits of the embedded MNIST set (the `val` split of fractalgen.data)."""
-    try:
-        from .. import data
-    except ModuleNotFoundError as e:
-        if e.name != "fractalgen.data":
-            raise
-        raise UserError("the embedded MNIST digits (fractalgen.data) are not part of this installation") from None
-    images, _ = data.load_mnist(split="val")
-    images = np.asarray(images, dtype=np.uint8)
-    return images[..., None] if images.ndim == 3 else images
+    """The 500 held-out digits of the embedded MNIST set (the `val` split), (500, 28, 28, 1)."""
+    from ..data import mnist_split
+
+    images, _ = mnist_split("val")
+    return np.asarray(images, dtype=np.uint8)[..., None]
