@@ -86,6 +86,7 @@ def _scoring_arguments(p):
 
 def run_evaluate(args) -> int:
     import fractalgen
+
     from .metrics.evaluate import evaluate_model, sampling_settings
 
     _check_positive(args, "num_images", "batch_size", "feature_batch_size", "splits", "pr_images")

@@ -14,8 +14,23 @@ from .inception_score import inception_score
 from .precision_recall import precision_recall
 
 __all__ = [
-    "Scores", "class_schedule", "generate_images", "reference_statistics", "score_images", "FeatureNet",
-    "FunctionFeatureNet", "extract", "mnist_classifier_net", "Statistics", "frechet_distance",
-    "load_statistics", "save_statistics", "statistics", "ImageSet", "InceptionNet", "resize_like_tf1",
-    "inception_score", "precision_recall",
+    "FeatureNet",
+    "FunctionFeatureNet",
+    "ImageSet",
+    "InceptionNet",
+    "Scores",
+    "Statistics",
+    "class_schedule",
+    "extract",
+    "frechet_distance",
+    "generate_images",
+    "inception_score",
+    "load_statistics",
+    "mnist_classifier_net",
+    "precision_recall",
+    "reference_statistics",
+    "resize_like_tf1",
+    "save_statistics",
+    "score_images",
+    "statistics",
 ]

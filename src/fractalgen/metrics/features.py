@@ -6,7 +6,7 @@ digits, or any function a user or a test supplies.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -15,13 +15,13 @@ from ..errors import UserError
 
 
 class FeatureNet:
-    """`net(images uint8 (B, C, H, W)) -> (features (B, D), logits (B, K) or None)`."""
+    """`net(images uint8 (B, C, H, W), with_logits) -> (features (B, D), logits (B, K) or None)`."""
 
     name: str = "features"
     has_logits: bool = False
     no_logits_reason: str = "this feature network has no classifier output"
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, images: torch.Tensor, with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
 
@@ -33,8 +33,9 @@ class FunctionFeatureNet(FeatureNet):
         self.has_logits = logits is not None
 
     @torch.no_grad()
-    def __call__(self, images):
-        return self._features(images), (self._logits(images) if self._logits is not None else None)
+    def __call__(self, images, with_logits=True):
+        logits = self._logits(images) if with_logits and self._logits is not None else None
+        return self._features(images), logits
 
 
 def mnist_classifier_net() -> FeatureNet:
@@ -53,7 +54,7 @@ def extract(net: FeatureNet, batches: Iterable[torch.Tensor], want_logits: bool 
     """Run the network over uint8 batches: features (N, D) float64, logits (N, K) float64 or None."""
     features, logits = [], []
     for images in batches:
-        f, lg = net(images)
+        f, lg = net(images, with_logits=want_logits)
         features.append(f.detach().double().flatten(1).cpu().numpy())  # some nets return (B, D, 1, 1)
         if want_logits and lg is not None:
             logits.append(lg.detach().double().cpu().numpy())

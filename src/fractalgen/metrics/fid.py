@@ -113,7 +113,7 @@ def load_statistics(path) -> Statistics:
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
             count = int(data["count"]) if "count" in data else None
             feature_net = str(data["feature_net"]) if "feature_net" in data else None
-            features = data["features"] if "features" in data else None
+            features = data["features"] if "features" in data.files else None
     except UserError:
         raise
     except Exception as e:  # not a zip, truncated, pickled objects ...

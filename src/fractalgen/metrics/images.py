@@ -5,8 +5,8 @@ batches), uint8, (N, H, W) or (N, H, W, C). Every image of a set must have the s
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class ImageSet:
         self._describe()
 
     @classmethod
-    def from_files(cls, files: list[Path]) -> "ImageSet":
+    def from_files(cls, files: list[Path]) -> ImageSet:
         """Exactly these files (e.g. the images `evaluate` wrote, whatever else their folder holds)."""
         self = cls.__new__(cls)
         self.source, self.files, self.array = str(files[0].parent) if files else "", list(files), None

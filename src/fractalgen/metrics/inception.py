@@ -107,7 +107,7 @@ class InceptionNet(FeatureNet):
         return self.module((x - 128) / 128)  # TF's scaling to [-1, 1)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor):
+    def __call__(self, images: torch.Tensor, with_logits: bool = True):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grayscale -> RGB
         if images.shape[1] != 3:
@@ -115,7 +115,9 @@ class InceptionNet(FeatureNet):
         if self.stylegan:
             x = images.to(self.device, torch.float32)
             features = self.module(x, return_features=True)
-            probs = self.module(x, return_features=False)  # softmax over 1008 classes
+            if not with_logits:
+                return features, None
+            probs = self.module(x, return_features=False)  # softmax over 1008 classes (a second pass)
             return features, probs.clamp_min(1e-30).log()  # log-probabilities are valid logits
         out = self._pool3(images)
         if isinstance(out, (tuple, list)):
