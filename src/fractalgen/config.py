@@ -189,9 +189,9 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Our own field names, or the official constructor's (see OFFICIAL_FIELDS)."""
         d = dict(d)
-        if any(k in d for k in OFFICIAL_FIELDS):
-            return cls.from_official(d)
         known = {f.name for f in dataclasses.fields(cls)}
+        if any(k in d for k in OFFICIAL_FIELDS if k not in known):  # some official names equal ours
+            return cls.from_official(d)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
