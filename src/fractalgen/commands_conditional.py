@@ -10,7 +10,6 @@ and a side-by-side strip (the input with the regenerated region tinted, then the
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -262,8 +262,8 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
 def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
     """Write the demo's inpainting pictures into out_dir; returns the written paths.
 
-    data: held-out digits, uint8 (N, 1, 28, 28), or a pair (images, labels); None loads the
-    held-out MNIST digits. Two pictures: the lower half regenerated (rows: original, input with
+    data: held-out digits, uint8 (N, 1, 28, 28) or (N, 28, 28), or a pair (images, labels);
+    None takes the first `count` of the 500 held-out MNIST digits (`data.mnist_split("val")`). Two pictures: the lower half regenerated (rows: original, input with
     the mask shown, two completions), and digits edited to another class (rows: original,
     input, the edit; the target of digit i is its label + 1 + i % 9 modulo the class count).
     """
@@ -290,11 +290,13 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
 
 def _demo_data(data, count: int):
     if data is None:
-        from .data import held_out_digits  # the held-out MNIST digits
+        from .data import mnist_split
 
-        data = held_out_digits(count)
+        data = mnist_split("val")  # the 500 held-out digits, (N, 28, 28) and labels
     images, labels = data if isinstance(data, (tuple, list)) else (data, None)
-    images = torch.as_tensor(images)[:count]
+    images = torch.as_tensor(np.asarray(images))[:count]
+    if images.dim() == 3:
+        images = images[:, None]  # (N, 1, H, W)
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long)[:count]
     return images, labels
