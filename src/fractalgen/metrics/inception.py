@@ -98,9 +98,8 @@ class InceptionNet(FeatureNet):
         self.stylegan = "return_features" in arguments
         # A pool3 net may also return logits; find out once on a tiny input.
         self.has_logits = self.stylegan or isinstance(self._pool3(torch.zeros(1, 3, 8, 8)), (tuple, list))
-        self.no_logits_reason = (f"{self.path.name} outputs only pool features (no classifier layer), so no "
-                                 "Inception Score: use a network with logits, e.g. StyleGAN2-ADA's "
-                                 "inception-2015-12-05.pt")
+        self.no_logits_reason = (f"{self.path.name} outputs only pool features (no classifier layer); for the "
+                                 "score use a network with logits, e.g. StyleGAN2-ADA's inception-2015-12-05.pt")
 
     def _pool3(self, images: torch.Tensor):
         x = resize_like_tf1(images.to(self.device, torch.float32))  # (B, 3, 299, 299), 0..255
