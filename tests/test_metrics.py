@@ -147,9 +147,9 @@ def test_inception_score_agrees_with_torchmetrics():
     torch.manual_seed(5)
     expected_mean, expected_std = (v.item() for v in metric.compute())
     torch.manual_seed(5)
-    order = torch.randperm(300)  # torchmetrics shuffles before splitting; we split in order
+    order = torch.randperm(300)  # torchmetrics' own shuffle, applied here in place of ours
     logits = extract(FunctionFeatureNet("tiny", net), batches)[0][order.numpy()]
-    mean, std = inception_score(logits, splits=10)
+    mean, std = inception_score(logits, splits=10, shuffle=False)
     assert mean == pytest.approx(expected_mean, rel=1e-4)
     # torchmetrics' std is unbiased; ours is the population std, as torch-fidelity's and the ADM evaluator's.
     assert std * np.sqrt(10 / 9) == pytest.approx(expected_std, rel=1e-4)
@@ -157,12 +157,16 @@ def test_inception_score_agrees_with_torchmetrics():
 
 
 def test_inception_score_extremes():
-    # Confident and uniformly spread over K classes -> K; identical predictions -> 1.
+    # Confident and uniformly spread over K classes in every chunk -> K; identical predictions -> 1.
     k = 8
     confident = np.eye(k)[np.arange(800) % k] * 50
-    assert inception_score(confident, splits=4)[0] == pytest.approx(k, rel=1e-6)
+    assert inception_score(confident, splits=4, shuffle=False)[0] == pytest.approx(k, rel=1e-6)
     same = np.tile(np.random.default_rng(0).standard_normal(k), (100, 1))
     assert inception_score(same, splits=5)[0] == pytest.approx(1.0, abs=1e-9)
+    # Images sorted by class (as evaluate writes them) are shuffled before splitting.
+    by_class = np.sort(np.arange(800) % k)
+    assert inception_score(np.eye(k)[by_class] * 50, splits=4)[0] > 0.9 * k
+    assert inception_score(np.eye(k)[by_class] * 50, splits=4, shuffle=False)[0] < 2.5
 
 
 # ---- precision / recall ---------------------------------------------------------------------
