@@ -120,7 +120,7 @@ def run_fid(args) -> int:
     net, reference, ref_images = _scoring_inputs(args, device)
     images = ImageSet(args.images)
     total = len(images) + (len(ref_images) if ref_images is not None else 0)
-    with tqdm(total=total, unit="img", dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="img", dynamic_ncols=True, delay=0.5) as bar:
         if ref_images is not None:
             bar.set_description("reference features")
             reference = reference_statistics(net, ref_images, args.feature_batch_size, args.pr_images, bar.update)

@@ -251,6 +251,8 @@ def evaluate_model(model, out: Path, num_images: int, settings: dict, net: Featu
     generation = generate_images(model, out, labels, num_images, settings, batch_size, seed, rank, world,
                                  on_images=lambda n: progress.update(n * world))  # rank 0 speaks for all
     barrier()
+    if world > 1:
+        dist.destroy_process_group()  # scoring happens on rank 0 alone
     if rank != 0:
         return None, generation
     progress.n = todo  # exact again after the round-robin estimate
