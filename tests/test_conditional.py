@@ -53,14 +53,14 @@ def random_images(model, n, seed=0):
 # ---- exactness -------------------------------------------------------------------------------------
 
 MODELS = {  # every level kind, one to three levels, guiding pixel, RGB and grayscale
-    "ar1_gray": dict(sizes=(4, 1), kinds=("ar",)),
-    "mar1_rgb": dict(sizes=(4, 1), kinds=("mar",), channels=3),
-    "ar2_rgb": dict(sizes=(8, 2, 1), kinds=("ar", "ar"), channels=3),
-    "mar2_gray": dict(sizes=(8, 2, 1), kinds=("mar", "mar")),
-    "ar_mar_gray": dict(sizes=(8, 2, 1), kinds=("ar", "mar")),
-    "mar_ar_rgb": dict(sizes=(8, 2, 1), kinds=("mar", "ar"), channels=3),
-    "mar3_guiding_rgb": dict(sizes=(8, 4, 2, 1), kinds=("mar", "mar", "mar"), channels=3, guiding=True),
-    "mar3_guiding_gray": dict(sizes=(8, 4, 2, 1), kinds=("mar", "mar", "mar"), guiding=True),
+    "ar1_gray": {"sizes": (4, 1), "kinds": ("ar",)},
+    "mar1_rgb": {"sizes": (4, 1), "kinds": ("mar",), "channels": 3},
+    "ar2_rgb": {"sizes": (8, 2, 1), "kinds": ("ar", "ar"), "channels": 3},
+    "mar2_gray": {"sizes": (8, 2, 1), "kinds": ("mar", "mar")},
+    "ar_mar_gray": {"sizes": (8, 2, 1), "kinds": ("ar", "mar")},
+    "mar_ar_rgb": {"sizes": (8, 2, 1), "kinds": ("mar", "ar"), "channels": 3},
+    "mar3_guiding_rgb": {"sizes": (8, 4, 2, 1), "kinds": ("mar", "mar", "mar"), "channels": 3, "guiding": True},
+    "mar3_guiding_gray": {"sizes": (8, 4, 2, 1), "kinds": ("mar", "mar", "mar"), "guiding": True},
 }
 
 
@@ -129,7 +129,7 @@ def test_only_images_with_unknown_pixels_are_generated(monkeypatch):
 def test_fully_unknown_mask_is_the_ordinary_sampler(name, labels):
     model = tiny(**MODELS[name])
     s = model.config.img_size
-    settings = dict(cfg=2.5, temperature=1.1, num_iter=(3,) * model.config.num_levels, seed=5)
+    settings = {"cfg": 2.5, "temperature": 1.1, "num_iter": (3,) * model.config.num_levels, "seed": 5}
     unknown = torch.zeros(2, s, s, dtype=torch.bool)
     completed = fractalgen.inpaint(model, random_images(model, 2), unknown, labels=labels, **settings)
     sampled = fractalgen.sample(model, labels=labels, n=2, **settings)

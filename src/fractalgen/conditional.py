@@ -27,8 +27,8 @@ Images are uint8 (N, C, H, W); `known` is bool, True where the pixel is given.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,8 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     if todo.numel() == 0:
         return out
 
+    from . import make_generator, to_uint8  # the package's own seeding and rounding
+
     device = model.device
     defaults = {**model.config.to_dict(), **getattr(model, "sampling_defaults", {})}
     was_training = model.training
@@ -81,12 +83,12 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
             cfg_schedule=defaults["cfg_schedule"] if cfg_schedule is None else cfg_schedule,
             temperature=defaults["temperature"] if temperature is None else temperature,
             filter_threshold=filter_threshold, num_iter=num_iter,
-            generator=_generator(device, seed),
+            generator=make_generator(model, seed),
             known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
         )
     finally:
         model.train(was_training)
-    out[todo] = values.round().clamp(0, 255).to(torch.uint8).to(out.device)
+    out[todo] = to_uint8(values).to(out.device)
     return out
 
 
@@ -197,14 +199,6 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
         raise ConditionalInputError(f"box {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
                                     f"0 <= y0 < y1 <= {height} (x1, y1 exclusive)")
     return x0, y0, x1, y1
-
-
-def _generator(device, seed) -> torch.Generator | None:
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 # ---- pictures: the mask shown on the input, side-by-side strips ------------------------------------
