@@ -87,14 +87,17 @@ class FractalModel(nn.Module):
         pixel_nll = self.pixel_head.nll(conds[0], x.flatten(1).round().long(), weighted=train)  # x: (M, C, 1, 1)
         return pixel_nll, owner, guide_terms
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
+             train: bool = True) -> torch.Tensor:
         """Training loss (SPEC 7): mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
         dropped with the config's probability; MAR levels mask with the training schedule.
+        train=False gives the authors' likelihood-mode loss instead (unconditional, plain
+        channel mean, uniform MAR masks), averaged over pixels rather than per image.
         `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
         """
-        pixel_nll, _, guide_terms = self._recurse(images, labels, train=True, masks=masks)
+        pixel_nll, _, guide_terms = self._recurse(images, labels, train=train, masks=masks)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
     def nll(self, images: torch.Tensor, masks=None) -> torch.Tensor:
@@ -166,9 +169,10 @@ class FractalModel(nn.Module):
 
 
 def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> torch.Tensor:
-    """Mean of `values` (M,) grouped by `owner` (M,) into (batch,)."""
-    sums = torch.zeros(batch, device=values.device, dtype=values.dtype).index_add_(0, owner, values)
-    counts = torch.zeros(batch, device=values.device, dtype=values.dtype).index_add_(
+    """Mean of `values` (M,) grouped by `owner` (M,) into (batch,), accumulated in fp64 (exact enough for 8.0)."""
+    values = values.double()
+    sums = torch.zeros(batch, device=values.device, dtype=torch.float64).index_add_(0, owner, values)
+    counts = torch.zeros(batch, device=values.device, dtype=torch.float64).index_add_(
         0, owner, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 

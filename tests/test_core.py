@@ -1,0 +1,293 @@
+"""The core against the authors' code and against exact computations.
+
+Reference vectors (tests/data, copied from the authors' reference material): tiny models in
+the official checkpoint format with the losses the authors' code computed for them.
+"""
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fractalgen
+from fractalgen.checkpoint import CheckpointError, official_state_dict, save_official
+from fractalgen.config import PRESETS, ConfigError, ModelConfig
+from fractalgen.levels.base import patchify
+
+DATA = Path(__file__).parent / "data"
+VECTOR_CONFIGS = json.loads((DATA / "configs.json").read_text())
+OFFICIAL = ["fractalar_in64", "fractalmar_in64", "fractalmar_base_in256", "fractalmar_large_in256",
+            "fractalmar_huge_in256"]
+
+
+def vector(name):
+    fields = {k: v for k, v in VECTOR_CONFIGS[name].items() if k not in ("eval_loss", "train_loss")}
+    # The vectors were made with every dropout and the label dropout switched off.
+    cfg = ModelConfig.from_official(fields, attn_dropout=0.0, proj_dropout=0.0, label_drop_prob=0.0, name=name)
+    model = fractalgen.load(DATA / f"{name}.pth", config=cfg)
+    v = np.load(DATA / f"{name}.npz")
+    masks = None
+    if "mask_level0" in v:  # the given level-0 mask; every deeper MAR level masks all of its tokens
+        masks = [torch.from_numpy(v["mask_level0"]).bool()] + ["all"] * (cfg.num_levels - 1)
+    return model, torch.from_numpy(v["images"]), torch.from_numpy(v["labels"]), masks, VECTOR_CONFIGS[name]
+
+
+def seeded_model(name, seed=0, **changes):
+    torch.manual_seed(seed)
+    cfg = fractalgen.get_config(name)
+    model = fractalgen.build(cfg.replace(**changes) if changes else cfg)
+    with torch.no_grad():  # perturb so that no distribution is close to uniform
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+# ---- the authors' numbers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar"])
+def test_reference_vectors(name):
+    model, images, labels, masks, ref = vector(name)
+    with torch.no_grad():
+        assert model.loss(images, labels, masks=masks).item() == pytest.approx(ref["train_loss"], abs=1e-4)
+        assert model.loss(images, None, masks=masks, train=False).item() == pytest.approx(ref["eval_loss"], abs=1e-4)
+
+
+def test_reference_vector_guiding_pixel():
+    """tiny_mar_gp4: the authors' code rounds the guiding pixel's target after adding N(0, 0.01^2)
+    noise, which breaks the exact .5 ties of patch means at random (about 70 ties here); the
+    vector's losses are one draw of that and cannot be reproduced to 1e-4 by anyone. Check they
+    sit inside the distribution of our draws (measured: train at -2.0 sd, eval at -0.4 sd)."""
+    model, images, labels, masks, ref = vector("tiny_mar_gp4")
+    with torch.no_grad():
+        for train, key in ((True, "train_loss"), (False, "eval_loss")):
+            draws = []
+            for seed in range(32):
+                torch.manual_seed(seed)
+                draws.append(model.loss(images, labels if train else None, masks=masks, train=train).item())
+            draws = np.array(draws)
+            assert 0.0 < draws.std() < 0.2  # the spread comes from the ties alone
+            assert abs(ref[key] - draws.mean()) < 4 * draws.std()
+
+
+def test_bits_per_dim_of_tiny_ar_vector():
+    model, images, _, _, ref = vector("tiny_ar")
+    assert fractalgen.bits_per_dim(model, images) == pytest.approx(ref["eval_loss"] / math.log(2), abs=1e-5)
+
+
+# ---- exact computations ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar", "tiny_mar_gp4"])
+def test_uniform_pixel_head_is_eight_bits(name):
+    model = seeded_model(name)
+    with torch.no_grad():  # a zero final norm makes every logit 0: a uniform 256-way categorical
+        for p in (model.pixel_head.norm.weight, model.pixel_head.norm.bias, *model.pixel_head.logit_bias):
+            p.zero_()
+        for level in model.levels:
+            if hasattr(level, "guide_head"):
+                for p in (level.guide_head.norm.weight, level.guide_head.norm.bias, *level.guide_head.logit_bias):
+                    p.zero_()
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    per_level = 8.0 * (1 + sum(hasattr(lv, "guide_head") for lv in model.levels))  # guide losses add 8 each
+    assert fractalgen.bits_per_dim(model, images) == pytest.approx(per_level, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny_ar", "mnist_ar"])
+def test_sampler_log_probability_equals_likelihood(name):
+    """The log-probability the sampler accumulates while drawing an image (temperature 1, no
+    guidance) equals minus the likelihood-mode loss of that image times its dimensions."""
+    model = seeded_model(name)
+    g = torch.Generator().manual_seed(1)
+    values, logp = model.generate(labels=None, n=3, cfg=1.0, temperature=1.0, filter_threshold=0.0, generator=g)
+    images = values.to(torch.uint8)
+    dims = images[0].numel()
+    with torch.no_grad():
+        nll = model.nll(images)  # nats per dimension, per image
+    torch.testing.assert_close(-logp.double(), nll * dims, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_ar_kv_cache_equals_full_recompute(guided):
+    """Conditions the cached decoder hands down equal a full causal pass over the finished image."""
+    model = seeded_model("tiny_ar")
+    level = model.levels[0]
+    seen = []
+    original = model._sample_level
+
+    def spy(depth, ctx, conds, cfg, known):
+        if depth == 1:
+            seen.append(conds[0].clone())
+        return original(depth, ctx, conds, cfg, known)
+
+    model._sample_level = spy
+    labels = torch.tensor([1, 5])
+    values, _ = model.generate(labels=labels, cfg=3.0 if guided else 1.0, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == level.cfg.seq_len
+    cached = torch.stack(seen, dim=1)  # (R, N, D): R = 2B when guided
+    cond = model.class_condition(labels, 2)
+    if guided:
+        cond = torch.cat([cond, model.null_class.expand(2, -1)])
+        values = torch.cat([values, values])
+    with torch.no_grad():
+        full = level.hidden(patchify(values, level.cfg.patch_size), cond)
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+
+
+def test_pixel_head_cache_equals_full_logits():
+    model = seeded_model("tiny_ar")
+    head = model.pixel_head
+    cond = torch.randn(5, head.cond_proj.in_features)
+    ctx = fractalgen.sampling.SampleContext(guided=False, temperature=1.0, filter_threshold=0.0,
+                                            num_iter=(1, 1), generator=torch.Generator().manual_seed(0))
+    values, logp = head.sample(cond, torch.ones(5), ctx)
+    with torch.no_grad():
+        full = torch.log_softmax(head.logits(cond, values), -1).gather(2, values[..., None]).sum((1, 2))
+    torch.testing.assert_close(logp, full, rtol=1e-5, atol=1e-4)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar", "tiny_mar_gp4"])
+def test_sample_shapes_and_determinism(name):
+    model = seeded_model(name)
+    a = fractalgen.sample(model, labels=[0, 3, 9], cfg=4.0, seed=7, num_iter=(4,) * model.config.num_levels)
+    b = fractalgen.sample(model, labels=[0, 3, 9], cfg=4.0, seed=7, num_iter=(4,) * model.config.num_levels)
+    assert a.dtype == torch.uint8 and a.shape == (3, 3, 16, 16)
+    assert torch.equal(a, b)
+    u = fractalgen.sample(model, n=2, cfg_schedule="constant", temperature=1.1, seed=1)
+    assert u.shape == (2, 3, 16, 16)
+
+
+def test_unconditional_model():
+    model = fractalgen.build(PRESETS["tiny_mar"].replace(num_classes=0))
+    assert not hasattr(model, "class_embed")
+    x = fractalgen.sample(model, n=2, seed=0, num_iter=(2, 2))
+    assert model.loss(x, None).isfinite()
+
+
+def test_guidance_filter():
+    from fractalgen.sampling import guide
+    cond = torch.tensor([[10.0, 0.0, -10.0]])
+    uncond = torch.tensor([[0.0, 0.0, 5.0]])
+    out = guide(torch.cat([cond, uncond]), torch.tensor([3.0]), filter_threshold=1e-4)
+    # value 2 is very unlikely under the conditional: its unconditional logit is raised to
+    # max(5, -10 - 10 + 5) = 5, no change; guidance keeps it far below value 0
+    assert out.argmax().item() == 0 and out[0, 2] < out[0, 0] - 40
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def read_layout(name):
+    rows = (DATA / "layouts" / f"{name}.tsv").read_text().strip().splitlines()[1:]
+    return {k: tuple(int(d) for d in shape.split("x")) for k, shape, _ in (r.split("\t") for r in rows)}
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_layouts(name):
+    with torch.device("meta"):  # no 850M-parameter allocation
+        model = fractalgen.build(name)
+    ours = {k: tuple(v.shape) for k, v in official_state_dict(model).items()}
+    assert ours == read_layout(name)
+
+
+def test_official_export_round_trip(tmp_path):
+    model, *_ = vector("tiny_mar_gp4")
+    original = torch.load(DATA / "tiny_mar_gp4.pth", weights_only=True)["model"]
+    save_official(model, tmp_path / "out.pth")
+    exported = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
+    assert list(exported) == list(exported) and set(exported) == set(original)
+    for k in original:
+        assert torch.equal(exported[k], original[k]), k
+
+
+def test_own_format_round_trip(tmp_path):
+    model = seeded_model("tiny_mar_gp4")
+    fractalgen.save(model, tmp_path / "m.safetensors", sampling={"cfg": 3.0})
+    loaded = fractalgen.load(tmp_path / "m.safetensors")  # no config argument: it travels with the weights
+    assert loaded.config == model.config and loaded.sampling_defaults == {"cfg": 3.0}
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_shape_mismatch_names_key(tmp_path):
+    state = torch.load(DATA / "tiny_ar.pth", weights_only=True)
+    state["model"]["class_emb.weight"] = torch.zeros(7, 64)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"class_emb\.weight.*\(7, 64\).*\(10, 64\)"):
+        fractalgen.load(tmp_path / "bad.pth", config="tiny_ar")
+
+
+def test_official_checkpoint_with_training_state(tmp_path):
+    state = torch.load(DATA / "tiny_ar.pth", weights_only=True)
+    state.update(epoch=3, args=argparse.Namespace(model="tiny_ar", lr=1e-4, img_size_list=[16, 4, 1]),
+                 optimizer={"state": {}, "param_groups": [{"lr": 1e-4}]}, scaler={"scale": 65536.0})
+    torch.save(state, tmp_path / "full.pth")
+    assert isinstance(fractalgen.load(tmp_path / "full.pth"), fractalgen.FractalModel)  # config from args.model
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+    torch.save({"model": {}, "payload": _Exploit(target)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refusing"):
+        fractalgen.load(tmp_path / "evil.pth", config="tiny_ar")
+    assert not target.exists()
+
+
+def test_args_with_non_plain_values_refused(tmp_path):
+    state = torch.load(DATA / "tiny_ar.pth", weights_only=True)
+    state["args"] = argparse.Namespace(model="tiny_ar", weights=torch.zeros(2))
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="args"):
+        fractalgen.load(tmp_path / "odd.pth", config="tiny_ar")
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+def test_official_dict_config():
+    cfg = fractalgen.get_config({**{k: v for k, v in VECTOR_CONFIGS["tiny_mar"].items() if "loss" not in k},
+                                 "channels": 1})
+    assert cfg.channels == 1 and cfg.kinds == ("mar", "mar") and cfg.num_conds == 5
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(img_sizes=(16, 5, 1)), "multiple"),
+    (dict(img_sizes=(16, 4, 2)), "last image size"),
+    (dict(kinds=("ar", "gan")), "unknown generator kind"),
+    (dict(heads=(3, 2, 2)), "divisible"),
+    (dict(channels=0), "channels"),
+])
+def test_invalid_configs(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        PRESETS["tiny_ar"].replace(**bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        fractalgen.build("fractalgan")
+
+
+def test_training_lowers_loss():
+    torch.manual_seed(0)
+    model = fractalgen.build(PRESETS["tiny_ar"].replace(label_drop_prob=0.0)).train()
+    images = torch.randint(0, 4, (4, 3, 16, 16), dtype=torch.uint8) * 60
+    labels = torch.arange(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(images, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
