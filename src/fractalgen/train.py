@@ -1,0 +1,349 @@
+"""Training: one loop, single process or data-parallel under torchrun.
+
+    fractalgen train --preset mnist_ar --data mnist --out runs/mnist --steps 2000 --batch-size 64 --lr 1e-3
+    torchrun --nproc_per_node=8 -m fractalgen train --preset fractalmar_in64 --data /imagenet --out runs/in64
+
+A run directory holds `checkpoint.pt` (everything needed to resume: model, optimizer, step,
+RNG states of every rank, data position, config and options), `model.safetensors` (the
+weights for `fractalgen sample`), and `samples/` (periodic grids). Both files are written
+atomically (temporary file, fsync, rename), so a crash never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import ModelConfig
+from .data import EpochBatches, load_dataset
+from .errors import UserError
+from .model import FractalModel
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    out: str
+    data: str = "mnist"
+    steps: int | None = None  # total optimizer steps (a resumed run continues up to it)
+    epochs: float | None = None  # used when steps is None
+    batch_size: int = 64  # global, over all ranks
+    lr: float | None = None  # absolute; None = blr * batch_size / 256
+    blr: float = 5e-5
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None  # None = warmup_epochs
+    warmup_epochs: float = 40 / 800 * 10  # the official 40-of-800 ratio over a 10-epoch default
+    grad_clip: float = 3.0
+    flip: bool = True
+    seed: int = 0
+    grad_checkpointing: bool = False
+    save_every: int = 500
+    sample_every: int = 1000
+    keep_checkpoints: bool = False  # also keep checkpoint-{step}.pt copies
+    tensorboard: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    resume: str | None = None
+
+
+# ---- distributed set-up ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if dist.is_initialized():
+            dist.barrier()
+
+
+def setup_distributed(device_option: str) -> tuple[Dist, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist(), pick_device(device_option)
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = torch.cuda.is_available() and device_option in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return d, torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
+
+
+def pick_device(option: str) -> torch.device:
+    if option == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if option.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {option}: CUDA is not available on this machine")
+    try:
+        return torch.device(option)
+    except RuntimeError:
+        raise UserError(f"unknown device {option!r}") from None
+
+
+# ---- pieces of the recipe --------------------------------------------------------------------
+
+class LossModule(nn.Module):
+    """DistributedDataParallel synchronises gradients around forward(): route the loss through it."""
+
+    def __init__(self, model: FractalModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, labels):
+        return self.model.loss(images, labels)
+
+
+def param_groups(model: nn.Module, weight_decay: float):
+    """Official rule: weight decay on matrices only (none on biases, norms or other 1-D parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine to zero at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def enable_grad_checkpointing(model: FractalModel):
+    """Recompute each transformer block in the backward pass instead of storing its activations."""
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(block):
+        forward = block.forward
+
+        @functools.wraps(forward)
+        def checkpointed(*args, **kwargs):
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        block.forward = checkpointed
+
+    for module in model.modules():
+        for block in getattr(module, "blocks", []):
+            wrap(block)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
+                    options: TrainOptions, d: Dist, device: torch.device):
+    """Collective (every rank's RNG state is gathered); rank 0 writes."""
+    states = [None] * d.world
+    if d.enabled:
+        dist.all_gather_object(states, rng_state(device))
+    else:
+        states[0] = rng_state(device)
+    if d.main:
+        state = {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "data_position": step,  # batches consumed; the order itself is drawn from (seed, epoch)
+            "epoch": step / batches.per_epoch,
+            "rng": states,
+            "config": model.config.to_json(),
+            "options": json.dumps(dataclasses.asdict(options)),
+            "world_size": d.world,
+        }
+        ckpt.atomic_save(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
+        if options.keep_checkpoints:
+            ckpt.atomic_save(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
+        ckpt.save(model, out / "model.safetensors")
+    d.barrier()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"--resume: no training checkpoint at {path}")
+    state = ckpt.safe_torch_load(path)
+    missing = [k for k in ("model", "optimizer", "step", "rng", "config") if k not in state]
+    if missing:
+        raise UserError(f"--resume: {path} is not a training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+def train(config: ModelConfig | None, options: TrainOptions) -> dict:
+    """Train (or resume) and return {'step', 'loss', 'seconds'}. `config` may be None when resuming."""
+    d, device = setup_distributed(options.device)
+    resume = read_checkpoint(options.resume) if options.resume else None
+    if resume is not None:
+        config = ModelConfig.from_dict(json.loads(resume["config"]))
+    if options.batch_size % d.world:
+        raise UserError(f"global batch {options.batch_size} is not divisible by {d.world} processes")
+    out = Path(options.out)
+    if d.main:
+        check_writable(out)
+    torch.manual_seed(options.seed + d.rank)  # per-rank: different label dropout and MAR masks
+    np.random.seed(options.seed + d.rank)
+    random.seed(options.seed + d.rank)
+
+    dataset = load_dataset(options.data, "train", config.img_size, config.channels)
+    if config.num_classes and dataset.num_classes > config.num_classes:
+        raise UserError(f"{options.data} has {dataset.num_classes} classes, the model {config.num_classes}")
+    labelled = config.num_classes > 0 and dataset.num_classes > 0
+    global_batch = options.batch_size
+    batches = EpochBatches(len(dataset), global_batch, d.rank, d.world, options.seed, options.flip)
+    total = options.steps or max(1, round((options.epochs or 10) * batches.per_epoch))
+    warmup = options.warmup_steps if options.warmup_steps is not None else round(options.warmup_epochs * batches.per_epoch)
+    warmup = min(warmup, total // 2)
+    base_lr = options.lr if options.lr is not None else options.blr * global_batch / 256
+
+    model = FractalModel(config).to(device)
+    if options.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        step = int(resume["step"])
+        if len(resume["rng"]) == d.world:  # same world size: every rank continues its own stream
+            set_rng_state(resume["rng"][d.rank], device)
+    batches.start = step
+    loss_module = LossModule(model)
+    if d.enabled:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator())
+    # Mixed precision on GPUs only: CPU bf16 autocast is slow and changes the numbers.
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    writer = tensorboard_writer(out) if options.tensorboard and d.main else None
+
+    if d.main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"training {config.name} ({n_params / 1e6:.2f}M parameters) on {len(dataset)} images from "
+              f"{options.data}: steps {step}->{total}, global batch {global_batch} over {d.world} process(es), "
+              f"lr {base_lr:.3g}, warm-up {warmup}, device {device}", flush=True)
+    bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, mininterval=2.0)
+    model.train()
+    started, seen, loss_value = time.time(), 0, float("nan")
+    data = iter(loader)
+    while step < total:
+        images, labels = next(data)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device) if labelled else None
+        lr = lr_at(step, base_lr, warmup, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            loss = loss_module(images, labels)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss is {loss.item()} at step {step}; stopping (the last checkpoint is kept)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+        optimizer.step()
+        step += 1
+        seen += images.shape[0] * d.world
+        loss_value = all_reduce_mean(loss.detach(), d)
+        if d.main:
+            rate = seen / max(1e-9, time.time() - started)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+            bar.update(1)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", lr, step)
+        if step % options.save_every == 0 or step == total:
+            save_checkpoint(out, model, optimizer, step, batches, options, d, device)
+        if options.sample_every and (step % options.sample_every == 0 or step == total) and d.main:
+            write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return {"step": step, "loss": loss_value, "seconds": time.time() - started}
+
+
+def all_reduce_mean(value: torch.Tensor, d: Dist) -> float:
+    if d.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= d.world
+    return float(value)
+
+
+def check_writable(out: Path):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: TensorBoard is not a dependency
+        print("note: tensorboard is not installed; scalars are not logged")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def write_samples(model: FractalModel, path: Path, seed: int):
+    """A small grid (one row per class, up to 10 classes) with the config's sampling settings."""
+    from . import sample
+    from .visualize import save_grid
+
+    classes = min(model.config.num_classes, 10)
+    labels = [c for c in range(classes) for _ in range(4)] if classes else None
+    images = sample(model, labels=labels, n=None if labels else 16, cfg=model.config.cfg,
+                    temperature=model.config.temperature, cfg_schedule=model.config.cfg_schedule, seed=seed)
+    save_grid(images, path, nrow=4)

@@ -1,0 +1,200 @@
+"""The command line: every --help, a tiny train -> sample -> nll run, and bad input as one-line errors."""
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fractalgen
+from fractalgen.cli import build_parser, main
+
+torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
+
+MY_COMMANDS = ["train", "sample", "nll", "demo", "eval-samples"]
+TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
+        "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", MY_COMMANDS)
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "(default:" in out
+
+
+def test_every_registered_command_has_help(capsys):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(MY_COMMANDS) <= set(sub.choices)
+    for name in sub.choices:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "usage" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny config trained for a few steps on a few 8x8 pictures (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    np.savez(root / "digits.npz", images=images, labels=np.arange(12) % 2)
+    code = main(["train", "--config", str(root / "tiny.json"), "--data", str(root / "digits.npz"), "--out",
+                 str(root / "run"), "--steps", "3", "--batch-size", "4", "--lr", "1e-3", "--no-flip",
+                 "--save-every", "2", "--sample-every", "3", "--device", "cpu", "--json"])
+    assert code == 0
+    return root
+
+
+def test_train_writes_checkpoint_weights_and_samples(tiny_run, capsys):
+    run_dir = tiny_run / "run"
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "model.safetensors").is_file()
+    assert list((run_dir / "samples").glob("step*.png"))
+    model = fractalgen.load(run_dir)
+    assert model.config.img_sizes == (8, 2, 1)
+
+
+def test_train_resume_continues_to_more_steps(tiny_run, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    code, out, _ = run(capsys, "train", "--resume", tmp_path / "run", "--data", tiny_run / "digits.npz",
+                       "--steps", "5", "--batch-size", "4", "--lr", "1e-3", "--sample-every", "0", "--device", "cpu",
+                       "--json")
+    assert code == 0 and last_json(out)["step"] == 5
+    code, _, err = run(capsys, "train", "--config", tiny_run / "tiny.json", "--out", tmp_path / "run")
+    assert code == 2 and "already holds a training run" in err  # never trains over an existing run
+
+
+def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path, capsys):
+    out_dir = tmp_path / "samples"
+    code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--classes", "0,1", "--per-class", "2",
+                       "--out", out_dir, "--gif", tmp_path / "gen.gif", "--device", "cpu", "--json")
+    assert code == 0
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["00000_class0.png", "00001_class0.png", "00002_class1.png", "00003_class1.png", "grid.png"]
+    assert Image.open(out_dir / "00000_class0.png").size == (8, 8)
+    gif = Image.open(tmp_path / "gen.gif")
+    assert gif.n_frames == 4 * 4  # one frame per level-0 step (a 4x4 grid of patches)
+    assert last_json(out)["images"] == 4
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--out", tmp_path / "u")
+    assert code == 0 and (tmp_path / "u" / "00001_uncond.png").is_file()
+    before = (tmp_path / "u" / "grid.png").read_bytes()
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out", tmp_path / "u")
+    assert code == 2 and "already exists" in err  # files are never overwritten
+    assert (tmp_path / "u" / "grid.png").read_bytes() == before
+
+
+def test_nll_reports_bits_per_dim_with_stderr(tiny_run, capsys):
+    code, out, _ = run(capsys, "nll", "--checkpoint", tiny_run / "run", "--data", tiny_run / "digits.npz",
+                       "--device", "cpu", "--json")
+    result = last_json(out)
+    assert code == 0 and "bits/dim" in out
+    assert set(result) == {"bits_per_dim", "stderr", "images", "passes"} and result["images"] == 12
+    model = fractalgen.load(tiny_run / "run")
+    images = torch.from_numpy(np.load(tiny_run / "digits.npz")["images"])[:, None]
+    assert result["bits_per_dim"] == pytest.approx(fractalgen.bits_per_dim(model, images), abs=1e-5)
+    assert 0 < result["stderr"] < 1
+
+
+def test_sampling_defaults_come_from_the_checkpoint(tiny_run, tmp_path, capsys):
+    model = fractalgen.load(tiny_run / "run")
+    fractalgen.save(model, tmp_path / "m.safetensors", dtype=torch.bfloat16,
+                    sampling={"cfg": 3.5, "temperature": 0.9})
+    code, out, _ = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--out",
+                       tmp_path / "s", "--json")
+    settings = last_json(out)
+    assert code == 0 and settings["cfg"] == 3.5 and settings["temperature"] == 0.9
+    code, out, _ = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--cfg", "1.5",
+                       "--out", tmp_path / "s2", "--json")
+    assert last_json(out)["cfg"] == 1.5
+
+
+def one_line_error(code, err, *words):
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line(tiny_run, tmp_path, capsys):
+    ckpt = tiny_run / "run"
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00garbage-not-a-header")
+    (tmp_path / "empty").mkdir()
+    np.savez(tmp_path / "big.npz", images=np.zeros((3, 16, 16), np.uint8))
+    cases = [
+        (["sample", "--checkpoint", tmp_path / "missing.safetensors", "--out", tmp_path / "o"], "not found"),
+        (["sample", "--checkpoint", tmp_path / "corrupt.safetensors", "--out", tmp_path / "o"], "corrupt.safetensors"),
+        (["sample", "--checkpoint", ckpt, "--classes", "7", "--out", tmp_path / "o"], "out of range"),
+        (["sample", "--checkpoint", ckpt, "--num-iter", "1", "--out", tmp_path / "o"], "--num-iter"),
+        (["nll", "--checkpoint", ckpt, "--data", tmp_path / "empty"], "no images"),
+        (["nll", "--checkpoint", ckpt, "--data", tmp_path / "big.npz"], "16x16"),
+        (["train", "--preset", "no_such_preset", "--out", tmp_path / "r"], "unknown preset"),
+        (["train", "--config", tiny_run / "tiny.json", "--data", tiny_run / "digits.npz", "--batch-size", "64",
+          "--out", tmp_path / "r2", "--device", "cpu"], "larger than the dataset"),
+    ]
+    for argv, words in cases:
+        code, _, err = run(capsys, *argv)
+        one_line_error(code, err, words)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_is_one_line(tiny_run, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", locked / "x")
+    one_line_error(code, err, "cannot write")
+
+
+def test_output_under_a_file_is_one_line(tiny_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("user data")
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", blocker / "x")
+    one_line_error(code, err, "cannot write")
+    assert blocker.read_text() == "user data"
+
+
+def test_demo_writes_its_files(tiny_run, tmp_path, capsys, monkeypatch):
+    """The demo on a tiny 28x28 model (the bundled one is exercised by `make demo`)."""
+    config = dict(TINY, img_sizes=[28, 7, 1], name="tiny28")
+    torch.manual_seed(0)
+    model = fractalgen.build(config)
+    fractalgen.save(model, tmp_path / "m.safetensors")
+    monkeypatch.setattr("fractalgen.commands.conditional_hook", lambda: None)  # inpainting is tested elsewhere
+    code, out, err = run(capsys, "demo", "--checkpoint", tmp_path / "m.safetensors", "--per-class", "3", "--out",
+                         tmp_path / "demo", "--device", "cpu", "--json")
+    assert code == 0, err
+    result = last_json(out)
+    for key in ("grid", "gif", "bits_per_dim_file"):
+        assert (tmp_path / "demo").joinpath(os.path.basename(result[key])).is_file()
+        assert result[key] in out
+    cell = (28 + 2) * 2  # an image and its padding, scaled 2x
+    assert Image.open(result["grid"]).size == (3 * cell + 4, 2 * cell + 4)  # one row per class, 3 per row
+    assert 7.5 < result["bits_per_dim"] < 8.5  # an untrained model is near uniform over 256 values
+
+
+def test_eval_samples_on_written_pngs(tmp_path, capsys):
+    from fractalgen.data import mnist_split
+
+    images, labels = mnist_split("val")
+    for i in range(20):
+        Image.fromarray(images[i]).save(tmp_path / f"{i:05d}_class{labels[i]}.png")
+    code, out, _ = run(capsys, "eval-samples", "--samples", tmp_path, "--json")
+    result = last_json(out)
+    assert code == 0 and result["samples"] == 20 and result["accuracy"] >= 0.9  # real digits are recognised
