@@ -269,6 +269,9 @@ def atomic_save(write, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
