@@ -9,7 +9,7 @@ from fractalgen.errors import UserError
 
 
 def test_mnist_split_is_fixed_disjoint_and_complete():
-    train_images, train_labels = mnist_split("train")
+    train_images, _ = mnist_split("train")
     val_images, val_labels = mnist_split("val")
     assert train_images.shape == (4500, 28, 28) and val_images.shape == (500, 28, 28)
     again, _ = mnist_split("val")

@@ -338,7 +338,8 @@ def run_demo(args) -> int:
           f"{settings['temperature']} ...", flush=True)
     recorder = GenerationRecorder(nrow=args.per_class, scale=3)
     images = generate(model, labels, len(labels), settings, args.seed, len(labels), on_step=recorder)
-    paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif", "bits_per_dim_file": out / "bits_per_dim.txt"}
+    paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif",
+             "bits_per_dim_file": out / "bits_per_dim.txt"}
     save_grid(images, paths["grid"], nrow=args.per_class, scale=2)
     recorder.save(paths["gif"])
     print(f"class-conditional grid (one row per digit): {paths['grid']}")
@@ -358,7 +359,7 @@ def run_demo(args) -> int:
         try:
             for path in demo_examples(model, out, data=stack(val, 8), seed=args.seed):
                 print(f"inpainting example: {path}")
-        except Exception as e:  # the optional part must not hide the files already written
+        except Exception as e:  # noqa: BLE001 (the optional part must not hide the files already written)
             print(f"fractalgen demo: inpainting example failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed = True
     seconds = time.time() - started

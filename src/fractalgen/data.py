@@ -183,7 +183,7 @@ def read_npz(path: Path) -> dict:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-    except Exception as e:  # a corrupt zip raises zipfile.BadZipFile and friends
+    except Exception as e:  # noqa: BLE001 (a corrupt zip raises zipfile.BadZipFile and friends)
         raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
@@ -247,11 +247,11 @@ class EpochBatches(torch.utils.data.Sampler):
         local = self.global_batch // self.world
         position = self.start
         while True:
-            epoch, b = divmod(position, self.per_epoch)
+            epoch, first = divmod(position, self.per_epoch)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.size, generator=g)
             flips = torch.rand(self.size, generator=g) < 0.5 if self.flip else torch.zeros(self.size, dtype=torch.bool)
-            for b in range(b, self.per_epoch):
+            for b in range(first, self.per_epoch):
                 chunk = order[b * self.global_batch:(b + 1) * self.global_batch][self.rank * local:(self.rank + 1) * local]
                 yield [(int(i), bool(flips[i])) for i in chunk]
                 position += 1
