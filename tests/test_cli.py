@@ -73,10 +73,9 @@ def test_train_resume_continues_to_more_steps(tiny_run, tmp_path, capsys):
     import shutil
 
     shutil.copytree(tiny_run / "run", tmp_path / "run")
-    code, out, _ = run(capsys, "train", "--resume", tmp_path / "run", "--data", tiny_run / "digits.npz",
-                       "--steps", "5", "--batch-size", "4", "--lr", "1e-3", "--sample-every", "0", "--device", "cpu",
-                       "--json")
-    assert code == 0 and last_json(out)["step"] == 5
+    code, out, _ = run(capsys, "train", "--resume", tmp_path / "run", "--steps", "5", "--sample-every", "0", "--json")
+    assert code == 0 and last_json(out)["step"] == 5  # data, batch size and lr come from the stored run
+    assert "lr 0.001" in out and "global batch 4" in out
     code, _, err = run(capsys, "train", "--config", tiny_run / "tiny.json", "--out", tmp_path / "run")
     assert code == 2 and "already holds a training run" in err  # never trains over an existing run
 

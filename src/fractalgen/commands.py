@@ -173,7 +173,8 @@ def add_train(sub):
     p.add_argument("--label-drop", type=float, help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips (e.g. for digits)")
     p.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
-    p.add_argument("--resume", help="continue the run in this folder (its checkpoint.pt)")
+    p.add_argument("--resume", help="continue the run in this folder (its checkpoint.pt) with its stored options; "
+                   "flags given now override them (e.g. --steps to train longer)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward to save memory")
     p.add_argument("--save-every", type=int, default=500, help="write a checkpoint every N steps (and at the end)")
     p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
@@ -182,11 +183,15 @@ def add_train(sub):
     p.add_argument("--num-workers", type=int, default=0, help="data loading worker processes")
     add_common(p)
     p.set_defaults(func=run_train)
+    TRAIN_DEFAULTS.update({a.dest: a.default for a in p._actions})
+
+
+TRAIN_DEFAULTS: dict = {}  # what each train flag is when not given (a resumed run keeps its own values)
 
 
 def run_train(args) -> int:
     from .config import get_config
-    from .train import CHECKPOINT_NAME, TrainOptions, train
+    from .train import CHECKPOINT_NAME, TrainOptions, read_checkpoint, train
 
     setup_torch(args)
     if args.resume is None and args.preset is None and args.config is None:
@@ -203,14 +208,21 @@ def run_train(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    options = TrainOptions(
-        out=out, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        blr=args.blr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, flip=not args.no_flip, seed=args.seed,
-        grad_checkpointing=args.grad_checkpointing, save_every=args.save_every, sample_every=args.sample_every,
-        keep_checkpoints=args.keep_checkpoints, tensorboard=args.tensorboard, num_workers=args.num_workers,
-        device=args.device, resume=args.resume,
-    )
+    chosen = {
+        "out": out, "data": args.data, "steps": args.steps, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "blr": args.blr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
+        "warmup_epochs": args.warmup_epochs, "grad_clip": args.grad_clip, "flip": not args.no_flip, "seed": args.seed,
+        "grad_checkpointing": args.grad_checkpointing, "save_every": args.save_every,
+        "sample_every": args.sample_every, "keep_checkpoints": args.keep_checkpoints, "tensorboard": args.tensorboard,
+        "num_workers": args.num_workers, "device": args.device, "resume": args.resume,
+    }
+    if args.resume:  # the run's stored options, overridden only by the flags given now
+        stored = json.loads(read_checkpoint(args.resume).get("options", "{}"))
+        given = {"flip" if dest == "no_flip" else dest for dest, default in TRAIN_DEFAULTS.items()
+                 if getattr(args, dest, default) != default}
+        chosen = {k: stored[k] if k in stored and k not in given and k not in ("out", "resume") else v
+                  for k, v in chosen.items()}
+    options = TrainOptions(**chosen)
     result = train(config, options)
     print(f"trained to step {result['step']} (loss {result['loss']:.4f}, {result['seconds']:.0f} s); "
           f"checkpoint: {Path(out) / CHECKPOINT_NAME}, weights: {Path(out) / 'model.safetensors'}")
