@@ -291,3 +291,21 @@ def test_training_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar_gp4"])
+def test_bf16_autocast_runs(name):
+    """The precision policy is the caller's: under bf16 autocast loss, backward and sampling work and
+    the loss stays close to fp32 (fp32 islands: attention logits, pixel logits)."""
+    model = seeded_model(name)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    masks = ["all"] * model.config.num_levels
+    torch.manual_seed(0)
+    reference = model.loss(images, torch.tensor([1, 2]), masks=masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        loss = model.loss(images, torch.tensor([1, 2]), masks=masks)
+        loss.backward()
+        out = fractalgen.sample(model, labels=[1, 2], cfg=2.0, seed=0, num_iter=(2,) * model.config.num_levels)
+    assert loss.dtype == torch.float32 and abs(loss.item() - reference.item()) < 0.05 * reference.item()
+    assert out.shape == images.shape
