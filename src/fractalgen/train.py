@@ -254,8 +254,9 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     batches.start = step
     loss_module = LossModule(model)
     if d.enabled:
+        # Some parameters sit out some steps (null_class when no label is dropped): find them each step.
         loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None)
+            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
