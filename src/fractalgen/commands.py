@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,13 @@ def run_train(args) -> int:
                   for k, v in chosen.items()}
     options = TrainOptions(**chosen)
     result = train(config, options)
+    if result.pop("rank"):  # under torchrun, rank 0 reports for everyone
+        return 128 + result["interrupted"] if result["interrupted"] else 0
+    if result["interrupted"]:
+        name = signal.Signals(result["interrupted"]).name
+        print(f"fractalgen train: {name}: stopped at step {result['step']}, checkpoint written; continue with "
+              f"--resume {out}", file=sys.stderr)
+        return 128 + result["interrupted"]  # the shell's convention for "ended by this signal"
     print(f"trained to step {result['step']} (loss {result['loss']:.4f}, {result['seconds']:.0f} s); "
           f"checkpoint: {Path(out) / CHECKPOINT_NAME}, weights: {Path(out) / 'model.safetensors'}")
     emit_json(args, {**result, "out": str(out)})

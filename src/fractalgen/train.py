@@ -17,6 +17,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +173,32 @@ def set_rng_state(state: dict, device: torch.device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to finish its step, write a checkpoint and return; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool):
+        self.signum, self.announce, self.previous = None, announce, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                  f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
@@ -246,11 +275,18 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))
     step = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        try:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"--resume {options.resume}: the checkpoint does not fit its own config "
+                            f"({str(e).strip().splitlines()[0][:200]})") from None
         step = int(resume["step"])
         if len(resume["rng"]) == d.world:  # same world size: every rank continues its own stream
             set_rng_state(resume["rng"][d.rank], device)
+        elif d.main:
+            print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
+                  f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
     batches.start = step
     loss_module = LossModule(model)
     if d.enabled:
@@ -272,51 +308,62 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
               f"lr {base_lr:.3g}, warm-up {warmup}, device {device}", flush=True)
     bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, mininterval=2.0)
     model.train()
-    started, seen, loss_value = time.time(), 0, float("nan")
+    started, seen, loss_value, interrupted = time.time(), 0, float("nan"), None
     data = iter(loader)
-    while step < total:
-        images, labels = next(data)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device) if labelled else None
-        lr = lr_at(step, base_lr, warmup, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            loss = loss_module(images, labels)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss is {loss.item()} at step {step}; stopping (the last checkpoint is kept)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-        optimizer.step()
-        step += 1
-        seen += images.shape[0] * d.world
-        loss_value = all_reduce_mean(loss.detach(), d)
-        if d.main:
-            rate = seen / max(1e-9, time.time() - started)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
-            bar.update(1)
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", lr, step)
-        if step % options.save_every == 0 or step == total:
-            save_checkpoint(out, model, optimizer, step, batches, options, d, device)
-        if options.sample_every and (step % options.sample_every == 0 or step == total) and d.main:
-            write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
+    with StopRequest(announce=d.main) as stop:
+        while step < total:
+            images, labels = next(data)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device) if labelled else None
+            lr = lr_at(step, base_lr, warmup, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss = loss_module(images, labels)
+            # One collective per step: the mean loss for logging, and whether any rank was asked to stop.
+            loss_value, stopping = reduce_status(loss.detach(), stop.signum is not None, d)
+            if not math.isfinite(loss_value):  # every rank sees the reduced value, so all stop together
+                raise UserError(f"loss is {loss_value} at step {step}; stopped before updating the weights "
+                                f"(the last checkpoint, if any, is kept)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise UserError(f"gradient norm is {float(grad_norm)} at step {step}; stopped before updating "
+                                f"the weights (the last checkpoint, if any, is kept)")
+            optimizer.step()
+            step += 1
+            seen += images.shape[0] * d.world
+            if d.main:
+                rate = seen / max(1e-9, time.time() - started)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+                bar.update(1)
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss_value, step)
+                    writer.add_scalar("train/lr", lr, step)
+            if step % options.save_every == 0 or step == total or stopping:
+                save_checkpoint(out, model, optimizer, step, batches, options, d, device)
+            if stopping and step < total:
+                interrupted = stop.signum or signal.SIGTERM  # another rank's signal: report it as a SIGTERM
+                break
+            if options.sample_every and (step % options.sample_every == 0 or step == total) and d.main:
+                write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
     bar.close()
     if writer is not None:
         writer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
-    return {"step": step, "loss": loss_value, "seconds": time.time() - started}
+    return {"step": step, "loss": loss_value, "seconds": time.time() - started,
+            "interrupted": int(interrupted) if interrupted else None, "rank": d.rank}
 
 
-def all_reduce_mean(value: torch.Tensor, d: Dist) -> float:
-    if d.enabled:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= d.world
-    return float(value)
+def reduce_status(loss: torch.Tensor, stop: bool, d: Dist) -> tuple[float, bool]:
+    """(mean loss over ranks, whether any rank asked to stop)."""
+    if not d.enabled:
+        return float(loss), stop
+    status = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(status)
+    return float(status[0]) / d.world, bool(status[1] > 0)
 
 
 def check_writable(out: Path):
