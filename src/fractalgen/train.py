@@ -310,7 +310,7 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     model.train()
     started, seen, loss_value, interrupted = time.time(), 0, float("nan"), None
     data = iter(loader)
-    with StopRequest(announce=d.main) as stop:
+    with StopRequest(announce=d.main) as stop, bar:  # closing the bar first puts an error on its own line
         while step < total:
             images, labels = next(data)
             images = images.to(device, non_blocking=True)
@@ -348,7 +348,6 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
                 break
             if options.sample_every and (step % options.sample_every == 0 or step == total) and d.main:
                 write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
-    bar.close()
     if writer is not None:
         writer.close()
     if dist.is_initialized():

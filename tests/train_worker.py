@@ -1,0 +1,29 @@
+"""`fractalgen train` in a subprocess (plain or under torchrun), with two switches for the tests.
+
+FRACTALGEN_TEST_NO_DROPOUT=1: the AR blocks' fixed residual dropout off, so that the loss is a
+    deterministic function of the batch (per-rank random streams cannot match one process's).
+FRACTALGEN_TEST_STEP_DELAY=S: sleep S seconds per step, so that a signal lands mid-run.
+"""
+import os
+import sys
+import time
+
+from fractalgen.levels import ar
+from fractalgen import train
+from fractalgen.cli import main
+
+if os.environ.get("FRACTALGEN_TEST_NO_DROPOUT") == "1":
+    ar.AR_RESIDUAL_DROPOUT = 0.0
+
+delay = float(os.environ.get("FRACTALGEN_TEST_STEP_DELAY", "0"))
+if delay:
+    forward = train.LossModule.forward
+
+    def slow_forward(self, *args):
+        time.sleep(delay)
+        return forward(self, *args)
+
+    train.LossModule.forward = slow_forward
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
