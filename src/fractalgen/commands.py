@@ -182,6 +182,8 @@ def add_train(sub):
     p.add_argument("--keep-checkpoints", action="store_true", help="also keep checkpoint-STEP.pt copies")
     p.add_argument("--tensorboard", action="store_true", help="log scalars to OUT/tensorboard (if installed)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading worker processes")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+                   "state over the processes (FSDP FULL_SHARD) for models that do not fit one device")
     add_common(p)
     p.set_defaults(func=run_train)
     TRAIN_DEFAULTS.update({a.dest: a.default for a in p._actions})
@@ -215,7 +217,7 @@ def run_train(args) -> int:
         "warmup_epochs": args.warmup_epochs, "grad_clip": args.grad_clip, "flip": not args.no_flip, "seed": args.seed,
         "grad_checkpointing": args.grad_checkpointing, "save_every": args.save_every,
         "sample_every": args.sample_every, "keep_checkpoints": args.keep_checkpoints, "tensorboard": args.tensorboard,
-        "num_workers": args.num_workers, "device": args.device, "resume": args.resume,
+        "num_workers": args.num_workers, "device": args.device, "resume": args.resume, "fsdp": args.fsdp,
     }
     if args.resume:  # the run's stored options, overridden only by the flags given now
         stored = json.loads(read_checkpoint(args.resume).get("options", "{}"))

@@ -61,6 +61,7 @@ class TrainOptions:
     num_workers: int = 0
     device: str = "auto"
     resume: str | None = None
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
 
 
 # ---- distributed set-up ----------------------------------------------------------------------
@@ -173,6 +174,69 @@ def set_rng_state(state: dict, device: torch.device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def shard(loss_module: LossModule) -> LossModule:
+    """FSDP (FULL_SHARD): every transformer block is its own unit, the rest belongs to the root.
+
+    The root must be the module whose forward() runs (LossModule): FSDP gathers parameters in
+    forward hooks, and model.loss is not a forward.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for module in loss_module.model.modules():
+        for block in getattr(module, "blocks", []):
+            fully_shard(block)
+    fully_shard(loss_module)
+    return loss_module
+
+
+def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
+    """The optimizer state in torch's usual layout (state keyed by parameter index), on CPU.
+
+    Collective under FSDP (the shards are gathered; rank 0 gets the state, the others {}), so a
+    checkpoint from a sharded run is the same file a single process writes, and vice versa.
+    """
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not by_name:
+        return {}
+    index = {name: i for i, name in enumerate(parameter_order(model, optimizer))}
+    return {"state": {index[name]: value for name, value in by_name["state"].items()},
+            "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]]}
+
+
+def load_optimizer_state(model: FractalModel, optimizer, state: dict, sharded: bool):
+    """Inverse of full_optimizer_state: every rank passes the full state; FSDP keeps its shard."""
+    if not sharded:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = parameter_order(model, optimizer)
+    by_name = {"state": {names[i]: value for i, value in state["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    # Not strict: a parameter that never had a gradient (null_class without dropped labels) has no state yet.
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def parameter_order(model: nn.Module, optimizer) -> list[str]:
+    """Parameter names in the optimizer's index order (its groups, in order)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_model_state(model: FractalModel, sharded: bool) -> dict:
+    """CPU tensors of the whole model; collective under FSDP (rank 0 gets them, the others {})."""
+    if not sharded:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 class StopRequest:
     """SIGINT/SIGTERM ask the loop to finish its step, write a checkpoint and return; a second one stops at once."""
 
@@ -202,17 +266,19 @@ class StopRequest:
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
-                    options: TrainOptions, d: Dist, device: torch.device):
-    """Collective (every rank's RNG state is gathered); rank 0 writes."""
+                    options: TrainOptions, d: Dist, device: torch.device, sharded: bool = False):
+    """Collective (every rank's RNG state is gathered, FSDP shards too); rank 0 writes."""
     states = [None] * d.world
     if d.enabled:
         dist.all_gather_object(states, rng_state(device))
     else:
         states[0] = rng_state(device)
+    weights = full_model_state(model, sharded)
+    optimizer_state = full_optimizer_state(model, optimizer, sharded)
     if d.main:
         state = {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "model": weights,
+            "optimizer": optimizer_state,
             "step": step,
             "data_position": step,  # batches consumed; the order itself is drawn from (seed, epoch)
             "epoch": step / batches.per_epoch,
@@ -224,8 +290,25 @@ def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batche
         ckpt.atomic_save(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
         if options.keep_checkpoints:
             ckpt.atomic_save(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
-        ckpt.save(model, out / "model.safetensors")
+        ckpt.save(unsharded(model, weights) if sharded else model, out / "model.safetensors")
     d.barrier()
+
+
+def unsharded(model: FractalModel, weights: dict) -> FractalModel:
+    """A plain CPU copy of a sharded model, from its gathered weights (for writing model.safetensors)."""
+    with torch.device("meta"):
+        copy = FractalModel(model.config)
+    copy.load_state_dict(weights, assign=True)
+    return copy
+
+
+def fit_checkpoint(load, path):
+    """Run `load` (a load_state_dict); a mismatch means a damaged or hand-edited checkpoint: say so."""
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError, IndexError) as e:
+        raise UserError(f"--resume {path}: the checkpoint does not fit its own config "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -269,18 +352,24 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     warmup = min(warmup, total // 2)
     base_lr = options.lr if options.lr is not None else options.blr * global_batch / 256
 
-    model = FractalModel(config).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)  # the same initial weights on every rank: FSDP does not broadcast them
+        model = FractalModel(config).to(device)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
+    sharded = options.fsdp and d.enabled
+    if options.fsdp and not d.enabled and d.main:
+        print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
+              file=sys.stderr)
+    loss_module = LossModule(model)
+    if resume is not None:  # every rank loads the full weights; FSDP then keeps its shard
+        fit_checkpoint(lambda: model.load_state_dict(resume["model"]), options.resume)
+    if sharded:
+        loss_module = shard(loss_module)  # before the optimizer: sharding replaces the parameters
     optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))
     step = 0
     if resume is not None:
-        try:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"--resume {options.resume}: the checkpoint does not fit its own config "
-                            f"({str(e).strip().splitlines()[0][:200]})") from None
+        fit_checkpoint(lambda: load_optimizer_state(model, optimizer, resume["optimizer"], sharded), options.resume)
         step = int(resume["step"])
         if len(resume["rng"]) == d.world:  # same world size: every rank continues its own stream
             set_rng_state(resume["rng"][d.rank], device)
@@ -288,8 +377,7 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
             print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
                   f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
     batches.start = step
-    loss_module = LossModule(model)
-    if d.enabled:
+    if d.enabled and not sharded:
         # Some parameters sit out some steps (null_class when no label is dropped): find them each step.
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -342,11 +430,12 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
                     writer.add_scalar("train/loss", loss_value, step)
                     writer.add_scalar("train/lr", lr, step)
             if step % options.save_every == 0 or step == total or stopping:
-                save_checkpoint(out, model, optimizer, step, batches, options, d, device)
+                save_checkpoint(out, model, optimizer, step, batches, options, d, device, sharded)
             if stopping and step < total:
                 interrupted = stop.signum or signal.SIGTERM  # another rank's signal: report it as a SIGTERM
                 break
-            if options.sample_every and (step % options.sample_every == 0 or step == total) and d.main:
+            # Sampling would need the whole model on rank 0: sharded runs sample from model.safetensors afterwards.
+            if options.sample_every and not sharded and (step % options.sample_every == 0 or step == total) and d.main:
                 write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
     if writer is not None:
         writer.close()
