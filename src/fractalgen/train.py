@@ -391,9 +391,10 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
 
     if d.main:
         n_params = sum(p.numel() for p in model.parameters())
+        parallel = f" ({dist.get_backend()}, {'FSDP' if sharded else 'DDP'})" if d.enabled else ""
         print(f"training {config.name} ({n_params / 1e6:.2f}M parameters) on {len(dataset)} images from "
-              f"{options.data}: steps {step}->{total}, global batch {global_batch} over {d.world} process(es), "
-              f"lr {base_lr:.3g}, warm-up {warmup}, device {device}", flush=True)
+              f"{options.data}: steps {step}->{total}, global batch {global_batch} over {d.world} process(es)"
+              f"{parallel}, lr {base_lr:.3g}, warm-up {warmup}, device {device}", flush=True)
     bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, mininterval=2.0)
     model.train()
     started, seen, loss_value, interrupted = time.time(), 0, float("nan"), None
