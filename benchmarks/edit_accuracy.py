@@ -69,7 +69,7 @@ def main(argv=None):
     result = {
         "checkpoint": str(args.checkpoint), "digits": n, "kept_rows": int(known[:, 0].sum()),
         "cfg": args.cfg if args.cfg is not None else model.config.cfg,
-        "cfg_schedule": args.cfg_schedule or model.config.cfg_schedule,
+        "cfg_schedule": args.cfg_schedule or "constant",  # fractalgen.edit's default
         "temperature": args.temperature if args.temperature is not None else model.config.temperature,
         "seed": args.seed,
         "edit_accuracy": (read == targets).float().mean().item(),

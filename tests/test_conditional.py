@@ -320,8 +320,12 @@ def test_outpaint_uncrop_edit_keep_their_regions():
     out = fractalgen.uncrop(model, images, seed=0)
     assert torch.equal(out[:, :, 2:6, 2:6], images[:, :, 2:6, 2:6])
     assert not torch.equal(out, images)
-    out = fractalgen.edit(model, images, label=[3, 4], seed=0)
+    out = fractalgen.edit(model, images, label=[3, 4], cfg=3.0, seed=0)
     assert torch.equal(out[:, :, :2], images[:, :, :2])
+    known = conditional.top_rows_known(8)  # edit's default region, and constant guidance
+    for schedule, same in [("constant", True), ("linear", False)]:
+        other = fractalgen.inpaint(model, images, known, labels=[3, 4], cfg=3.0, cfg_schedule=schedule, seed=0)
+        assert torch.equal(out, other) == same
 
 
 @pytest.mark.parametrize("call, message", [

@@ -45,6 +45,8 @@ def register(subparsers):
                        help="class label (omit for unconditional)" if name != "edit" else "target class label")
         p.add_argument("--samples", type=int, default=1, help="completions to draw (default: 1)")
         p.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
+        p.add_argument("--cfg-schedule", choices=["linear", "constant"],
+                       help="guidance schedule (default: constant for edit, else the model's recommended)")
         p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
         p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -80,11 +82,12 @@ def run(args) -> int:
     if known.all():
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
               file=sys.stderr)
-    labels = args.label
-    completions = conditional.inpaint(
-        model, image[None], known[None], labels=labels, cfg=args.cfg, temperature=args.temperature,
-        num_iter=args.num_iter, seed=args.seed, samples=args.samples,
-    )
+    settings = {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "temperature": args.temperature,
+                "num_iter": args.num_iter, "seed": args.seed, "samples": args.samples}
+    if args.command == "edit":
+        completions = conditional.edit(model, image[None], args.label, known=known[None], **settings)
+    else:
+        completions = conditional.inpaint(model, image[None], known[None], labels=args.label, **settings)
     for name, completion in zip(names, completions):
         conditional.save_png(conditional.to_pil(completion), out_dir / name)
     strip = conditional.grid_image([torch.cat([conditional.show_mask(image[None], known[None]),
