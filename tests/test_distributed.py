@@ -1,0 +1,146 @@
+"""Data-parallel training: torchrun on CPU (gloo) equals one process with the same global batch and seed.
+
+The AR blocks' residual dropout and label dropout draw per-rank random numbers, which no
+multi-process run can reproduce exactly; the equivalence runs switch both off
+(tests/train_worker.py, label_drop_prob 0) so that the loss is a function of the batch alone.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fractalgen import train as train_module
+from fractalgen.data import EpochBatches
+from fractalgen.errors import UserError
+from fractalgen.levels import ar
+from fractalgen.train import Dist, TrainOptions, read_checkpoint, train
+from test_train import tiny_config, tiny_data
+
+torch.set_num_threads(1)
+
+WORKER = Path(__file__).with_name("train_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+STEPS, SAVE = 6, 3
+TOLERANCE = 1e-5  # float32 sums in another order (two half-batches, then an all-reduce)
+
+
+def train_args(data, config, out, *extra):
+    return ["train", "--config", str(config), "--data", str(data), "--out", str(out), "--steps", str(STEPS),
+            "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--save-every", str(SAVE),
+            "--keep-checkpoints", "--sample-every", "0", "--device", "cpu", "--threads", "1", "--seed", "1", *extra]
+
+
+def torchrun(args, timeout=300):
+    env = {**os.environ, "FRACTALGEN_TEST_NO_DROPOUT": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*TORCHRUN, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout
+
+
+def single_options(data, out, **changes):
+    """The same run in this process (what train_args asks for on the command line)."""
+    base = dict(out=str(out), data=str(data), steps=STEPS, batch_size=4, lr=3e-3, warmup_steps=1,
+                save_every=SAVE, keep_checkpoints=True, sample_every=0, device="cpu", seed=1)
+    return TrainOptions(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Data, config, and the single-process reference run (dropout off, as in the workers)."""
+    root = tmp_path_factory.mktemp("dist")
+    data = tiny_data(root / "d.npz")
+    config = tiny_config(label_drop_prob=0.0)
+    (root / "tiny.json").write_text(config.to_json())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "AR_RESIDUAL_DROPOUT", 0.0)
+        train(config, single_options(data, root / "single"))
+    return root, data, root / "tiny.json", root / "single"
+
+
+def assert_close(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= TOLERANCE, f"{what}: largest difference {worst:.3g}"
+
+
+def assert_same_training_state(a: dict, b: dict):
+    assert a["step"] == b["step"]
+    assert_close(a["model"], b["model"], "weights")
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa.keys() & sb.keys():  # null_class: no state where it never had a gradient
+        assert_close(sa[i], sb[i], f"optimizer state {i}")
+
+
+def test_torchrun_ddp_equals_one_process(single):
+    root, data, config, reference = single
+    run = root / "ddp"
+    stdout = torchrun(train_args(data, config, run, "--sample-every", str(STEPS)))
+    assert "over 2 process(es) (gloo, DDP)" in stdout
+    assert stdout.count("trained to step 6") == 1  # rank 0 reports for everyone
+    assert_same_training_state(read_checkpoint(reference), read_checkpoint(run))
+    assert_same_training_state(read_checkpoint(reference / "checkpoint-0000003.pt"),
+                               read_checkpoint(run / "checkpoint-0000003.pt"))
+    state = read_checkpoint(run)
+    assert len(state["rng"]) == 2 and state["world_size"] == 2  # every rank's random streams
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
+    # Files come from rank 0 alone: one of each, no temporary leftovers from a second writer.
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-0000003.pt", "checkpoint-0000006.pt", "checkpoint.pt", "model.safetensors", "samples"]
+    assert [p.name for p in (run / "samples").iterdir()] == ["step0000006.png"]
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_equals_one_process_and_checkpoints_cross_over(single):
+    root, data, config, reference = single
+    run = root / "fsdp"
+    stdout = torchrun(train_args(data, config, run, "--fsdp"))
+    assert "(gloo, FSDP)" in stdout
+    assert_same_training_state(read_checkpoint(reference), read_checkpoint(run))
+
+    # FSDP checkpoint (step 3) -> one process, and one-process checkpoint (step 3) -> FSDP.
+    to_single, to_fsdp = root / "fsdp-to-single", root / "single-to-fsdp"
+    for source, target in ((run, to_single), (reference, to_fsdp)):
+        target.mkdir()
+        shutil.copy(source / "checkpoint-0000003.pt", target / "checkpoint.pt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "AR_RESIDUAL_DROPOUT", 0.0)
+        train(None, single_options(data, to_single, resume=str(to_single)))
+    torchrun(["train", "--resume", str(to_fsdp), "--fsdp", "--threads", "1"])
+    for target in (to_single, to_fsdp):
+        assert_same_training_state(read_checkpoint(reference), read_checkpoint(target))
+
+
+def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
+    data = tiny_data(tmp_path / "d.npz")
+    monkeypatch.setattr(train_module, "setup_distributed", lambda device: (Dist(0, 2), torch.device("cpu")))
+    with pytest.raises(UserError, match="global batch 5 is not divisible by 2 processes"):
+        train(tiny_config(), single_options(data, tmp_path / "run", batch_size=5))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_barrier_is_a_no_op_without_a_process_group():
+    assert not torch.distributed.is_initialized()
+    Dist().barrier()
+    Dist(0, 2).barrier()
+
+
+def test_ranks_split_each_global_batch_and_epochs_reshuffle():
+    size, batch, world = 24, 8, 4
+    single = EpochBatches(size, batch, rank=0, world=1, seed=5, flip=True)
+    ranks = [EpochBatches(size, batch, rank=r, world=world, seed=5, flip=True) for r in range(world)]
+    per_epoch = size // batch
+    steps = [b for _, b in zip(range(3 * per_epoch), single)]
+    split = [list(b) for _, b in zip(range(len(steps)), zip(*(iter(r) for r in ranks)))]
+    for step, parts in zip(steps, split):
+        assert all(len(p) == batch // world for p in parts)
+        assert sum(parts, []) == step  # the ranks' slices, in rank order, are the one-process batch
+    epochs = [sorted(i for b in steps[e * per_epoch:(e + 1) * per_epoch] for i, _ in b) for e in range(3)]
+    assert all(e == list(range(size)) for e in epochs)  # each epoch visits every image once
+    orders = [[i for b in steps[e * per_epoch:(e + 1) * per_epoch] for i, _ in b] for e in range(3)]
+    assert orders[0] != orders[1] != orders[2]  # and in a new order
+    other_seed = EpochBatches(size, batch, rank=0, world=1, seed=6, flip=True)
+    assert next(iter(other_seed)) != steps[0]
