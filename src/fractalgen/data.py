@@ -128,17 +128,18 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
         # A corrupt file is replaced by the next readable one (counted) rather than ending a long run.
-        for attempt in range(min(len(self.files), 16)):
+        tries = min(len(self.files), 16)
+        for attempt in range(tries):
             i = (index + attempt) % len(self.files)
             try:
                 image = self.load(i)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
                 self.bad += 1
                 if self.bad in (1, 10, 100, 1000):
                     note(f"unreadable image {self.files[i][0]} skipped ({self.bad} so far)")
                 continue
             return (image.flip(-1) if flip else image), torch.tensor(self.files[i][1])
-        raise UserError(f"{self.root}: 16 unreadable images in a row near {self.files[index][0]}")
+        raise UserError(f"{self.root}: {tries} unreadable images in a row near {self.files[index][0]}")
 
 
 def fit_array(images: np.ndarray, size: int, source: str) -> np.ndarray:

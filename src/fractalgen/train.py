@@ -306,8 +306,8 @@ def fit_checkpoint(load, path):
     """Run `load` (a load_state_dict); a mismatch means a damaged or hand-edited checkpoint: say so."""
     try:
         load()
-    except (RuntimeError, ValueError, KeyError, IndexError) as e:
-        raise UserError(f"--resume {path}: the checkpoint does not fit its own config "
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise UserError(f"--resume {path}: the checkpoint is damaged or does not fit its own config "
                         f"({str(e).strip().splitlines()[0][:200]})") from None
 
 
@@ -321,6 +321,16 @@ def read_checkpoint(path: str | Path) -> dict:
     missing = [k for k in ("model", "optimizer", "step", "rng", "config") if k not in state]
     if missing:
         raise UserError(f"--resume: {path} is not a training checkpoint (missing {', '.join(missing)})")
+    try:  # a damaged or hand-edited file fails here, not deep inside the loop
+        json.loads(state["config"])
+        json.loads(state.get("options", "{}"))
+        well_formed = (isinstance(state["step"], int) and state["step"] >= 0 and isinstance(state["model"], dict)
+                       and isinstance(state["optimizer"], dict) and isinstance(state["rng"], list)
+                       and all(isinstance(r, dict) for r in state["rng"]))
+    except (TypeError, ValueError):
+        well_formed = False
+    if not well_formed:
+        raise UserError(f"--resume: {path} is damaged (its step, config, options or random states are malformed)")
     return state
 
 
@@ -372,7 +382,7 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
         fit_checkpoint(lambda: load_optimizer_state(model, optimizer, resume["optimizer"], sharded), options.resume)
         step = int(resume["step"])
         if len(resume["rng"]) == d.world:  # same world size: every rank continues its own stream
-            set_rng_state(resume["rng"][d.rank], device)
+            fit_checkpoint(lambda: set_rng_state(resume["rng"][d.rank], device), options.resume)
         elif d.main:
             print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
                   f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
