@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -101,7 +102,8 @@ def safe_torch_load(path: str | Path) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise before our own error line
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as e:
@@ -109,10 +111,16 @@ def safe_torch_load(path: str | Path) -> dict:
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files
     except Exception as e:  # the unpickler's refusal, a truncated zip, garbage bytes ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e).strip()
+        msg = text.splitlines()[0] if text else type(e).__name__
+        # The weights-only unpickler's own line: "... unsupported GLOBAL posix.system ..." (code) or
+        # "Unsupported operand 255" (garbage bytes); the first line is the same boilerplate for both.
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), msg)
+        if "GLOBAL" in text or "Unsupported global" in text:
             raise CheckpointError(f"refusing to load {path}: it holds objects that would run code when "
-                                  f"unpickled ({msg[:200]})") from None
+                                  f"unpickled ({detail[:200]})") from None
+        if "Weights only load failed" in text:
+            msg = f"damaged or not a checkpoint ({detail[:200]})"
         raise CheckpointError(f"cannot read checkpoint {path}: {msg[:300]}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a checkpoint dict (got {type(obj).__name__})")

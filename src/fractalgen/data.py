@@ -73,7 +73,7 @@ def to_pil_mode(image: Image.Image, mode: str) -> Image.Image:
         arr = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0
         image = Image.fromarray(np.round(arr / peak * 255).clip(0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
+    if image.mode in ("RGBA", "LA", "P", "PA"):  # for L too: a transparent pixel is white at any channel count
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha over white
         image = Image.alpha_composite(background, image)
@@ -109,10 +109,11 @@ class ImageFolder(torch.utils.data.Dataset):
                    if class_dirs else [(f, -1) for f in sorted(root.iterdir()) if f.is_file()])
         self.files = [(f, label) for f, label in entries if f.suffix.lower() in IMAGE_EXTENSIONS]
         skipped = len(entries) - len(self.files)
+        if not self.files:
+            raise UserError(f"no images found in {root} ({skipped} non-image file(s); expected "
+                            f"{root}/<class>/*.png or images directly in it)")
         if skipped:
             note(f"{root}: skipped {skipped} non-image file(s)")
-        if not self.files:
-            raise UserError(f"no images found in {root} (expected {root}/<class>/*.png or images directly in it)")
         self.bad = 0
 
     def __len__(self):
