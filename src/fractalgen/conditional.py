@@ -73,7 +73,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     from . import make_generator, to_uint8  # the package's own seeding and rounding
 
     device = model.device
-    defaults = {**model.config.to_dict(), **getattr(model, "sampling_defaults", {})}
+    defaults = recommended_settings(model)
     was_training = model.training
     model.eval()
     try:
@@ -90,6 +90,13 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
         model.train(was_training)
     out[todo] = to_uint8(values).to(out.device)
     return out
+
+
+def recommended_settings(model: FractalModel) -> dict:
+    """The sampling settings a checkpoint recommends (its metadata), else the config's."""
+    c = model.config
+    return {"cfg": c.cfg, "cfg_schedule": c.cfg_schedule, "temperature": c.temperature,
+            **getattr(model, "sampling_defaults", {})}
 
 
 # ---- thin helpers that build the mask ------------------------------------------------------
