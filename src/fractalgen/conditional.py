@@ -267,10 +267,11 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
 def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
     """Write the demo's inpainting pictures into out_dir; returns the written paths.
 
-    data: held-out digits, uint8 (N, 1, 28, 28) or (N, 28, 28), or a pair (images, labels);
-    None takes the first `count` of the 500 held-out MNIST digits (`data.mnist_split("val")`). Two pictures: the lower half regenerated (rows: original, input with
-    the mask shown, two completions), and digits edited to another class (rows: original,
-    input, the edit; the target of digit i is its label + 1 + i % 9 modulo the class count).
+    data: held-out digits, uint8 (N, 1, 28, 28) or (N, 28, 28), or a pair (images, labels); None
+    takes the first `count` of the 500 held-out MNIST digits (`data.mnist_split("val")`).
+    Two pictures: the lower half regenerated (rows: original, input with the mask shown, two
+    completions), and digits edited to another class (rows: original, input, the edit; the
+    target of digit i is its label + 1 + i % 9 modulo the class count).
     """
     images, labels = _demo_data(data, count)
     out_dir = Path(out_dir)
