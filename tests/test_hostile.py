@@ -102,15 +102,15 @@ def test_damaged_training_checkpoints_are_refused(trained, tmp_path, capsys):
     model = dict(good["model"])
     model["null_class"] = torch.zeros(3, 3)
     cases = {
-        "zero-bytes": (dict(raw=b""), "empty (0 bytes)"),
-        "truncated": (dict(raw=good_bytes[: len(good_bytes) // 2]), "cannot read checkpoint"),
-        "garbage": (dict(raw=np.random.default_rng(1).bytes(2048)), "cannot read checkpoint"),
-        "a-list": (dict(state=[1, 2, 3]), "not a checkpoint dict"),
-        "weights-only": (dict(state={"model": good["model"]}), "not a training checkpoint"),
-        "bad-step": (dict(state={**good, "step": "three"}), "damaged"),
-        "bad-config": (dict(state={**good, "config": "{not json"}), "damaged"),
-        "bad-rng": (dict(state={**good, "rng": [{"torch": torch.zeros(3)}]}), "damaged or does not fit"),
-        "wrong-shapes": (dict(state={**good, "model": model}), "does not fit"),
+        "zero-bytes": ({"raw": b""}, "empty (0 bytes)"),
+        "truncated": ({"raw": good_bytes[: len(good_bytes) // 2]}, "cannot read checkpoint"),
+        "garbage": ({"raw": np.random.default_rng(1).bytes(2048)}, "cannot read checkpoint"),
+        "a-list": ({"state": [1, 2, 3]}, "not a checkpoint dict"),
+        "weights-only": ({"state": {"model": good["model"]}}, "not a training checkpoint"),
+        "bad-step": ({"state": {**good, "step": "three"}}, "damaged"),
+        "bad-config": ({"state": {**good, "config": "{not json"}}, "damaged"),
+        "bad-rng": ({"state": {**good, "rng": [{"torch": torch.zeros(3)}]}}, "damaged or does not fit"),
+        "wrong-shapes": ({"state": {**good, "model": model}}, "does not fit"),
     }
     for name, (how, words) in cases.items():
         folder = write_checkpoint(tmp_path / name, **how)
@@ -222,7 +222,7 @@ def test_training_on_a_messy_folder_through_the_cli(tmp_path, capsys):
     root = image_folder(tmp_path / "mixed")
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**json.loads(tiny_config().to_json()), "num_classes": 0}))
-    code, out, err = run(capsys, "train", "--config", config, "--data", root, "--out", tmp_path / "run",
+    code, _out, err = run(capsys, "train", "--config", config, "--data", root, "--out", tmp_path / "run",
                          "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--device", "cpu")
     assert code == 0, err
     assert "skipped 3 non-image file(s)" in err and "unreadable image" in err and "Traceback" not in err

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import options, tiny_config, tiny_data
 
 from fractalgen import cli
 from fractalgen import train as train_module
 from fractalgen.errors import UserError
 from fractalgen.train import read_checkpoint, train
-from test_train import options, tiny_config, tiny_data
 
 torch.set_num_threads(1)
 
@@ -69,7 +69,7 @@ def setup(tmp_path_factory):
 
 
 def reference_model(setup):
-    root, data, config, reference, run = setup
+    _root, _data, _config, reference, run = setup
     if reference.returncode is None:
         code, _, err = finish(reference)
         assert code == 0, err[-2000:]
@@ -80,8 +80,8 @@ def reference_model(setup):
 
 def assert_bit_identical(a: dict, b: dict):
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def test_sigkill_mid_run_then_resume_is_bit_identical(setup):
@@ -101,24 +101,45 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(setup):
     assert_bit_identical(reference_model(setup), read_checkpoint(run)["model"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_writes_a_checkpoint_and_exits_cleanly(setup, signum):
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(setup):
     root, data, config, _, _ = setup
-    run = root / f"signalled-{signum}"
+    run = root / "terminated"
     victim = start(train_args(data, config, run), delay=0.2)
     wait_for_step(victim, run, 2)
-    victim.send_signal(signum)
+    victim.send_signal(signal.SIGTERM)
     code, _, err = finish(victim)
-    assert code == 128 + signum, err[-2000:]
+    assert code == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     stopped = read_checkpoint(run)["step"]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("fractalgen train: ") and f"stopped at step {stopped}" in last and "--resume" in last
-    assert 2 <= stopped < STEPS
-    if signum == signal.SIGTERM:  # the checkpoint written on the way out continues exactly
-        code, _, err = finish(start(["train", "--resume", str(run), "--threads", "1"]))
-        assert code == 0, err[-2000:]
-        assert_bit_identical(reference_model(setup), read_checkpoint(run)["model"])
+    assert last.startswith("fractalgen train: SIGTERM: ") and f"stopped at step {stopped}" in last
+    assert "--resume" in last and 2 <= stopped < STEPS
+    # The checkpoint written on the way out continues exactly.
+    code, _, err = finish(start(["train", "--resume", str(run), "--threads", "1"]))
+    assert code == 0, err[-2000:]
+    assert_bit_identical(reference_model(setup), read_checkpoint(run)["model"])
+
+
+def test_sigint_finishes_the_step_and_checkpoints(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during step 2 (in this process): step 2 completes, its checkpoint is written, exit 130."""
+    data = tiny_data(tmp_path / "d.npz")
+    config = tmp_path / "tiny.json"
+    config.write_text(tiny_config().to_json())
+    forward, calls = train_module.LossModule.forward, []
+
+    def interrupted(self, images, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, images, labels)
+
+    monkeypatch.setattr(train_module.LossModule, "forward", interrupted)
+    code = cli.main(train_args(data, config, tmp_path / "run", "--save-every", "100"))
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGINT and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("fractalgen train: SIGINT: stopped at step 2")
+    assert len(calls) == 2 and read_checkpoint(tmp_path / "run")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
 @pytest.fixture
@@ -159,7 +180,7 @@ def test_non_finite_loss_through_the_cli_is_one_line(tmp_path, nan_at_step, caps
     err = capsys.readouterr().err
     assert code != 0
     lines = [line for line in err.splitlines() if line.startswith("fractalgen")]
-    assert lines == ["fractalgen train: error: loss is nan at step 0; stopped before updating the weights "
-                     "(the last checkpoint, if any, is kept)"]
+    assert lines == [("fractalgen train: error: loss is nan at step 0; stopped before updating the weights "
+                     "(the last checkpoint, if any, is kept)")]
     assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-from fractalgen.levels import ar
 from fractalgen import train
 from fractalgen.cli import main
+from fractalgen.levels import ar
 
 if os.environ.get("FRACTALGEN_TEST_NO_DROPOUT") == "1":
     ar.AR_RESIDUAL_DROPOUT = 0.0
