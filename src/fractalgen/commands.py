@@ -358,7 +358,8 @@ def run_demo(args) -> int:
     print(f"model: {args.checkpoint} ({model.config.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters); sampling {len(labels)} digits with cfg {settings['cfg']}, temperature "
           f"{settings['temperature']} ...", flush=True)
-    recorder = GenerationRecorder(nrow=args.per_class, scale=3)
+    # The GIF follows one digit per class (a small file); the grid shows them all.
+    recorder = GenerationRecorder(nrow=5, scale=4, select=list(range(0, len(labels), args.per_class)))
     images = generate(model, labels, len(labels), settings, args.seed, len(labels), on_step=recorder)
     paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif",
              "bits_per_dim_file": out / "bits_per_dim.txt"}

@@ -73,12 +73,14 @@ def save_each(images: torch.Tensor, labels, folder: str | Path) -> list[Path]:
 class GenerationRecorder:
     """An `on_step` callback that keeps one frame (a grid of the partly generated batch) per level-0 step."""
 
-    def __init__(self, nrow: int, scale: int = 4, padding: int = 2):
-        self.nrow, self.scale, self.padding = nrow, scale, padding
+    def __init__(self, nrow: int, scale: int = 4, padding: int = 2, select: list[int] | None = None):
+        self.nrow, self.scale, self.padding, self.select = nrow, scale, padding, select  # select: rows to show
         self.frames: list[Image.Image] = []
 
     def __call__(self, canvas: torch.Tensor, filled: torch.Tensor):
         """canvas (B, C, H, W) raw float values, filled (B, C, H, W) bool."""
+        if self.select is not None:
+            canvas, filled = canvas[self.select], filled[self.select]
         values = torch.as_tensor(canvas).round().clamp(0, 255).to(torch.uint8)
         rgb = torch.from_numpy(to_hwc(values)).permute(0, 3, 1, 2)  # (B, 3, H, W)
         shown = filled.any(1, keepdim=True).cpu().expand_as(rgb)  # a pixel counts as shown once any channel is
