@@ -245,3 +245,23 @@ def test_folders_without_usable_images_are_one_line(trained, tmp_path, capsys):
     assert code != 0 and "Traceback" not in err
     assert lines[-1].startswith("fractalgen nll: error: ") and "3 unreadable images in a row" in lines[-1]
     assert all(line.startswith("note: unreadable image") for line in lines[:-1])
+
+
+# ---- never lose a checkpoint -------------------------------------------------------------------
+
+def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path):
+    from fractalgen.checkpoint import atomic_save
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_save(lambda f: f.write(b"good"), target)
+
+    def crash_half_way(f):
+        f.write(b"half a checkp")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save(crash_half_way, target)
+    assert target.read_bytes() == b"good"  # the old file was never opened for writing
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # and the temporary file is gone
+    atomic_save(lambda f: f.write(b"newer"), target)
+    assert target.read_bytes() == b"newer"

@@ -1,6 +1,7 @@
 """Training: one loop, single process or data-parallel under torchrun.
 
-    fractalgen train --preset mnist_ar --data mnist --out runs/mnist --steps 2000 --batch-size 64 --lr 1e-3
+    fractalgen train --preset mnist_ar --data mnist --out runs/mnist --steps 1300 --batch-size 32 --lr 2e-3 \
+        --warmup-steps 40 --no-flip --threads 1
     torchrun --nproc_per_node=8 -m fractalgen train --preset fractalmar_in64 --data /imagenet --out runs/in64
 
 A run directory holds `checkpoint.pt` (everything needed to resume: model, optimizer, step,
@@ -90,8 +91,10 @@ def setup_distributed(device_option: str) -> tuple[Dist, torch.device]:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist(), pick_device(device_option)
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = torch.cuda.is_available() and device_option in ("auto", "cuda")
-    if use_cuda:
+    if device_option.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device_option}: CUDA is not available on this machine")
+    use_cuda = torch.cuda.is_available() and (device_option == "auto" or device_option.startswith("cuda"))
+    if use_cuda:  # one GPU per process, chosen by torchrun's LOCAL_RANK
         torch.cuda.set_device(d.local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return d, torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
