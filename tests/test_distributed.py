@@ -6,8 +6,10 @@ multi-process run can reproduce exactly; the equivalence runs switch both off
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,29 @@ def test_ranks_split_each_global_batch_and_epochs_reshuffle():
     assert orders[0] != orders[1] != orders[2]  # and in a new order
     other_seed = EpochBatches(size, batch, rank=0, world=1, seed=6, flip=True)
     assert next(iter(other_seed)) != steps[0]
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_and_resumes(single):
+    """torchrun passes SIGTERM to its workers: they agree on a step, rank 0 writes it, and --resume finishes."""
+    root, data, config, _ = single
+    run = root / "terminated"
+    env = {**os.environ, "FRACTALGEN_TEST_STEP_DELAY": "0.3", "OMP_NUM_THREADS": "1"}
+    args = [*train_args(data, config, run), "--steps", "40", "--save-every", "5"]
+    proc = subprocess.Popen([*TORCHRUN, str(WORKER), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = read_checkpoint(run)["step"]
+    assert f"fractalgen train: SIGTERM: stopped at step {stopped}, checkpoint written" in err
+    assert 5 <= stopped < 40 and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    torchrun(["train", "--resume", str(run), "--threads", "1"])
+    assert read_checkpoint(run)["step"] == 40
