@@ -10,7 +10,8 @@ For each model it measures
 and prints time, images/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode on an untimed
 run, divided by the median time), its ratio to a large fp32 matmul timed in the same run (the
 machine's practical peak), and peak memory (CPU: the process's peak resident set during the
-measurement; CUDA: peak allocated). Times are medians over the repetitions.
+measurement; CUDA: peak allocated). Times are medians over the repetitions; "CPU time" is the
+process CPU time (all threads) of the same runs, which says more than wall time on a loaded machine.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Result:
     model: str
     task: str  # "train" (seconds per step) or "sample" (seconds per image)
     seconds: float  # median per step / per image
+    cpu_seconds: float  # process CPU time (all threads) per step / per image, median: less sensitive to load
     images_per_s: float
     gflops: float  # achieved GFLOP/s
     peak_mib: float
@@ -79,22 +81,24 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, reps: int, device) -> list[float]:
-    times = []
+def timed(fn, reps: int, device) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of each of `reps` calls."""
+    times, cpu = [], []
     for _ in range(reps):
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.process_time() - cpu_start)
+    return times, cpu
 
 
 def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
     """The practical fp32 peak: GFLOP/s of an n x n x n matmul (median of reps, after a warm-up)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
-    return 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), reps, device)) / 1e9
+    return 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), reps, device)[0]) / 1e9
 
 
 # ---- the two benchmarks -----------------------------------------------------------------
@@ -117,8 +121,10 @@ def bench_train(name, model, batch, reps, device) -> Result:
     step()  # warm-up: allocates the optimizer state
     flops = count_flops(step)
     reset_peak_memory(device)
-    seconds = statistics.median(timed(step, reps, device))
-    return Result(name, "train", seconds, batch / seconds, flops / seconds / 1e9, peak_memory_mib(device), reps)
+    times, cpu = timed(step, reps, device)
+    seconds = statistics.median(times)
+    return Result(name, "train", seconds, statistics.median(cpu), batch / seconds, flops / seconds / 1e9,
+                  peak_memory_mib(device), reps)
 
 
 def bench_sample(name, model, n, reps, device, num_iter) -> Result:
@@ -134,17 +140,19 @@ def bench_sample(name, model, n, reps, device, num_iter) -> Result:
     # FlopCounterMode routes each of the sampler's many small ops through Python and is slow.
     flops_per_image = count_flops(lambda: run(1))  # also the warm-up
     reset_peak_memory(device)
-    seconds = statistics.median(timed(run, reps, device)) / n
-    return Result(name, "sample", seconds, 1 / seconds, flops_per_image / seconds / 1e9, peak_memory_mib(device),
-                  reps)
+    times, cpu = timed(run, reps, device)
+    seconds = statistics.median(times) / n
+    return Result(name, "sample", seconds, statistics.median(cpu) / n, 1 / seconds, flops_per_image / seconds / 1e9,
+                  peak_memory_mib(device), reps)
 
 
 # ---- report -------------------------------------------------------------------------------
 
 def table(results: list[Result], peak: float) -> str:
     lines = [
-        "| model | benchmark | time | images/s | GFLOP/s | / matmul peak | peak memory | authors' code | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory | authors' code "
+        "| speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         unit = "s/step" if r.task == "train" else "s/image"
@@ -152,7 +160,8 @@ def table(results: list[Result], peak: float) -> str:
         ref = f"{authors:.1f} {unit}" if authors else "-"
         speedup = f"{authors / r.seconds:.1f}x (target {TARGET_SPEEDUP[r.task]:.0f}x)" if authors else "-"
         what = "training step" if r.task == "train" else "sampling"
-        lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.images_per_s:.2f} | {r.gflops:.2f} | "
+        lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.cpu_seconds:.3f} s | {r.images_per_s:.2f} | "
+                     f"{r.gflops:.2f} | "
                      f"{r.gflops / peak:.1%} | {r.peak_mib:.0f} MiB | {ref} | {speedup} |")
     return "\n".join(lines)
 
