@@ -1,12 +1,13 @@
 """Speed benchmark (issue 5): one training step and sampling, for the AR and MAR benchmark configs.
 
-    python -m benchmarks.speed                                  # cifar_ar and cifar_mar, seeded random weights
-    python -m benchmarks.speed --kinds mar --train-reps 5 --sample-reps 3
-    python -m benchmarks.speed --checkpoint ckpt.pth --config cifar_mar   # given (official-format) weights
+    python -m benchmarks.speed                         # cifar_ar and cifar_mar, seeded random weights
+    python -m benchmarks.speed --kinds mar --train-reps 5 --sample-reps 3 --threads 1
+    python -m benchmarks.speed --checkpoint ckpt.pth --config cifar_mar   # given (official) weights
 
 For each model it measures
   - one AdamW training step (loss, backward, clip 3.0, step) at batch 32: time per step;
-  - sampling 16 images (cfg 2.0 linear, temperature 1.0, filter 1e-4, iterations 16 per level): time per image;
+  - sampling 16 images (cfg 2.0 linear, temperature 1.0, filter 1e-4, iterations 16 per level):
+    time per image;
 and prints time, images/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode on an untimed
 run, divided by the median time), its ratio to a large fp32 matmul timed in the same run (the
 machine's practical peak), and peak memory (CPU: the process's peak resident set during the
@@ -106,7 +107,8 @@ def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
 def bench_train(name, model, batch, reps, device) -> Result:
     c = model.config
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, c.channels, c.img_size, c.img_size), dtype=torch.uint8, generator=g)
+    shape = (batch, c.channels, c.img_size, c.img_size)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     labels = torch.randint(0, max(c.num_classes, 1), (batch,), generator=g) if c.num_classes else None
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
@@ -134,7 +136,8 @@ def bench_sample(name, model, n, reps, device, num_iter) -> Result:
 
     def run(count=n):
         fractalgen.sample(model, labels=None if labels is None else labels[:count], n=count, cfg=2.0,
-                          cfg_schedule="linear", temperature=1.0, filter_threshold=1e-4, num_iter=num_iter, seed=0)
+                          cfg_schedule="linear", temperature=1.0, filter_threshold=1e-4, num_iter=num_iter,
+                          seed=0)
 
     # Sampling FLOPs are exactly linear in the batch (every op is per row), so count one image:
     # FlopCounterMode routes each of the sampler's many small ops through Python and is slow.
@@ -142,16 +145,16 @@ def bench_sample(name, model, n, reps, device, num_iter) -> Result:
     reset_peak_memory(device)
     times, cpu = timed(run, reps, device)
     seconds = statistics.median(times) / n
-    return Result(name, "sample", seconds, statistics.median(cpu) / n, 1 / seconds, flops_per_image / seconds / 1e9,
-                  peak_memory_mib(device), reps)
+    return Result(name, "sample", seconds, statistics.median(cpu) / n, 1 / seconds,
+                  flops_per_image / seconds / 1e9, peak_memory_mib(device), reps)
 
 
 # ---- report -------------------------------------------------------------------------------
 
 def table(results: list[Result], peak: float) -> str:
     lines = [
-        "| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory | authors' code "
-        "| speed-up |",
+        ("| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory "
+         "| authors' code | speed-up |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -160,8 +163,8 @@ def table(results: list[Result], peak: float) -> str:
         ref = f"{authors:.1f} {unit}" if authors else "-"
         speedup = f"{authors / r.seconds:.1f}x (target {TARGET_SPEEDUP[r.task]:.0f}x)" if authors else "-"
         what = "training step" if r.task == "train" else "sampling"
-        lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.cpu_seconds:.3f} s | {r.images_per_s:.2f} | "
-                     f"{r.gflops:.2f} | "
+        lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.cpu_seconds:.3f} s | "
+                     f"{r.images_per_s:.2f} | {r.gflops:.2f} | "
                      f"{r.gflops / peak:.1%} | {r.peak_mib:.0f} MiB | {ref} | {speedup} |")
     return "\n".join(lines)
 
