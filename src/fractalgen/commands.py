@@ -28,9 +28,9 @@ def register(subparsers):
 
 # ---- shared helpers ---------------------------------------------------------------------------
 
-def add_common(p, json_flag=True):
+def add_common(p, json_flag=True, threads=0):
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch (0: torch's default)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object with the numbers as the last line")
 
@@ -337,7 +337,9 @@ def add_demo(sub):
     p.add_argument("--out", default="demo", help="output folder (its demo files are replaced on each run)")
     p.add_argument("--per-class", type=int, default=10, help="samples per digit (one row per digit)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    add_common(p)
+    # One thread: the demo model's matrices are small, and on a busy machine more threads mostly wait
+    # for each other (measured on a loaded 2-core machine: 38 s with one thread; with two, unfinished after 10 min).
+    add_common(p, threads=1)
     p.set_defaults(func=run_demo)
 
 
