@@ -17,6 +17,7 @@ process CPU time (all threads) of the same runs, which says more than wall time 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import statistics
@@ -57,7 +58,12 @@ def sync(device):
 def reset_peak_memory(device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif os.path.exists("/proc/self/clear_refs"):
+    else:
+        try:  # hand freed heap back to the OS, so an earlier benchmark's allocations do not count
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+    if device.type != "cuda" and os.path.exists("/proc/self/clear_refs"):
         with open("/proc/self/clear_refs", "w") as f:  # "5" resets the kernel's peak-RSS counter (VmHWM)
             f.write("5")
 
