@@ -70,7 +70,7 @@ def main(argv=None):
     result = {
         "checkpoint": str(args.checkpoint), "digits": n, "kept_rows": int(known[:, 0].sum()),
         "cfg": args.cfg if args.cfg is not None else recommended["cfg"],
-        "cfg_schedule": args.cfg_schedule or "constant",  # fractalgen.edit's default
+        "cfg_schedule": args.cfg_schedule or recommended["cfg_schedule"],
         "temperature": args.temperature if args.temperature is not None else recommended["temperature"],
         "seed": args.seed,
         "edit_accuracy": (read == targets).float().mean().item(),

@@ -46,7 +46,7 @@ def register(subparsers):
         p.add_argument("--samples", type=int, default=1, help="completions to draw (default: 1)")
         p.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
         p.add_argument("--cfg-schedule", choices=["linear", "constant"],
-                       help="guidance schedule (default: constant for edit, else the model's recommended)")
+                       help="guidance schedule (default: the model's recommended)")
         p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
         p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -143,15 +143,13 @@ def edit(model: FractalModel, images, label, known=None, **kwargs) -> torch.Tens
     """Class-conditional editing: inpainting with a chosen label (one for all images, or one per image).
 
     By default the top quarter of the rows is kept and the lower three quarters are regenerated,
-    and guidance is constant: the recommended linear ramp would start near 1 exactly where the
-    edit begins, and the class must take over there (benchmarks/edit_accuracy.py measures it).
+    with the model's recommended guidance (benchmarks/edit_accuracy.py measures the schedules:
+    on the bundled MNIST model the linear ramp beats a constant scale, 80.4% vs 73.2%).
     """
     if model.config.num_classes == 0:
         raise ConditionalInputError("editing needs a class-conditional model; this one is unconditional")
     if known is None:
         known = top_rows_known(model.config.img_size)
-    if kwargs.get("cfg_schedule") is None:
-        kwargs["cfg_schedule"] = "constant"
     return inpaint(model, images, known, labels=label, **kwargs)
 
 
