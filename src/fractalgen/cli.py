@@ -13,6 +13,24 @@ from .checkpoint import CheckpointError
 from .config import ConfigError
 from .errors import UserError
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none or the help text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command's --help shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 # Modules that register subcommands, in --help order.
 COMMAND_MODULES = [
     "fractalgen.commands",  # train, sample, nll, demo, eval-samples
@@ -22,10 +40,10 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fractalgen", description="Fractal generative models: train, sample, "
+    parser = Parser(prog="fractalgen", description="Fractal generative models: train, sample, "
                                      "measure likelihood, inpaint.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

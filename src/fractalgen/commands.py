@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+from .cli import HelpFormatter as FORMATTER  # noqa: E402  (cli is loaded first)
 
 
 def register(subparsers):

@@ -18,6 +18,7 @@ import torch
 
 from . import conditional
 from .errors import UserError
+from .train import pick_device
 
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
@@ -50,7 +51,7 @@ def register(subparsers):
         p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
         p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda ...")
         p.add_argument("--out", required=True, help="output directory (existing files are never overwritten)")
         p.set_defaults(func=run)
 
@@ -60,7 +61,7 @@ def run(args) -> int:
 
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
-    model = fractalgen.load(args.checkpoint, device=args.device)
+    model = fractalgen.load(args.checkpoint, device=pick_device(args.device))
     size, channels = model.config.img_size, model.config.channels
     if args.label is not None and not 0 <= args.label < model.config.num_classes:
         k = model.config.num_classes
