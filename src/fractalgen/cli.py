@@ -13,6 +13,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError
 from .errors import UserError
 
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except where there is none or the help text already says it."""
 

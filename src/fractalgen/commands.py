@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import HelpFormatter as FORMATTER
 from .errors import UserError
-
-from .cli import HelpFormatter as FORMATTER  # noqa: E402  (cli is loaded first)
 
 
 def register(subparsers):
@@ -384,7 +383,7 @@ def run_demo(args) -> int:
         try:
             for path in demo_examples(model, out, data=stack(val, 8), seed=args.seed):
                 print(f"inpainting example: {path}")
-        except Exception as e:  # noqa: BLE001 (the optional part must not hide the files already written)
+        except Exception as e:  # the optional part must not hide the files already written
             print(f"fractalgen demo: inpainting example failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed = True
     seconds = time.time() - started

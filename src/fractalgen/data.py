@@ -185,7 +185,7 @@ def read_npz(path: Path) -> dict:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-    except Exception as e:  # noqa: BLE001 (a corrupt zip raises zipfile.BadZipFile and friends)
+    except Exception as e:  # a corrupt zip raises zipfile.BadZipFile and friends
         raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
 
 

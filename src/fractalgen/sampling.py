@@ -7,7 +7,6 @@ from typing import Callable
 
 import torch
 
-
 # ---- logits -> token --------------------------------------------------------
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
