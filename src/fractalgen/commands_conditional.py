@@ -19,6 +19,7 @@ import torch
 from . import conditional
 from .errors import UserError
 from .train import pick_device
+from .visualize import save_image
 
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
@@ -90,10 +91,10 @@ def run(args) -> int:
     else:
         completions = conditional.inpaint(model, image[None], known[None], labels=args.label, **settings)
     for name, completion in zip(names, completions):
-        conditional.save_png(conditional.to_pil(completion), out_dir / name)
+        save_image(conditional.to_pil(completion), out_dir / name)
     strip = conditional.grid_image([torch.cat([conditional.show_mask(image[None], known[None]),
                                                conditional.as_rgb(completions)])])
-    conditional.save_png(strip, out_dir / names[-1])
+    save_image(strip, out_dir / names[-1])
     print(f"wrote {args.samples} completion(s) and {names[-1]} to {out_dir}")
     return 0
 

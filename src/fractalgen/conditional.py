@@ -36,6 +36,7 @@ import torch
 from .errors import UserError
 from .model import FractalModel
 from .sampling import Known
+from .visualize import save_image
 
 
 class ConditionalInputError(UserError, ValueError):
@@ -239,14 +240,6 @@ def grid_image(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2):
     return Image.fromarray(canvas)
 
 
-def save_png(image, path) -> Path:
-    """Write a PIL image atomically (never a half-written file)."""
-    from .checkpoint import atomic_save
-
-    atomic_save(lambda f: image.save(f, format="PNG"), path)
-    return Path(path)
-
-
 def to_pil(image: torch.Tensor):
     """uint8 (C, H, W) -> PIL image (L for one channel, RGB for three)."""
     from PIL import Image
@@ -279,7 +272,7 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
     top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
     completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2n, C, H, W)
     rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
-    paths.append(save_png(grid_image(rows), out_dir / "inpaint_lower_half.png"))
+    paths.append(save_image(grid_image(rows), out_dir / "inpaint_lower_half.png"))
 
     if model.config.num_classes > 0:
         k = model.config.num_classes
@@ -288,7 +281,7 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
         keep = top_rows_known(size, 0.25).expand(images.shape[0], -1, -1)
         edited = edit(model, images, targets, known=keep, seed=seed)
         rows = [images, show_mask(images, keep), edited]
-        paths.append(save_png(grid_image(rows), out_dir / "edit_to_class.png"))
+        paths.append(save_image(grid_image(rows), out_dir / "edit_to_class.png"))
     return paths
 
 

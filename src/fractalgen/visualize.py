@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import atomic_save
 from .errors import UserError
 
 EMPTY_COLOUR = (34, 40, 72)  # not-yet-generated values: dark blue, unlike any digit or photo
@@ -42,16 +43,14 @@ def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, back
 
 
 def save_image(image: Image.Image, path: str | Path, **kwargs):
-    """Save through a temporary name, so an interrupted write never leaves a broken file behind."""
+    """Save atomically (checkpoint.atomic_save), so an interrupted write never leaves a broken file behind."""
     path = Path(path)
+    fmt = kwargs.pop("format", None) or path.suffix.lstrip(".").upper().replace("JPG", "JPEG")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        image.save(tmp, format=kwargs.pop("format", None) or path.suffix.lstrip(".").upper().replace("JPG", "JPEG"),
-                   **kwargs)
-        tmp.replace(path)
+        atomic_save(lambda f: image.save(f, format=fmt, **kwargs), path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1, padding: int = 2):

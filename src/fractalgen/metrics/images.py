@@ -96,16 +96,13 @@ def _mode_of(path: Path) -> str:
 
 
 def _read_npz(path: Path) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in ("images", "arr_0") if k in data.files), None)
-            if key is None:
-                raise UserError(f"{path} has no 'images' or 'arr_0' array (it has: {', '.join(data.files) or 'nothing'})")
-            images = data[key]
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    from ..data import read_npz
+
+    data = read_npz(path)
+    key = next((k for k in ("images", "arr_0") if k in data), None)
+    if key is None:
+        raise UserError(f"{path} has no 'images' or 'arr_0' array (it has: {', '.join(data) or 'nothing'})")
+    images = data[key]
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
         raise UserError(f"{path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}")
     return images[..., None] if images.ndim == 3 else images
