@@ -5,7 +5,6 @@ patches given these conditions" to the next level; the pixel head ends the recur
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -176,6 +175,3 @@ def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> tor
         0, owner, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 
-
-def bits(nats: torch.Tensor | float):
-    return nats / math.log(2.0)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -72,7 +72,6 @@ class SampleContext:
     cfg: float = 1.0
     cfg_schedule: str = "linear"  # applies at level 0 only; deeper levels use the value handed down
     on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
