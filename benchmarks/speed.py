@@ -30,11 +30,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fractalgen
 
-# The authors' implementation on this machine kind (2-core CPU), as published in issue 5.
-AUTHORS_SECONDS = {("cifar_mar", "train"): 12.9, ("cifar_ar", "train"): 12.4,
-                   ("cifar_mar", "sample"): 5.4, ("cifar_ar", "sample"): 2.1}
-TARGET_SPEEDUP = {"train": 2.0, "sample": 3.0}
-
 
 @dataclass
 class Result:
@@ -159,19 +154,15 @@ def bench_sample(name, model, n, reps, device, num_iter) -> Result:
 
 def table(results: list[Result], peak: float) -> str:
     lines = [
-        ("| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory "
-         "| authors' code | speed-up |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         unit = "s/step" if r.task == "train" else "s/image"
-        authors = AUTHORS_SECONDS.get((r.model, r.task))
-        ref = f"{authors:.1f} {unit}" if authors else "-"
-        speedup = f"{authors / r.seconds:.1f}x (target {TARGET_SPEEDUP[r.task]:.0f}x)" if authors else "-"
         what = "training step" if r.task == "train" else "sampling"
         lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.cpu_seconds:.3f} s | "
                      f"{r.images_per_s:.2f} | {r.gflops:.2f} | "
-                     f"{r.gflops / peak:.1%} | {r.peak_mib:.0f} MiB | {ref} | {speedup} |")
+                     f"{r.gflops / peak:.1%} | {r.peak_mib:.0f} MiB |")
     return "\n".join(lines)
 
 
