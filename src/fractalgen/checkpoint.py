@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, ModelConfig, get_config
+from .config import CFG_SCHEDULES, ConfigError, ModelConfig, get_config
 from .model import FractalModel
 
 FORMAT_VERSION = "1"
@@ -84,14 +85,37 @@ def official_state_dict(model: FractalModel) -> dict[str, torch.Tensor]:
 
 # ---- safe torch.load ---------------------------------------------------------------------
 
+SCALARS = (str, int, float, bool, type(None))
+ARGS_NODE_BUDGET = 100_000  # official `args` hold a few hundred values; a bigger walk is an attack or damage
+
+
 def _plain(value) -> bool:
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
+    """Only scalars inside lists, tuples and str-keyed dicts.
+
+    The walk is bounded: each container is visited once (by id), so shared or self-referencing
+    structure (a list holding itself twice, 60 levels deep, is 2**60 paths) costs one visit per
+    object, and the number of values looked at is capped.
+    """
+    seen, todo, budget = set(), [value], ARGS_NODE_BUDGET
+    while todo:
+        item = todo.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if isinstance(item, SCALARS):
+            continue
+        if not isinstance(item, (list, tuple, dict)):
+            return False
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            todo.extend(item.values())
+        else:
+            todo.extend(item)
+    return True
 
 
 def safe_torch_load(path: str | Path) -> dict:
@@ -146,25 +170,18 @@ def load_official(path, config=None) -> FractalModel:
     ckpt = safe_torch_load(path)
     state = ckpt.get("model")
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} has no 'model' state dict (keys: {', '.join(map(str, ckpt)) or 'none'})")
+        keys = ", ".join(map(str, list(ckpt)[:5])) + (", ..." if len(ckpt) > 5 else "")
+        raise CheckpointError(f"{path} has no 'model' state dict (keys: {keys or 'none'})")
     cfg = get_config(config) if config is not None else _official_config_from_args(ckpt.get("args"))
     if cfg is None:
         raise CheckpointError(f"{path} is an official-format checkpoint: say which model it is "
                               f"(a preset name or a config)")
     with torch.device("meta"):
         model = FractalModel(cfg)
-    ours = {}
-    expected = {official_key(k, cfg): (k, v.shape) for k, v in model.state_dict().items()}
-    for key, (our_key, shape) in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{path}: missing key {key} for config {cfg.name!r}")
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: {key} is not a tensor")
-        if tuple(value.shape) != tuple(shape):
-            raise CheckpointError(f"{path}: shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
-                                  f"model {tuple(shape)} (config {cfg.name!r})")
-        ours[our_key] = value
+    wanted = model.state_dict()  # meta tensors: the shapes and dtypes to expect, under our names
+    expected = {official_key(k, cfg): k for k in wanted}
+    ours = {k: state[official] for official, k in expected.items() if official in state}
+    check_tensors(ours, wanted, path, name=lambda k: official_key(k, cfg), context=f" for config {cfg.name!r}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]} ({len(unexpected)} in all) "
@@ -204,6 +221,71 @@ def read_metadata(path) -> dict:
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
 
 
+def metadata_json(meta: dict, key: str, path) -> dict:
+    """One metadata entry parsed as a JSON object; anything else is one line naming the entry."""
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e.msg} at character {e.pos})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: metadata {key!r} is nested too deeply to be a {key}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
+    """The checkpoint's recommended sampling settings (metadata 'sampling'), each checked for type and range."""
+    if "sampling" not in meta:
+        return {}
+    sampling = metadata_json(meta, "sampling", path)
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {
+        "cfg": (lambda v: number(v), "a finite number"),
+        "temperature": (lambda v: number(v) and v > 0, "a positive finite number"),
+        "filter_threshold": (lambda v: number(v) and v >= 0, "a finite number >= 0"),
+        "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"one of {', '.join(CFG_SCHEDULES)}"),
+        "num_iter": (lambda v: isinstance(v, list) and len(v) == config.num_levels
+                     and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1 << 20 for k in v),
+                     f"a list of {config.num_levels} positive integers"),
+    }
+    for key, value in sampling.items():
+        if key not in checks:
+            raise CheckpointError(f"{path}: metadata 'sampling' has an unknown setting {key!r} "
+                                  f"(known: {', '.join(checks)})")
+        ok, wanted = checks[key]
+        if not ok(value):
+            raise CheckpointError(f"{path}: metadata 'sampling' field {key!r} must be {wanted}, "
+                                  f"got {json.dumps(value)[:60]}")
+    return sampling
+
+
+def check_tensors(state: dict, expected: dict, path, name=lambda key: key, context: str = ""):
+    """Keys, shapes, dtypes and finiteness of loaded tensors against the model's (meta) state dict.
+
+    One cheap pass over the weights: a NaN or an infinity would otherwise surface only as garbage
+    images or a 'nan' likelihood, far from its cause. `name` gives the key as the file spells it.
+    """
+    for key, want in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key {name(key)}{context}")
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {name(key)} is not a tensor")
+        if tuple(value.shape) != tuple(want.shape):
+            raise CheckpointError(f"{path}: shape mismatch for {name(key)}: checkpoint {tuple(value.shape)}, "
+                                  f"model {tuple(want.shape)}{context}")
+        if want.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: {name(key)} holds {str(value.dtype).replace('torch.', '')} values "
+                                  f"where floating-point weights belong")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: {name(key)} holds {bad} non-finite value(s) (NaN or infinity)")
+
+
 def load_ours(path, config=None) -> FractalModel:
     from safetensors.torch import load_file
 
@@ -212,9 +294,10 @@ def load_ours(path, config=None) -> FractalModel:
     if "config" not in meta and config is None:
         raise CheckpointError(f"{path} carries no config: pass one")
     try:
-        cfg = get_config(config) if config is not None else ModelConfig.from_dict(json.loads(meta["config"]))
-    except (ConfigError, json.JSONDecodeError) as e:
+        cfg = get_config(config) if config is not None else ModelConfig.from_dict(metadata_json(meta, "config", path))
+    except ConfigError as e:
         raise CheckpointError(f"{path}: bad config in metadata: {e}") from None
+    sampling = recommended_sampling(meta, path, cfg)
     try:
         state = load_file(str(path))
     except Exception as e:
@@ -222,18 +305,13 @@ def load_ours(path, config=None) -> FractalModel:
     with torch.device("meta"):
         model = FractalModel(cfg)
     expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{path}: missing key {key}")
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{path}: shape mismatch for {key}: checkpoint {tuple(state[key].shape)}, "
-                                  f"model {tuple(value.shape)}")
+    check_tensors(state, expected, path)
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # bf16 files load as fp32
     model.load_state_dict(state, assign=True, strict=True)
-    model.sampling_defaults = json.loads(meta["sampling"]) if "sampling" in meta else {}
+    model.sampling_defaults = sampling
     return model
 
 
@@ -262,7 +340,10 @@ def load(path, config=None, device=None) -> FractalModel:
         head = f.read(16)
     if len(head) == 0:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
-    is_torch = head[:2] == b"PK" or head[:1] == b"\x80"  # zip container or a legacy pickle
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{". Test it first:
+    # a header length whose low byte is 0x80 would otherwise pass for a legacy pickle's first byte.
+    is_safetensors = head[8:9] == b"{"
+    is_torch = not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")  # zip container or legacy pickle
     model = load_official(p, config) if is_torch else load_ours(p, config)
     if not hasattr(model, "sampling_defaults"):
         model.sampling_defaults = {}

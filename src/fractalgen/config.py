@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,32 @@ class ModelConfig:
     name: str = "custom"
 
     def __post_init__(self):
+        self._check_types()
         # Normalise lists to tuples so configs built from JSON compare equal and hash.
         for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "num_iter"):
             value = getattr(self, f)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, f, tuple(value))
         self._validate()
+
+    def _check_types(self):
+        """Every field has its type (configs arrive as JSON from files and checkpoint metadata): one line names the field."""
+        for f in dataclasses.fields(self):
+            kind, value = FIELD_TYPES[f.name], getattr(self, f.name)
+            optional = kind.endswith("?")
+            kind = kind.rstrip("?")
+            if value is None and optional:
+                continue
+            if kind.startswith("list of "):
+                item = kind[len("list of "):]
+                ok = isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+                wanted = f"a list of {item}s"
+            else:
+                ok = _has_type(value, kind)
+                wanted = TYPE_PHRASES[kind]
+            if not ok:
+                raise ConfigError(f"config field {f.name!r} must be {wanted}{' or null' if optional else ''}, "
+                                  f"got {_describe(value)}")
 
     def _validate(self):
         n = len(self.img_sizes)
@@ -136,6 +157,8 @@ class ModelConfig:
             raise ConfigError(f"r_weight must be positive, got {self.r_weight}")
         if self.num_iter is not None and (len(self.num_iter) != n - 1 or any(k < 1 for k in self.num_iter)):
             raise ConfigError(f"num_iter needs {n - 1} positive entries (one per generator level), got {list(self.num_iter)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ConfigError(f"unknown cfg schedule {self.cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
 
@@ -188,6 +211,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Our own field names, or the official constructor's (see OFFICIAL_FIELDS)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object (field names and values), got {_describe(d)}")
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         if any(k in d for k in OFFICIAL_FIELDS if k not in known):  # some official names equal ours
@@ -195,6 +220,10 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.default is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"config is missing {', '.join(missing)}")
         return cls(**d)
 
     @classmethod
@@ -208,6 +237,9 @@ class ModelConfig:
                                "generator_type_list") if k not in d]
         if missing:
             raise ConfigError(f"config is missing {', '.join(missing)}")
+        for k in ("img_size_list", "embed_dim_list", "num_blocks_list", "num_heads_list", "generator_type_list"):
+            if not isinstance(d[k], list):
+                raise ConfigError(f"config field {k!r} must be a list, got {_describe(d[k])}")
         kinds = list(d["generator_type_list"])
         # The official list has an entry for the pixel head too (ignored); accept both lengths.
         if len(kinds) == len(d["img_size_list"]):
@@ -264,6 +296,38 @@ OFFICIAL_FIELDS = {
 }
 # Our additions accepted beside the official fields.
 EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name")
+
+
+# The JSON type of every config field ("?": may be null). Numbers must be finite: NaN and
+# infinities (which Python's json accepts) would reach the sampler.
+FIELD_TYPES = {
+    "img_sizes": "list of integer", "widths": "list of integer", "blocks": "list of integer",
+    "heads": "list of integer", "kinds": "list of string", "channels": "integer", "num_classes": "integer",
+    "num_conds": "integer", "guiding_pixel": "boolean", "attn_dropout": "number", "proj_dropout": "number",
+    "label_drop_prob": "number", "r_weight": "number", "pixel_mean": "list of number",
+    "pixel_std": "list of number", "num_iter": "list of integer?", "cfg": "number", "temperature": "number",
+    "cfg_schedule": "string", "name": "string",
+}
+TYPE_PHRASES = {"integer": "an integer", "number": "a finite number", "boolean": "true or false", "string": "a string"}
+MAX_DIMENSION = 1 << 20  # no size, width or count in a real model comes near it; bigger ones are damage
+
+
+def _has_type(value, kind: str) -> bool:
+    if kind == "integer":  # bool is an int subclass in Python, not in JSON
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DIMENSION
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    raise AssertionError(kind)
+
+
+def _describe(value) -> str:
+    """A short, safe rendering of a bad value for an error line."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 # ---- presets ---------------------------------------------------------------

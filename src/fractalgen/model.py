@@ -5,6 +5,8 @@ patches given these conditions" to the next level; the pixel head ends the recur
 """
 from __future__ import annotations
 
+import math
+import numbers
 from functools import partial
 
 import torch
@@ -129,11 +131,16 @@ class FractalModel(nn.Module):
         cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"unknown cfg schedule {cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+        # NaN or infinite settings would not fail: they would draw noise. Refuse them here, for every caller.
+        if not (math.isfinite(cfg) and math.isfinite(temperature) and temperature > 0
+                and math.isfinite(filter_threshold)):
+            raise ValueError(f"sampling settings must be finite with a positive temperature, got cfg {cfg}, "
+                             f"temperature {temperature}, filter_threshold {filter_threshold}")
         num_iter = tuple(c.default_num_iter if num_iter is None else num_iter)
         if len(num_iter) != c.num_levels or any(k < 1 for k in num_iter):
             raise ValueError(f"num_iter needs {c.num_levels} positive entries, got {list(num_iter)}")
         if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).view(-1)
+            labels = as_labels(labels, self.device)
             B = labels.numel()
         elif n is not None:
             B = int(n)
@@ -175,3 +182,15 @@ def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> tor
         0, owner, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 
+
+def as_labels(labels, device) -> torch.Tensor:
+    """Class labels as int64 (B,); floats, booleans and text are refused rather than truncated."""
+    values = labels if isinstance(labels, torch.Tensor) else None
+    if values is None:
+        items = labels if isinstance(labels, (list, tuple)) else [labels]
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+            raise ValueError(f"class labels must be integers, got {list(items)[:8]}")
+        values = torch.tensor([int(v) for v in items], dtype=torch.long)
+    elif values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise ValueError(f"class labels must be integers, got a {values.dtype} tensor")
+    return values.to(device=device, dtype=torch.long).view(-1)
