@@ -21,7 +21,7 @@ import torch
 
 import fractalgen
 from fractalgen.classifier import load_mnist_classifier, predict
-from fractalgen.conditional import recommended_settings, top_rows_known
+from fractalgen.conditional import top_rows_known
 from fractalgen.data import mnist_split
 
 
@@ -66,12 +66,11 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     read = predict(edited, classifier)
     same = None if args.quick else predict(edit_all(labels), classifier)  # regenerated under the own label
-    recommended = recommended_settings(model)
+    settings = fractalgen.resolve_settings(model, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
+                                           temperature=args.temperature)
     result = {
         "checkpoint": str(args.checkpoint), "digits": n, "kept_rows": int(known[:, 0].sum()),
-        "cfg": args.cfg if args.cfg is not None else recommended["cfg"],
-        "cfg_schedule": args.cfg_schedule or recommended["cfg_schedule"],
-        "temperature": args.temperature if args.temperature is not None else recommended["temperature"],
+        "cfg": settings.cfg, "cfg_schedule": settings.cfg_schedule, "temperature": settings.temperature,
         "seed": args.seed,
         "edit_accuracy": (read == targets).float().mean().item(),
         "still_original": (read == labels).float().mean().item(),

@@ -175,8 +175,8 @@ def test_demo_writes_its_files(tiny_run, tmp_path, capsys, monkeypatch):
     torch.manual_seed(0)
     model = fractalgen.build(config)
     fractalgen.save(model, tmp_path / "m.safetensors")
-    monkeypatch.setattr("fractalgen.commands.conditional_hook", lambda: None)  # inpainting is tested elsewhere
-    code, out, err = run(capsys, "demo", "--checkpoint", tmp_path / "m.safetensors", "--per-class", "3", "--out",
+    code, out, err = run(capsys, "demo", "--checkpoint", tmp_path / "m.safetensors", "--per-class", "3",
+                         "--no-examples", "--out",
                          tmp_path / "demo", "--device", "cpu", "--json")
     assert code == 0, err
     result = last_json(out)

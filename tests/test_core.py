@@ -207,7 +207,7 @@ def test_own_format_round_trip(tmp_path):
     model = seeded_model("tiny_mar_gp4")
     fractalgen.save(model, tmp_path / "m.safetensors", sampling={"cfg": 3.0})
     loaded = fractalgen.load(tmp_path / "m.safetensors")  # no config argument: it travels with the weights
-    assert loaded.config == model.config and loaded.sampling_defaults == {"cfg": 3.0}
+    assert loaded.config == model.config and loaded.recommended == {"cfg": 3.0}
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
 

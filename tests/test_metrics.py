@@ -15,11 +15,12 @@ import torch.nn.functional as F
 import fractalgen
 from fractalgen.cli import main
 from fractalgen.errors import UserError
+from fractalgen.evaluation import class_schedule
+from fractalgen.files import image_name
 from fractalgen.metrics import (
     FunctionFeatureNet,
     ImageSet,
     InceptionNet,
-    class_schedule,
     extract,
     frechet_distance,
     inception_score,
@@ -30,7 +31,6 @@ from fractalgen.metrics import (
     statistics,
 )
 from fractalgen.metrics import inception as inception_module
-from fractalgen.metrics.evaluate import image_name
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from .config import CFG_SCHEDULES, ConfigError, ModelConfig, get_config
+from .files import atomic_write
 from .model import FractalModel
 
 FORMAT_VERSION = "1"
@@ -193,13 +192,18 @@ def load_official(path, config=None) -> FractalModel:
 def save_official(model: FractalModel, path, **extra):
     """Export to the official layout ({'model': state_dict, **extra}), written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model).items()}
-    atomic_save(lambda f: torch.save({"model": state, **extra}, f), path)
+    atomic_write(lambda f: torch.save({"model": state, **extra}, f), path)
 
 
 # ---- our format -----------------------------------------------------------------------------
 
 def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
-    """Safetensors weights with the config (and optional recommended sampling settings) as metadata."""
+    """Safetensors weights with the config and the recommended sampling settings as metadata.
+
+    `sampling` (e.g. {"cfg": 10.0, "temperature": 1.0}) defaults to the model's own
+    recommendation (`model.recommended`, what `load` read), so a loaded model saves with it.
+    """
+    sampling = model.recommended if sampling is None else sampling
     from safetensors.torch import save as st_save
 
     tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
@@ -208,7 +212,7 @@ def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: 
     if sampling:
         meta["sampling"] = json.dumps(sampling)
     data = st_save(tensors, metadata=meta)
-    atomic_save(lambda f: f.write(data), path)
+    atomic_write(lambda f: f.write(data), path)
 
 
 def read_metadata(path) -> dict:
@@ -311,7 +315,7 @@ def load_ours(path, config=None) -> FractalModel:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # bf16 files load as fp32
     model.load_state_dict(state, assign=True, strict=True)
-    model.sampling_defaults = sampling
+    model.recommended = sampling
     return model
 
 
@@ -345,43 +349,6 @@ def load(path, config=None, device=None) -> FractalModel:
     is_safetensors = head[8:9] == b"{"
     is_torch = not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")  # zip container or legacy pickle
     model = load_official(p, config) if is_torch else load_ours(p, config)
-    if not hasattr(model, "sampling_defaults"):
-        model.sampling_defaults = {}
     if device is not None:
         model = model.to(device)
     return model.eval()
-
-
-def atomic_save(write, path):
-    """Write through a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def fsync_directory(folder: Path):
-    """Make the rename itself durable (a power cut could otherwise bring back the old directory entry)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms and file systems cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

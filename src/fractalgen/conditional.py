@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .model import FractalModel
+from .files import save_image
+from .generation import make_generator, to_uint8
+from .model import FractalModel, eval_mode
 from .sampling import Known
-from .visualize import save_image
+from .visualize import rows_figure, show_mask
 
 
 class ConditionalInputError(UserError, ValueError):
@@ -45,17 +47,21 @@ class ConditionalInputError(UserError, ValueError):
 
 # ---- the core: inpainting ----------------------------------------------------------------
 
+@eval_mode
 def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
-            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold: float = 1e-4) -> torch.Tensor:
+            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None) -> torch.Tensor:
     """Regenerate the unknown pixels of `images` conditioned on the known ones.
 
     images: uint8 (N, C, H, W) (or one image (C, H, W)) at the model's size.
     known: bool (N, H, W) or (H, W) (one mask for all images), True where the pixel is given;
         (N, C, H, W) gives a mask per channel.
     labels: None (unconditional), one class for all images, or one per image.
-    cfg, temperature, num_iter, cfg_schedule: None takes the model's recommended settings.
+    cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
+        recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
     Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
-    Images with no unknown pixel come back unchanged without running the model.
+    Images with no unknown pixel come back unchanged without running the model. With nothing
+    known, the images are those `fractalgen.sample` draws for the same labels, seed and settings
+    (in one batch).
     """
     images = _as_images(model, images)
     N = images.shape[0]
@@ -71,33 +77,15 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     if todo.numel() == 0:
         return out
 
-    from . import make_generator, to_uint8  # the package's own seeding and rounding
-
     device = model.device
-    defaults = recommended_settings(model)
-    was_training = model.training
-    model.eval()
-    try:
-        values, _ = model.generate(
-            labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
-            cfg=defaults["cfg"] if cfg is None else cfg,
-            cfg_schedule=defaults["cfg_schedule"] if cfg_schedule is None else cfg_schedule,
-            temperature=defaults["temperature"] if temperature is None else temperature,
-            filter_threshold=filter_threshold, num_iter=num_iter,
-            generator=make_generator(model, seed),
-            known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
-        )
-    finally:
-        model.train(was_training)
+    values, _ = model.generate(
+        labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
+        cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
+        num_iter=num_iter, generator=make_generator(model, seed),
+        known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
+    )
     out[todo] = to_uint8(values).to(out.device)
     return out
-
-
-def recommended_settings(model: FractalModel) -> dict:
-    """The sampling settings a checkpoint recommends (its metadata), else the config's."""
-    c = model.config
-    return {"cfg": c.cfg, "cfg_schedule": c.cfg_schedule, "temperature": c.temperature,
-            **getattr(model, "sampling_defaults", {})}
 
 
 # ---- thin helpers that build the mask ------------------------------------------------------
@@ -211,48 +199,6 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-# ---- pictures: the mask shown on the input, side-by-side strips ------------------------------------
-
-MASK_TINT = (255, 64, 64)  # unknown pixels are shown half-blended with this colour
-
-
-def show_mask(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) and bool (N, H, W) -> uint8 RGB (N, 3, H, W) with the unknown pixels tinted."""
-    rgb = as_rgb(images).float()
-    tint = torch.tensor(MASK_TINT, dtype=torch.float32)[None, :, None, None]
-    unknown = (~known.reshape(known.shape[0], 1, *known.shape[-2:]))
-    return torch.where(unknown, 0.5 * rgb + 0.5 * tint, rgb).round().to(torch.uint8)
-
-
-def grid_image(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2):
-    """A PIL image of rows of uint8 (n, C, H, W) images, upscaled (nearest) so a cell is >= min_cell pixels."""
-    from PIL import Image
-
-    H, W = rows[0].shape[-2:]
-    scale = max(1, -(-min_cell // max(H, W)))  # ceil: small images (28x28 digits) become readable
-    h, w = H * scale, W * scale
-    cols = max(r.shape[0] for r in rows)
-    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
-    for i, row in enumerate(rows):
-        cells = as_rgb(row).permute(0, 2, 3, 1).repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (n, h, w, 3)
-        for j, cell in enumerate(cells.numpy()):
-            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = cell
-    return Image.fromarray(canvas)
-
-
-def to_pil(image: torch.Tensor):
-    """uint8 (C, H, W) -> PIL image (L for one channel, RGB for three)."""
-    from PIL import Image
-
-    array = image.permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-
-
-def as_rgb(images: torch.Tensor) -> torch.Tensor:
-    images = images.cpu()
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
-
-
 # ---- the demo's examples ------------------------------------------------------------------------------
 
 def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
@@ -272,7 +218,7 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
     top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
     completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2n, C, H, W)
     rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
-    paths.append(save_image(grid_image(rows), out_dir / "inpaint_lower_half.png"))
+    paths.append(save_image(rows_figure(rows), out_dir / "inpaint_lower_half.png"))
 
     if model.config.num_classes > 0:
         k = model.config.num_classes
@@ -281,7 +227,7 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
         keep = top_rows_known(size, 0.25).expand(images.shape[0], -1, -1)
         edited = edit(model, images, targets, known=keep, seed=seed)
         rows = [images, show_mask(images, keep), edited]
-        paths.append(save_image(grid_image(rows), out_dir / "edit_to_class.png"))
+        paths.append(save_image(rows_figure(rows), out_dir / "edit_to_class.png"))
     return paths
 
 

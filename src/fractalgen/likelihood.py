@@ -5,10 +5,13 @@ import math
 
 import torch
 
-from .model import FractalModel
+from .data import load_dataset, stack
+from .errors import UserError
+from .model import FractalModel, eval_mode
 
 
 @torch.no_grad()
+@eval_mode
 def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, batch_size: int = 256,
                   generator_seed: int | None = None) -> torch.Tensor:
     """Per-image bits/dim (N,), unconditional. MAR levels draw random masks: `passes` are averaged.
@@ -20,19 +23,32 @@ def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, ba
         raise ValueError("passes must be >= 1")
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start:start + batch_size]
-            nats = sum(model.nll(chunk) for _ in range(passes)) / passes
-            out.append(nats.float().cpu())
-    finally:
-        model.train(was_training)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start:start + batch_size]
+        nats = sum(model.nll(chunk) for _ in range(passes)) / passes
+        out.append(nats.float().cpu())
     return torch.cat(out) / math.log(2.0)
 
 
 def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1) -> float:
     """Mean bits/dim over the images (uint8 (N, C, H, W)), unconditional."""
     return float(nll_per_image(model, images, passes).mean())
+
+
+def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,
+            batch_size: int = 100, seed: int = 0) -> dict:
+    """Bits/dim of a dataset split with its standard error: {'bits_per_dim', 'stderr', 'images', 'passes'}.
+
+    passes defaults to 1 for AR-only models (exact) and 4 when a MAR level draws random masks.
+    """
+    c = model.config
+    passes = passes if passes is not None else (1 if set(c.kinds) == {"ar"} else 4)
+    if passes < 1 or batch_size < 1 or (limit is not None and limit < 1):
+        raise UserError("--passes, --batch-size and --limit must be >= 1")
+    images, _ = stack(load_dataset(data, split, c.img_size, c.channels), limit)
+    per_image = nll_per_image(model, images.to(model.device), passes=passes, batch_size=batch_size,
+                              generator_seed=seed)
+    n = per_image.numel()
+    stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else float("nan")
+    return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}

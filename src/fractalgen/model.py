@@ -5,7 +5,7 @@ patches given these conditions" to the next level; the pixel head ends the recur
 """
 from __future__ import annotations
 
-import math
+import functools
 import numbers
 from functools import partial
 
@@ -16,12 +16,16 @@ from .config import ModelConfig
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import init_weights
 from .sampling import CFG_SCHEDULES, Known, SampleContext
+from .settings import resolve_settings
 
 
 class FractalModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
+        # {"cfg": 10.0}; settings.resolve_settings prefers them to the config's presets.
+        self.recommended: dict = {}
         width0 = config.widths[0]
         if config.num_classes > 0:
             self.class_embed = nn.Embedding(config.num_classes, width0)
@@ -117,28 +121,16 @@ class FractalModel(nn.Module):
     # ---- sampling -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=1e-4,
+    def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
                  num_iter=None, generator=None, known: Known | None = None, on_step=None):
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each draw (B,).
 
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
-        to the pixel heads (classifier-free guidance). Settings left None take the config's
-        recommended values.
+        to the pixel heads (classifier-free guidance). Settings left None are resolved by
+        `settings.resolve_settings`: the checkpoint's recommendation, else the config's presets.
         """
-        c = self.config
-        cfg = c.cfg if cfg is None else float(cfg)
-        temperature = c.temperature if temperature is None else float(temperature)
-        cfg_schedule = c.cfg_schedule if cfg_schedule is None else cfg_schedule
-        if cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"unknown cfg schedule {cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
-        # NaN or infinite settings would not fail: they would draw noise. Refuse them here, for every caller.
-        if not (math.isfinite(cfg) and math.isfinite(temperature) and temperature > 0
-                and math.isfinite(filter_threshold)):
-            raise ValueError(f"sampling settings must be finite with a positive temperature, got cfg {cfg}, "
-                             f"temperature {temperature}, filter_threshold {filter_threshold}")
-        num_iter = tuple(c.default_num_iter if num_iter is None else num_iter)
-        if len(num_iter) != c.num_levels or any(k < 1 for k in num_iter):
-            raise ValueError(f"num_iter needs {c.num_levels} positive entries, got {list(num_iter)}")
+        settings = resolve_settings(self, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+                                    filter_threshold=filter_threshold, num_iter=num_iter)
         if labels is not None:
             labels = as_labels(labels, self.device)
             B = labels.numel()
@@ -148,14 +140,15 @@ class FractalModel(nn.Module):
             B = known.values.shape[0]
         else:
             raise ValueError("give labels or n")
-        guided = labels is not None and c.num_classes > 0 and cfg != 1.0
+        guided = labels is not None and self.config.num_classes > 0 and settings.cfg != 1.0
         cond = self.class_condition(labels, B)
         if guided:
             cond = torch.cat([cond, self.null_class.expand(B, -1).to(cond.dtype)])
-        ctx = SampleContext(guided=guided, temperature=temperature, filter_threshold=filter_threshold,
-                            num_iter=num_iter, generator=generator, cfg=cfg, cfg_schedule=cfg_schedule,
+        ctx = SampleContext(guided=guided, temperature=settings.temperature,
+                            filter_threshold=settings.filter_threshold, num_iter=settings.num_iter,
+                            generator=generator, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
                             on_step=on_step)
-        cfg_rows = torch.full((B,), cfg, device=self.device)
+        cfg_rows = torch.full((B,), settings.cfg, device=self.device)
         return self._sample_level(0, ctx, [cond], cfg_rows, known)
 
     def _sample_level(self, depth: int, ctx: SampleContext, conds, cfg, known: Known | None):
@@ -172,6 +165,19 @@ class FractalModel(nn.Module):
             schedule=CFG_SCHEDULES[ctx.cfg_schedule] if depth == 0 else None,
             on_step=ctx.on_step if depth == 0 else None,
         )
+
+
+def eval_mode(function):
+    """Decorator: run function(model, ...) with the model in eval mode, restoring its mode afterwards."""
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            return function(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
 
 
 def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> torch.Tensor:

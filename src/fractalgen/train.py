@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -34,7 +33,10 @@ from . import checkpoint as ckpt
 from .config import ModelConfig
 from .data import EpochBatches, load_dataset
 from .errors import UserError
+from .files import atomic_write, check_writable, save_grid
+from .generation import sample
 from .model import FractalModel
+from .runtime import Dist, setup_distributed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -44,7 +46,7 @@ class TrainOptions:
     out: str
     data: str = "mnist"
     steps: int | None = None  # total optimizer steps (a resumed run continues up to it)
-    epochs: float | None = None  # used when steps is None
+    epochs: float = 10.0  # used when steps is None
     batch_size: int = 64  # global, over all ranks
     lr: float | None = None  # absolute; None = blr * batch_size / 256
     blr: float = 5e-5
@@ -65,50 +67,25 @@ class TrainOptions:
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
 
 
-# ---- distributed set-up ----------------------------------------------------------------------
+def run_options(given: dict) -> TrainOptions:
+    """The options of a run: those given now > a resumed run's stored options > TrainOptions' defaults.
 
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if dist.is_initialized():
-            dist.barrier()
-
-
-def setup_distributed(device_option: str) -> tuple[Dist, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Dist(), pick_device(device_option)
-    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
-    if device_option.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device_option}: CUDA is not available on this machine")
-    use_cuda = torch.cuda.is_available() and (device_option == "auto" or device_option.startswith("cuda"))
-    if use_cuda:  # one GPU per process, chosen by torchrun's LOCAL_RANK
-        torch.cuda.set_device(d.local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return d, torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
-
-
-def pick_device(option: str) -> torch.device:
-    if option == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if option.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {option}: CUDA is not available on this machine")
-    try:
-        return torch.device(option)
-    except RuntimeError:
-        raise UserError(f"unknown device {option!r}") from None
+    `given` holds only what the caller chose (e.g. the flags typed); with `resume` the run
+    folder defaults to the resumed one and everything else not given continues as stored.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+    if "resume" in given:
+        given.setdefault("out", given["resume"])
+    if "out" not in given:
+        raise UserError("give --out (the run folder)")
+    stored = {}
+    if "resume" in given:
+        stored = json.loads(read_checkpoint(given["resume"]).get("options", "{}"))
+        stored = {k: v for k, v in stored.items() if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
+    return TrainOptions(**{**stored, **given})
 
 
 # ---- pieces of the recipe --------------------------------------------------------------------
@@ -290,9 +267,9 @@ def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batche
             "options": json.dumps(dataclasses.asdict(options)),
             "world_size": d.world,
         }
-        ckpt.atomic_save(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
+        atomic_write(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
         if options.keep_checkpoints:
-            ckpt.atomic_save(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
+            atomic_write(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
         ckpt.save(unsharded(model, weights) if sharded else model, out / "model.safetensors")
     d.barrier()
 
@@ -340,7 +317,11 @@ def read_checkpoint(path: str | Path) -> dict:
 # ---- the loop --------------------------------------------------------------------------------
 
 def train(config: ModelConfig | None, options: TrainOptions) -> dict:
-    """Train (or resume) and return {'step', 'loss', 'seconds'}. `config` may be None when resuming."""
+    """Train (or resume) and return {'step', 'total', 'loss', 'seconds', 'interrupted', 'rank', 'already_done'}.
+
+    `config` may be None when resuming. A resumed run already at its total step returns at once
+    (already_done) without writing anything.
+    """
     d, device = setup_distributed(options.device)
     resume = read_checkpoint(options.resume) if options.resume else None
     if resume is not None:
@@ -360,7 +341,12 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     labelled = config.num_classes > 0 and dataset.num_classes > 0
     global_batch = options.batch_size
     batches = EpochBatches(len(dataset), global_batch, d.rank, d.world, options.seed, options.flip)
-    total = options.steps or max(1, round((options.epochs or 10) * batches.per_epoch))
+    total = options.steps or max(1, round(options.epochs * batches.per_epoch))
+    if resume is not None and int(resume["step"]) >= total:  # nothing to do: the checkpoint stays untouched
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return {"step": int(resume["step"]), "total": total, "loss": None, "seconds": 0.0, "interrupted": None,
+                "rank": d.rank, "already_done": True}
     warmup = options.warmup_steps if options.warmup_steps is not None else round(options.warmup_epochs * batches.per_epoch)
     warmup = min(warmup, total // 2)
     base_lr = options.lr if options.lr is not None else options.blr * global_batch / 256
@@ -455,8 +441,8 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
         writer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
-    return {"step": step, "loss": loss_value, "seconds": time.time() - started,
-            "interrupted": int(interrupted) if interrupted else None, "rank": d.rank}
+    return {"step": step, "total": total, "loss": loss_value, "seconds": time.time() - started,
+            "interrupted": int(interrupted) if interrupted else None, "rank": d.rank, "already_done": False}
 
 
 def reduce_status(loss: torch.Tensor, stop: bool, d: Dist) -> tuple[float, bool]:
@@ -466,16 +452,6 @@ def reduce_status(loss: torch.Tensor, stop: bool, d: Dist) -> tuple[float, bool]
     status = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
     dist.all_reduce(status)
     return float(status[0]) / d.world, bool(status[1] > 0)
-
-
-def check_writable(out: Path):
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
 
 
 def tensorboard_writer(out: Path):
@@ -488,12 +464,7 @@ def tensorboard_writer(out: Path):
 
 
 def write_samples(model: FractalModel, path: Path, seed: int):
-    """A small grid (one row per class, up to 10 classes) with the config's sampling settings."""
-    from . import sample
-    from .visualize import save_grid
-
+    """A small preview grid (one row per class, up to 10 classes) with the model's resolved settings."""
     classes = min(model.config.num_classes, 10)
     labels = [c for c in range(classes) for _ in range(4)] if classes else None
-    images = sample(model, labels=labels, n=None if labels else 16, cfg=model.config.cfg,
-                    temperature=model.config.temperature, cfg_schedule=model.config.cfg_schedule, seed=seed)
-    save_grid(images, path, nrow=4)
+    save_grid(sample(model, labels=labels, n=None if labels else 16, seed=seed), path, nrow=4)

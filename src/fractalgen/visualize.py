@@ -1,4 +1,4 @@
-"""Pictures: image grids, and the generation process as an animated GIF (like the paper's figure 1).
+"""Pictures: the generation process as an animated GIF (like the paper's figure 1), and figures.
 
 The GIF records level 0's progress through `model.generate(..., on_step=callback)`: after
 every level-0 step the callback receives the raw canvas and which values are filled, so a
@@ -8,65 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_save
-from .errors import UserError
+from .files import grid, save_image, to_hwc
 
 EMPTY_COLOUR = (34, 40, 72)  # not-yet-generated values: dark blue, unlike any digit or photo
-
-
-def to_hwc(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) -> (N, H, W, 3): grayscale shown as RGB so grids and frames share one mode."""
-    images = torch.as_tensor(images)
-    if images.dtype != torch.uint8:
-        images = images.round().clamp(0, 255).to(torch.uint8)
-    x = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
-    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x[..., :3]
-
-
-def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, background=(255, 255, 255)) -> Image.Image:
-    """Tile (N, C, H, W) images into rows of `nrow`, each scaled up `scale` times (nearest neighbour)."""
-    x = to_hwc(images)
-    n, h, w, _ = x.shape
-    rows = -(-n // nrow)
-    canvas = np.empty((rows * (h + padding) + padding, nrow * (w + padding) + padding, 3), np.uint8)
-    canvas[:] = background
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + c * (w + padding)
-        canvas[top:top + h, left:left + w] = x[i]
-    image = Image.fromarray(canvas)
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
-
-
-def save_image(image: Image.Image, path: str | Path, **kwargs):
-    """Save atomically (checkpoint.atomic_save), so an interrupted write never leaves a broken file behind."""
-    path = Path(path)
-    fmt = kwargs.pop("format", None) or path.suffix.lstrip(".").upper().replace("JPG", "JPEG")
-    try:
-        atomic_save(lambda f: image.save(f, format=fmt, **kwargs), path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1, padding: int = 2):
-    save_image(grid(images, nrow, padding, scale), path)
-
-
-def save_each(images: torch.Tensor, labels, folder: str | Path) -> list[Path]:
-    """One PNG per image: {index:05d}_class{label}.png, or {index:05d}_uncond.png without a label."""
-    paths = []
-    x = to_hwc(images) if images.shape[1] == 3 else images[:, 0].cpu().numpy()
-    for i in range(images.shape[0]):
-        name = f"{i:05d}_uncond.png" if labels is None else f"{i:05d}_class{int(labels[i])}.png"
-        path = Path(folder) / name
-        save_image(Image.fromarray(x[i]), path)
-        paths.append(path)
-    return paths
+MASK_TINT = (255, 64, 64)  # unknown pixels are shown half-blended with this colour
 
 
 class GenerationRecorder:
@@ -84,7 +32,7 @@ class GenerationRecorder:
         rgb = torch.from_numpy(to_hwc(values)).permute(0, 3, 1, 2)  # (B, 3, H, W)
         shown = filled.any(1, keepdim=True).cpu().expand_as(rgb)  # a pixel counts as shown once any channel is
         empty = torch.tensor(EMPTY_COLOUR, dtype=torch.uint8).view(1, 3, 1, 1).expand_as(rgb)
-        self.frames.append(grid(torch.where(shown, rgb, empty), self.nrow, self.padding, self.scale))
+        self.frames.append(grid(torch.where(shown, rgb, empty), self.nrow, self.padding * self.scale, self.scale))
 
     def save(self, path: str | Path, duration_ms: int = 60, hold_ms: int = 2000):
         """Write the animated GIF; the last frame (the finished images) is held for `hold_ms`."""
@@ -95,25 +43,27 @@ class GenerationRecorder:
                    duration=durations, loop=0)
 
 
-def generation_gif(model, path: str | Path, labels=None, n=None, nrow: int | None = None, scale: int = 4,
-                   **sampling) -> torch.Tensor:
-    """Sample a batch while recording level 0's steps; writes the GIF and returns the images uint8 (N, C, H, W)."""
-    count = len(labels) if labels is not None else int(n)
-    recorder = GenerationRecorder(nrow or min(count, 8), scale)
-    images = generate_images(model, labels=labels, n=n, on_step=recorder, **sampling)
-    recorder.save(path)
-    return images
+# ---- figures: the mask shown on the input, rows of images ------------------------------------
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, 3, H, W) on the CPU: grayscale repeated, extra channels dropped."""
+    images = images.cpu()
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
-def generate_images(model, labels=None, n=None, seed=None, on_step=None, **sampling) -> torch.Tensor:
-    """fractalgen.sample with an optional level-0 progress callback; uint8 (N, C, H, W)."""
-    from . import make_generator, to_uint8
+def show_mask(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) and bool (N, H, W) -> uint8 RGB (N, 3, H, W) with the unknown pixels tinted."""
+    rgb = as_rgb(images).float()
+    tint = torch.tensor(MASK_TINT, dtype=torch.float32)[None, :, None, None]
+    unknown = (~known.reshape(known.shape[0], 1, *known.shape[-2:]))
+    return torch.where(unknown, 0.5 * rgb + 0.5 * tint, rgb).round().to(torch.uint8)
 
-    was_training = model.training
-    model.eval()
-    try:
-        values, _ = model.generate(labels=labels, n=n, generator=make_generator(model, seed), on_step=on_step,
-                                   **sampling)
-    finally:
-        model.train(was_training)
-    return to_uint8(values)
+
+def rows_figure(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2) -> Image.Image:
+    """A picture of rows of uint8 (n, C, H, W) images, upscaled (nearest) so a cell is >= min_cell pixels."""
+    H, W = rows[0].shape[-2:]
+    scale = max(1, -(-min_cell // max(H, W)))  # ceil: small images (28x28 digits) become readable
+    cols = max(r.shape[0] for r in rows)
+    blank = torch.full((1, 3, H, W), 255, dtype=torch.uint8)
+    cells = torch.cat([torch.cat([as_rgb(r)] + [blank] * (cols - r.shape[0])) for r in rows])  # (rows*cols, 3, H, W)
+    return grid(cells, cols, padding=gap, scale=scale, border=False)

@@ -5,13 +5,13 @@
 
 How the features are computed (resizing included) is documented in inception.py.
 """
-from .evaluate import Scores, class_schedule, generate_images, reference_statistics, score_images
 from .features import FeatureNet, FunctionFeatureNet, extract, mnist_classifier_net
 from .fid import Statistics, frechet_distance, load_statistics, save_statistics, statistics
 from .images import ImageSet
 from .inception import InceptionNet, resize_like_tf1
 from .inception_score import inception_score
 from .precision_recall import precision_recall
+from .scores import Scores, reference_statistics, score_images
 
 __all__ = [
     "FeatureNet",
@@ -20,10 +20,8 @@ __all__ = [
     "InceptionNet",
     "Scores",
     "Statistics",
-    "class_schedule",
     "extract",
     "frechet_distance",
-    "generate_images",
     "inception_score",
     "load_statistics",
     "mnist_classifier_net",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_save
 from ..errors import UserError
+from ..files import atomic_write
 
 
 @dataclass
@@ -95,7 +95,7 @@ def save_statistics(stats: Statistics, path) -> None:
     if stats.features is not None:
         arrays["features"] = stats.features
     try:
-        atomic_save(lambda f: np.savez(f, **arrays), path)
+        atomic_write(lambda f: np.savez(f, **arrays), path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import conditional
-from .errors import UserError
-from .train import pick_device
-from .visualize import save_image
+from .. import conditional
+from ..errors import UserError
+from ..files import save_image, to_pil
+from ..visualize import as_rgb, rows_figure, show_mask
+from .options import add_checkpoint, add_runtime, add_sampling, load_model, settings_from
 
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
@@ -34,7 +35,7 @@ HELP = {
 def register(subparsers):
     for name, text in HELP.items():
         p = subparsers.add_parser(name, help=text, description=text)
-        p.add_argument("--checkpoint", default="mnist", help="checkpoint file, directory, or bundled model name (default: mnist)")
+        add_checkpoint(p)
         p.add_argument("--image", required=True, help="input image file (PNG, JPEG, ...)")
         region = p.add_mutually_exclusive_group(required=name in ("inpaint", "outpaint"))
         region.add_argument("--mask", help="mask image of the input's size: white = regenerate, black = keep")
@@ -46,23 +47,16 @@ def register(subparsers):
         p.add_argument("--label", type=int, required=name == "edit",
                        help="class label (omit for unconditional)" if name != "edit" else "target class label")
         p.add_argument("--samples", type=int, default=1, help="completions to draw (default: 1)")
-        p.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
-        p.add_argument("--cfg-schedule", choices=["linear", "constant"],
-                       help="guidance schedule (default: the model's recommended)")
-        p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
-        p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-        p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda ...")
+        add_sampling(p, batch_size=None)
+        add_runtime(p)
         p.add_argument("--out", required=True, help="output directory (existing files are never overwritten)")
         p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import fractalgen
-
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
-    model = fractalgen.load(args.checkpoint, device=pick_device(args.device))
+    model = load_model(args)
     size, channels = model.config.img_size, model.config.channels
     if args.label is not None and not 0 <= args.label < model.config.num_classes:
         k = model.config.num_classes
@@ -84,16 +78,14 @@ def run(args) -> int:
     if known.all():
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
               file=sys.stderr)
-    settings = {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "temperature": args.temperature,
-                "num_iter": args.num_iter, "seed": args.seed, "samples": args.samples}
+    settings = {**vars(settings_from(args, model)), "seed": args.seed, "samples": args.samples}
     if args.command == "edit":
         completions = conditional.edit(model, image[None], args.label, known=known[None], **settings)
     else:
         completions = conditional.inpaint(model, image[None], known[None], labels=args.label, **settings)
     for name, completion in zip(names, completions):
-        save_image(conditional.to_pil(completion), out_dir / name)
-    strip = conditional.grid_image([torch.cat([conditional.show_mask(image[None], known[None]),
-                                               conditional.as_rgb(completions)])])
+        save_image(to_pil(completion), out_dir / name)
+    strip = rows_figure([torch.cat([show_mask(image[None], known[None]), as_rgb(completions)])])
     save_image(strip, out_dir / names[-1])
     print(f"wrote {args.samples} completion(s) and {names[-1]} to {out_dir}")
     return 0

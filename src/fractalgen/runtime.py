@@ -1,0 +1,114 @@
+"""Where the work runs: the device, CPU threads, and the processes of a torchrun launch.
+
+Written once for every command. The library takes a device and never changes torch's global
+settings; only the command line calls `set_threads`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+# ---- device and threads ------------------------------------------------------------------------
+
+def pick_device(option: str = "auto") -> torch.device:
+    """'auto' (CUDA if available, else the CPU), or a torch device name: cpu, cuda, cuda:1 ..."""
+    if option == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if option.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {option}: CUDA is not available on this machine")
+    try:
+        return torch.device(option)
+    except RuntimeError:
+        raise UserError(f"unknown device {option!r}") from None
+
+
+def choose_threads(option: str | int) -> int | None:
+    """CPU threads for torch: a positive number, or 'auto' (None: torch's own default)."""
+    if str(option) == "auto":
+        return None
+    try:
+        threads = int(option)
+    except ValueError:
+        raise UserError(f"--threads is a positive number or 'auto', got {option!r}") from None
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1 (or 'auto'), got {threads}")
+    return threads
+
+
+def set_threads(option: str | int) -> None:
+    """Apply --threads (the command line's business: it changes the whole process)."""
+    threads = choose_threads(option)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+# ---- processes (torchrun) ------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        barrier()
+
+
+def launched_ranks() -> Dist:
+    """The rank, world size and local rank torchrun put in the environment (one process without it)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup_distributed(device_option: str, timeout: timedelta | None = None) -> tuple[Dist, torch.device]:
+    """Join torchrun's process group (if launched by it) and pick this process's device.
+
+    Under torchrun with CUDA each process takes the GPU of its LOCAL_RANK; the CPU uses gloo.
+    """
+    d = launched_ranks()
+    if not d.enabled:
+        return d, pick_device(device_option)
+    if device_option.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device_option}: CUDA is not available on this machine")
+    use_cuda = torch.cuda.is_available() and (device_option == "auto" or device_option.startswith("cuda"))
+    if use_cuda:  # one GPU per process, chosen by torchrun's LOCAL_RANK
+        torch.cuda.set_device(d.local_rank)
+    if not dist.is_initialized():
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
+    return d, torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait for every process; nothing to wait for without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sums over the processes (the values themselves in a single process)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def rank() -> int:
+    """This process's rank (0 outside torchrun); readable before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
