@@ -11,6 +11,7 @@ batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .npz import NpzArchive
 
 ASSETS = Path(__file__).parent / "assets"
 MNIST_FILE = ASSETS / "mnist5k.npz"
@@ -51,8 +53,21 @@ def convert_channels(images: np.ndarray, channels: int, source: str) -> np.ndarr
     raise UserError(f"{source}: images have {c} channels, the model needs {channels}")
 
 
+MAX_ASPECT = 4  # long side / short side beyond which an image is cut to its centre square before resizing
+
+
 def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
-    """ADM's centre crop: halve with a box filter while the short side is >= 2x the target, bicubic resize, crop."""
+    """ADM's centre crop: halve with a box filter while the short side is >= 2x the target, bicubic resize, crop.
+
+    The crop keeps only the centre square, yet the resize scales the whole image: a strip 1 pixel
+    wide and 16M tall would become 64 x 1G pixels on the way to a 64x64 crop. Strips more elongated
+    than MAX_ASPECT are therefore cut to their centre square first, which bounds the work per image
+    by MAX_ASPECT * size**2 pixels (normal photographs are resized exactly as ADM does).
+    """
+    short = min(image.size)
+    if max(image.size) > MAX_ASPECT * short:
+        left, top = (image.size[0] - short) // 2, (image.size[1] - short) // 2
+        image = image.crop((left, top, left + short, top + short))
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
     scale = size / min(image.size)
@@ -179,22 +194,37 @@ def array_dataset(images, labels, size: int, channels: int, source: str, num_cla
     return ArrayDataset(tensor, torch.from_numpy(labels), num_classes, source)
 
 
-def read_npz(path: Path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as f:  # no pickled objects: plain arrays only
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-    except Exception as e:  # a corrupt zip raises zipfile.BadZipFile and friends
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
+def read_image_npz(path, names=("images",), with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 images (N, H, W) or (N, H, W, C) and optional integer `labels` from an .npz.
+
+    Only these two arrays are read, each after its declared shape and type are checked
+    (fractalgen.npz); nothing is unpickled. `names`: the images' array name, in order of preference.
+    """
+    with NpzArchive(path) as archive:
+        name = next((n for n in names if n in archive), None)
+        if name is None:
+            raise UserError(f"{path}: no {' or '.join(repr(n) for n in names)} array "
+                            f"(found: {', '.join(archive.members) or 'nothing'})")
+        shape, dtype = archive.header(name)
+        if dtype != np.uint8 or len(shape) not in (3, 4) or shape[0] == 0:
+            raise UserError(f"{path}: {name!r} must be uint8 images (N, H, W) or (N, H, W, C) with N > 0, "
+                            f"got {dtype} {shape}")
+        labels = None
+        if with_labels and "labels" in archive:
+            label_shape, label_dtype = archive.header("labels")
+            if label_dtype.kind not in "iu" or math.prod(label_shape) != shape[0] or len(label_shape) > 2:
+                raise UserError(f"{path}: 'labels' must hold one integer per image ({shape[0]}), "
+                                f"got {label_dtype} {label_shape}")
+            labels = archive.read("labels").reshape(-1)
+        return archive.read(name), labels
 
 
 def mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The embedded digits, (N, 28, 28) uint8 and labels: a fixed seeded permutation, last 500 = val."""
-    d = read_npz(MNIST_FILE)
-    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(d["images"]))
+    images, labels = read_image_npz(MNIST_FILE)
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(images))
     index = order[:-MNIST_VAL] if split == "train" else order[-MNIST_VAL:]
-    return d["images"][index], d["labels"][index]
+    return images[index], labels[index]
 
 
 def load_dataset(spec: str, split: str, size: int, channels: int):
@@ -210,10 +240,8 @@ def load_dataset(spec: str, split: str, size: int, channels: int):
     if path.is_file():
         if path.suffix != ".npz":
             raise UserError(f"{spec}: expected an .npz file or an image folder")
-        d = read_npz(path)
-        if "images" not in d:
-            raise UserError(f"{spec}: no 'images' array (found: {', '.join(d) or 'nothing'})")
-        return array_dataset(d["images"], d.get("labels"), size, channels, str(path))
+        images, labels = read_image_npz(path)
+        return array_dataset(images, labels, size, channels, str(path))
     root = path / split if (path / split).is_dir() else path
     if root is path and (path / "train").is_dir():
         raise UserError(f"{spec} has a train/ folder but no {split}/ folder")

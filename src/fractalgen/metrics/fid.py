@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..npz import NpzArchive
 
 
 @dataclass
@@ -105,21 +106,25 @@ def load_statistics(path) -> Statistics:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"statistics file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "mu" not in data or "sigma" not in data:
-                raise UserError(f"{path} is not a statistics file: it needs 'mu' and 'sigma' arrays "
-                                f"(it has: {', '.join(data.files) or 'nothing'})")
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-            count = int(data["count"]) if "count" in data else None
-            feature_net = str(data["feature_net"]) if "feature_net" in data else None
-            features = data["features"] if "features" in data.files else None
-    except UserError:
-        raise
-    except Exception as e:  # not a zip, truncated, pickled objects ...
-        raise UserError(f"cannot read statistics {path}: {str(e).splitlines()[0][:200]}") from None
-    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-        raise UserError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
-    if features is not None and (features.ndim != 2 or features.shape[1] != mu.size):
-        raise UserError(f"{path}: stored features {features.shape} do not match mu {mu.shape}")
+    with NpzArchive(path) as archive:  # only these members are read, each after its shape is checked
+        if "mu" not in archive or "sigma" not in archive:
+            raise UserError(f"{path} is not a statistics file: it needs 'mu' and 'sigma' arrays "
+                            f"(it has: {', '.join(archive.members) or 'nothing'})")
+        shapes = {name: archive.header(name) for name in ("mu", "sigma", "count", "feature_net", "features")
+                  if name in archive}
+        (mu_shape, _), (sigma_shape, _) = shapes["mu"], shapes["sigma"]
+        if len(mu_shape) != 1 or sigma_shape != (mu_shape[0], mu_shape[0]):
+            raise UserError(f"{path}: mu {mu_shape} and sigma {sigma_shape} do not fit together")
+        if "features" in shapes and (len(shapes["features"][0]) != 2 or shapes["features"][0][1] != mu_shape[0]):
+            raise UserError(f"{path}: stored features {shapes['features'][0]} do not match mu {mu_shape}")
+        for name, (shape, dtype) in shapes.items():
+            kind = {"count": "iu", "feature_net": "U"}.get(name, "fiu")
+            if dtype.kind not in kind or (name in ("count", "feature_net") and shape != ()):
+                raise UserError(f"{path}: {name!r} has the wrong type or shape ({dtype} {shape})")
+        mu, sigma = archive.read("mu").astype(np.float64), archive.read("sigma").astype(np.float64)
+        count = int(archive.read("count")) if "count" in archive else None
+        feature_net = str(archive.read("feature_net")) if "feature_net" in archive else None
+        features = archive.read("features") if "features" in archive else None
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"{path}: mu or sigma holds non-finite values (NaN or infinity)")
     return Statistics(mu=mu, sigma=sigma, count=count, feature_net=feature_net, features=features)

@@ -96,15 +96,9 @@ def _mode_of(path: Path) -> str:
 
 
 def _read_npz(path: Path) -> np.ndarray:
-    from ..data import read_npz
+    from ..data import read_image_npz
 
-    data = read_npz(path)
-    key = next((k for k in ("images", "arr_0") if k in data), None)
-    if key is None:
-        raise UserError(f"{path} has no 'images' or 'arr_0' array (it has: {', '.join(data) or 'nothing'})")
-    images = data[key]
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
-        raise UserError(f"{path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}")
+    images, _ = read_image_npz(path, names=("images", "arr_0"), with_labels=False)
     return images[..., None] if images.ndim == 3 else images
 
 

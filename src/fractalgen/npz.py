@@ -1,0 +1,103 @@
+"""Reading .npz archives from elsewhere: only the arrays asked for, each checked before it is read.
+
+An .npz is a zip of .npy files, and `np.load` decompresses a member whenever it is touched: a
+3 MB file can carry an unused member that declares (and inflates to) 3 GiB. So the archive is
+opened here with zipfile, each wanted member's .npy header (shape, dtype) is read first for the
+caller to check, arrays of Python objects (pickles) are refused, and an array is read only when
+its declared size fits in the memory this machine has free.
+
+    with NpzArchive(path) as archive:
+        shape, dtype = archive.header("images")   # cheap: the first few hundred bytes
+        ...check shape and dtype...
+        images = archive.read("images")
+"""
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+# What a damaged or hostile archive raises while we read it; each becomes one line naming the file.
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, KeyError)
+
+
+def available_memory() -> int:
+    """Bytes of memory free for new allocations (MemAvailable on Linux; all of it elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+class NpzArchive:
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"file not found: {self.path}")
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+        except READ_ERRORS as e:
+            raise UserError(f"cannot read {self.path}: not an .npz archive ({_first_line(e)})") from None
+        self.members = [n[:-4] for n in self.zip.namelist() if n.endswith(".npy")]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.members
+
+    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) as the member declares them, without reading its data."""
+        if name not in self.members:
+            raise UserError(f"{self.path} has no {name!r} array (it has: {', '.join(self.members) or 'nothing'})")
+        try:
+            with self.zip.open(name + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+        except READ_ERRORS as e:
+            raise UserError(f"cannot read {self.path}: array {name!r} is damaged ({_first_line(e)})") from None
+        if dtype.hasobject:
+            raise UserError(f"refusing {self.path}: array {name!r} holds Python objects, which would be "
+                            f"unpickled (only plain numeric arrays are read)")
+        return tuple(shape), dtype
+
+    def read(self, name: str) -> np.ndarray:
+        """The member's data, once its declared size is known to fit in free memory."""
+        shape, dtype = self.header(name)
+        size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd shapes
+        free = available_memory()
+        if size > free:
+            raise UserError(f"{self.path}: array {name!r} declares shape {shape} ({gib(size)}), more than the "
+                            f"{gib(free)} of memory free")
+        try:
+            with self.zip.open(name + ".npy") as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except READ_ERRORS as e:
+            raise UserError(f"cannot read {self.path}: array {name!r} is damaged ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
