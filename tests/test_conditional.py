@@ -267,13 +267,13 @@ def condition_by_hand(model, x, row, col, label):
     """The pixel head's condition for pixel (row, col) of x (1, 1, S, S) when every other pixel is known."""
     cond = [model.class_condition(torch.tensor([label]), 1)]
     for level in model.levels:
-        p, g = level.cfg.patch_size, level.cfg.grid
+        p, g = level.config.patch_size, level.config.grid
         t = (row // p) * g + col // p  # the square holding the unknown pixel at this level
         patches = patchify(x, p)  # (1, N, p*p)
-        if level.cfg.kind == "ar":
+        if level.config.kind == "ar":
             cond = [ar_condition(level, patches, cond[0], t)]  # sees the squares before t only
         else:
-            mask = torch.zeros(1, level.cfg.seq_len, dtype=torch.bool)
+            mask = torch.zeros(1, level.config.seq_len, dtype=torch.bool)
             mask[0, t] = True  # only that square is masked; every other one is revealed
             cond = level.neighbour_conds(level.hidden(patches, mask, cond), torch.tensor([0]), torch.tensor([t]))
         x = patches[:, t].view(1, 1, p, p)  # descend into that square

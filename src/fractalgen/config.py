@@ -30,6 +30,18 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class PixelHeadConfig:
+    """The last level: a causal transformer over the C channels of one pixel (also a MAR level's guiding pixel)."""
+
+    width: int
+    blocks: int
+    heads: int
+    cond_width: int  # width of the condition it receives
+    channels: int  # one 256-way draw per channel
+    red_weight: float  # training weight of the first channel's loss
+
+
+@dataclass(frozen=True)
 class LevelConfig:
     """One generator level: models a `size` x `size` square as a grid of `patch_size` patches."""
 
@@ -42,6 +54,11 @@ class LevelConfig:
     cond_width: int  # width of the conditions it receives (the previous level's width)
     num_conds: int  # conditions it consumes: 1 for AR, the model's num_conds for MAR
     guiding_pixel: bool  # predict the patch's mean colour first (MAR levels >= 1)
+    channels: int  # colour channels of the image
+    attn_dropout: float  # MAR blocks (AR blocks fix their own, see AR_ATTN_DROPOUT)
+    proj_dropout: float
+    pixel_mean: tuple[float, ...]  # per-channel normalisation of raw 0..255 values
+    pixel_std: tuple[float, ...]
 
     @property
     def grid(self) -> int:
@@ -51,15 +68,11 @@ class LevelConfig:
     def seq_len(self) -> int:
         return self.grid**2
 
-
-@dataclass(frozen=True)
-class PixelHeadConfig:
-    """The last level: a causal transformer over the C channels of one pixel."""
-
-    width: int
-    blocks: int
-    heads: int
-    cond_width: int
+    @property
+    def guide_head(self) -> PixelHeadConfig:
+        """The guiding-pixel head: a small pixel head of fixed size (SPEC 5) on the level's condition."""
+        return PixelHeadConfig(width=GUIDE_HEAD_WIDTH, blocks=GUIDE_HEAD_BLOCKS, heads=GUIDE_HEAD_HEADS,
+                               cond_width=self.cond_width, channels=self.channels, red_weight=GUIDE_HEAD_RED_WEIGHT)
 
 
 @dataclass(frozen=True)
@@ -187,13 +200,18 @@ class ModelConfig:
                 cond_width=self.widths[i - 1] if i > 0 else self.widths[0],
                 num_conds=1 if kind == "ar" else self.num_conds,
                 guiding_pixel=self.guiding_pixel and kind == "mar" and i > 0,
+                channels=self.channels,
+                attn_dropout=self.attn_dropout,
+                proj_dropout=self.proj_dropout,
+                pixel_mean=self.pixel_mean,
+                pixel_std=self.pixel_std,
             ))
         return tuple(out)
 
     @property
     def pixel_head(self) -> PixelHeadConfig:
         return PixelHeadConfig(width=self.widths[-1], blocks=self.blocks[-1], heads=self.heads[-1],
-                               cond_width=self.widths[-2])
+                               cond_width=self.widths[-2], channels=self.channels, red_weight=self.r_weight)
 
     @property
     def default_num_iter(self) -> tuple[int, ...]:

@@ -30,14 +30,8 @@ class FractalModel(nn.Module):
         if config.num_classes > 0:
             self.class_embed = nn.Embedding(config.num_classes, width0)
         self.null_class = nn.Parameter(torch.zeros(1, width0))  # the unconditional "class"
-        self.levels = nn.ModuleList([
-            LEVEL_KINDS[lv.kind](lv, config.channels, config.attn_dropout, config.proj_dropout,
-                                 config.pixel_mean, config.pixel_std)
-            for lv in config.levels
-        ])
-        head = config.pixel_head
-        self.pixel_head = PixelHead(config.channels, head.cond_width, head.width, head.blocks, head.heads,
-                                    config.r_weight)
+        self.levels = nn.ModuleList([LEVEL_KINDS[level.kind](level) for level in config.levels])
+        self.pixel_head = PixelHead(config.pixel_head)
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
 
@@ -74,7 +68,7 @@ class FractalModel(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"images must be (N, {c}, {s}, {s}), got {tuple(images.shape)}")
 
-    def _recurse(self, images, labels, train: bool, masks=None):
+    def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
         x = images.to(self.device, torch.float32)  # raw 0..255; each level normalises its own input
@@ -85,7 +79,8 @@ class FractalModel(nn.Module):
         guide_terms = []
         for i, level in enumerate(self.levels):
             spec = masks[i] if masks is not None and masks[i] is not None else ("train" if train else "eval")
-            out = level.forward_train(x, conds, spec, weighted=train)
+            target = guide_targets[i] if guide_targets is not None else None
+            out = level.forward_train(x, conds, spec, weighted=train, guide_target=target)
             if out.guide_nll is not None:
                 guide_terms.append((out.guide_nll, owner))
             x, conds, owner = out.x, out.conds, owner[out.parent]
@@ -93,7 +88,7 @@ class FractalModel(nn.Module):
         return pixel_nll, owner, guide_terms
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
-             train: bool = True) -> torch.Tensor:
+             train: bool = True, guide_targets=None) -> torch.Tensor:
         """Training loss (SPEC 7): mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
@@ -101,8 +96,10 @@ class FractalModel(nn.Module):
         train=False gives the authors' likelihood-mode loss instead (unconditional, plain
         channel mean, uniform MAR masks), averaged over pixels rather than per image.
         `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
+        `guide_targets` (tests): per level, None or the guiding pixel's targets (B_level, C).
         """
-        pixel_nll, _, guide_terms = self._recurse(images, labels, train=train, masks=masks)
+        pixel_nll, _, guide_terms = self._recurse(images, labels, train=train, masks=masks,
+                                                  guide_targets=guide_targets)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
     def nll(self, images: torch.Tensor, masks=None) -> torch.Tensor:
@@ -146,20 +143,20 @@ class FractalModel(nn.Module):
             cond = torch.cat([cond, self.null_class.expand(B, -1).to(cond.dtype)])
         ctx = SampleContext(guided=guided, temperature=settings.temperature,
                             filter_threshold=settings.filter_threshold, num_iter=settings.num_iter,
-                            generator=generator, cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
+                            generator=generator, guidance_scale=settings.cfg, cfg_schedule=settings.cfg_schedule,
                             on_step=on_step)
-        cfg_rows = torch.full((B,), settings.cfg, device=self.device)
-        return self._sample_level(0, ctx, [cond], cfg_rows, known)
+        guidance = torch.full((B,), settings.cfg, device=self.device)  # per row; level 0's schedule varies it
+        return self._sample_level(0, ctx, [cond], guidance, known)
 
-    def _sample_level(self, depth: int, ctx: SampleContext, conds, cfg, known: Known | None):
+    def _sample_level(self, depth: int, ctx: SampleContext, conds, guidance, known: Known | None):
         if depth == len(self.levels):  # the pixel head: squares are single pixels
             kv = km = None
             if known is not None:
                 kv, km = known.values.flatten(1), known.mask.flatten(1)
-            values, logp = self.pixel_head.sample(conds[0], cfg, ctx, kv, km)
+            values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
             return values.float().view(-1, self.config.channels, 1, 1), logp
         return self.levels[depth].sample(
-            conds, cfg, ctx, known,
+            conds, guidance, ctx, known,
             next_level=partial(self._sample_level, depth + 1, ctx),
             num_iter=ctx.num_iter[depth],
             schedule=CFG_SCHEDULES[ctx.cfg_schedule] if depth == 0 else None,

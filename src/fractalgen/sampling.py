@@ -39,8 +39,13 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch
 # ---- schedules -----------------------------------------------------------------
 
 def cosine_masked_after(step: int, num_iter: int, total: torch.Tensor) -> torch.Tensor:
-    """MAR: how many of `total` tokens stay masked after step `step` (floor of the cosine)."""
-    return torch.floor(total * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
+    """MAR: how many of `total` tokens stay masked after step `step`: floor(total * cos(pi/2 * (step+1) / num_iter)).
+
+    In float64, as the authors' code computes it (numpy): in float32 the product can land just
+    above the float64 value's integer part (64 tokens in 39 steps, step 25: 32 stay masked instead of 31).
+    Returns int64 (B,).
+    """
+    return torch.floor(total.double() * math.cos(math.pi / 2.0 * (step + 1) / num_iter)).long()
 
 
 def linear_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:
@@ -69,9 +74,20 @@ class SampleContext:
     filter_threshold: float
     num_iter: tuple[int, ...]
     generator: torch.Generator | None
-    cfg: float = 1.0
-    cfg_schedule: str = "linear"  # applies at level 0 only; deeper levels use the value handed down
+    guidance_scale: float = 1.0  # the settings' cfg; schedules turn it into per-row guidance at level 0
+    cfg_schedule: str = "linear"  # applies at level 0 only; deeper levels use the guidance handed down
     on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
+
+    # Guided batches: every tensor of the B rows being generated goes through the transformers
+    # twice, once with the conditions (rows :B) and once with the unconditional ones (rows B:).
+
+    def doubled(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (2B, ...) when guided (the same rows for both halves), else unchanged."""
+        return torch.cat([t, t]) if self.guided else t
+
+    def doubled_rows(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        """Row indices into a batch of `batch` rows -> the same rows in both halves when guided."""
+        return torch.cat([rows, rows + batch]) if self.guided else rows
 
 
 @dataclass

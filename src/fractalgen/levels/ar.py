@@ -12,33 +12,30 @@ import torch.nn as nn
 from ..config import AR_ATTN_DROPOUT, AR_RESIDUAL_DROPOUT, LevelConfig
 from ..nn import KVCache, LlamaBlock, rotary_table_2d
 from ..sampling import Known, SampleContext
-from .base import LevelOutput, Normalize, patchify, unpatchify
+from .base import Level, LevelOutput, NextLevel, Normalize, patchify, unpatchify
 
 
-class ARLevel(nn.Module):
-    def __init__(self, cfg: LevelConfig, channels: int, attn_dropout: float, proj_dropout: float,
-                 pixel_mean, pixel_std):
-        super().__init__()
-        # The dropout options do not apply: the official AR blocks fix them (SPEC 4).
-        del attn_dropout, proj_dropout
-        self.cfg = cfg
-        self.channels = channels
-        self.normalize = Normalize(pixel_mean, pixel_std)
-        width, p = cfg.width, cfg.patch_size
-        self.patch_embed = nn.Linear(channels * p * p, width)
-        self.cond_embed = nn.Linear(cfg.cond_width, width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len + 1, width))
+class ARLevel(Level):
+    def __init__(self, config: LevelConfig):
+        super().__init__(config)
+        self.channels = config.channels
+        self.normalize = Normalize(config.pixel_mean, config.pixel_std)
+        width, p = config.width, config.patch_size
+        self.patch_embed = nn.Linear(config.channels * p * p, width)
+        self.cond_embed = nn.Linear(config.cond_width, width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len + 1, width))
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        self.blocks = nn.ModuleList([LlamaBlock(width, cfg.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
-                                     for _ in range(cfg.blocks)])
+        # The config's dropout options do not apply: the official AR blocks fix them (SPEC 4).
+        self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
+                                     for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def rotary(self, device):
-        return rotary_table_2d(self.cfg.grid, self.cfg.width // self.cfg.heads, num_prefix=1, device=device)
+        return rotary_table_2d(self.config.grid, self.config.width // self.config.heads, num_prefix=1, device=device)
 
     def hidden(self, patches, cond):
         """patches (B, N, C*p*p) raw, cond (B, Dc) -> (B, N, D): row i conditions patch i."""
-        N = self.cfg.seq_len
+        N = self.config.seq_len
         # The last patch's token is never needed: causal attention keeps it from every output we use.
         x = torch.cat([self.cond_embed(cond)[:, None], self.patch_embed(self.normalize(patches[:, :-1]))], dim=1)
         x = self.embed_norm(x + self.pos_embed[:, :N])
@@ -47,29 +44,28 @@ class ARLevel(nn.Module):
             x = block(x, rotary)
         return self.norm(x)
 
-    def forward_train(self, x, conds, mask_spec=None, weighted=True) -> LevelOutput:
-        """Every patch goes down (no masking in AR levels); mask_spec is accepted and ignored."""
-        B, p = x.shape[0], self.cfg.patch_size
+    def forward_train(self, x, conds, mask_spec=None, weighted=True, guide_target=None) -> LevelOutput:
+        """Every patch goes down (no masking, no guiding pixel in AR levels): mask_spec and guide_target are ignored."""
+        B, p = x.shape[0], self.config.patch_size
         patches = patchify(x, p)  # (B, N, C*p*p)
         h = self.hidden(patches, conds[0])
         return LevelOutput(
             x=patches.reshape(-1, self.channels, p, p),
             conds=[h.reshape(-1, h.shape[-1])],
-            parent=torch.arange(B, device=x.device).repeat_interleave(self.cfg.seq_len),
+            parent=torch.arange(B, device=x.device).repeat_interleave(self.config.seq_len),
         )
 
     @torch.no_grad()
-    def sample(self, conds, cfg, ctx: SampleContext, known: Known | None, next_level, num_iter: int = 0,
-               schedule=None, on_step=None):
+    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel,
+               num_iter: int = 0, schedule=None, on_step=None):
         """Generate B squares patch by patch in raster order with a KV cache (num_iter is ignored: N steps).
 
         conds (R, Dc) with R = 2B when guided. Fully known patches are fed, not generated;
         partially known ones hand their known pixels to the next level. An AR level cannot look
         ahead: a patch is generated from the condition and the patches before it in raster order.
         """
-        B, N, p, C = cfg.shape[0], self.cfg.seq_len, self.cfg.patch_size, self.channels
+        B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
-        double = (lambda t: torch.cat([t, t])) if ctx.guided else (lambda t: t)
         logp = torch.zeros(B, device=device)
         patches = torch.zeros(B, N, C * p * p, device=device)
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
@@ -88,16 +84,15 @@ class ARLevel(nn.Module):
             rows = (~known_full[:, t]).nonzero(as_tuple=True)[0]
             if rows.numel():
                 if schedule is not None:  # level 0: guidance ramps with the raster position
-                    cfg = schedule(ctx.cfg, torch.full((B,), (t + 1) / N, device=device))
+                    guidance = schedule(ctx.guidance_scale, torch.full((B,), (t + 1) / N, device=device))
                 next_known = None
                 if known is not None:
                     next_known = Known(known_values[rows, t].view(-1, C, p, p), known_mask[rows, t].view(-1, C, p, p))
-                index = torch.cat([rows, rows + B]) if ctx.guided else rows
-                values, child_logp = next_level([h[index]], cfg[rows], next_known)
+                values, child_logp = next_level([h[ctx.doubled_rows(rows, B)]], guidance[rows], next_known)
                 patches[rows, t] = values.reshape(rows.numel(), -1).to(patches.dtype)
                 logp.index_add_(0, rows, child_logp)
             if t + 1 < N:
-                token = self.patch_embed(self.normalize(double(patches[:, t])))
+                token = self.patch_embed(self.normalize(ctx.doubled(patches[:, t])))
             if on_step is not None:
                 filled = torch.zeros(B, N, C * p * p, dtype=torch.bool, device=device)
                 filled[:, : t + 1] = True

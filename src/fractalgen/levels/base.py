@@ -1,10 +1,19 @@
-"""What every generator level shares: patchify/unpatchify, pixel normalisation, the level output."""
+"""What every generator level shares: the contract (`Level`), patchify/unpatchify, pixel
+normalisation, the level output."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from ..config import LevelConfig
+from ..sampling import Known, SampleContext
+
+# next_level(conds, guidance, known) -> (values (M, C, p, p) raw, log-probabilities (M,)): the
+# recursion below a level, handed down by the model (see FractalModel._sample_level).
+NextLevel = Callable[[list, torch.Tensor, "Known | None"], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -36,6 +45,40 @@ class Normalize(nn.Module):
         mean = torch.tensor(self.mean, device=x.device).repeat_interleave(k)
         std = torch.tensor(self.std, device=x.device).repeat_interleave(k)
         return (x / 255.0 - mean) / std
+
+
+class Level(nn.Module):
+    """The contract of a generator level: one kind per file in levels/, registered in LEVEL_KINDS.
+
+    A level is built from its LevelConfig alone. It models a square of `config.size` pixels as a
+    grid of `config.patch_size` patches and hands every patch, with its conditions, to the next
+    level: in training (`forward_train`) and when sampling (`sample`).
+    """
+
+    def __init__(self, config: LevelConfig):
+        super().__init__()
+        self.config = config
+
+    def forward_train(self, x: torch.Tensor, conds: list[torch.Tensor], mask_spec="train",
+                      weighted: bool = True, guide_target: torch.Tensor | None = None) -> "LevelOutput":
+        """x (B, C, S, S) raw values, conds list of (B, cond_width) -> what goes to the next level.
+
+        mask_spec (MAR levels): "train", "eval", "all" or a bool (B, N) tensor, True = masked.
+        weighted: training loss weights (False: the plain likelihood-mode mean).
+        guide_target (levels with a guiding pixel, tests): its targets (B, C) instead of drawn ones.
+        """
+        raise NotImplementedError
+
+    def sample(self, conds: list[torch.Tensor], guidance: torch.Tensor, ctx: SampleContext, known: Known | None,
+               next_level: NextLevel, num_iter: int, schedule=None, on_step=None):
+        """Generate B squares -> raw values (B, C, S, S) and the log-probability of what was drawn (B,).
+
+        conds: list of (R, cond_width) with R = 2B when ctx.guided (conditional rows, then the
+        unconditional ones); guidance (B,): the guidance scale of each row, handed down;
+        known: given content (None: nothing known); num_iter: steps at this level (MAR);
+        schedule: level 0 only, the guidance schedule by progress; on_step: level 0 progress callback.
+        """
+        raise NotImplementedError
 
 
 @dataclass

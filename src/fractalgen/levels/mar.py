@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT, GUIDE_HEAD_WIDTH, LevelConfig
+from ..config import LevelConfig
 from ..nn import ViTBlock
 from ..sampling import Known, SampleContext, cosine_masked_after
-from .base import LevelOutput, Normalize, complete_conds, patchify, unpatchify
+from .base import Level, LevelOutput, NextLevel, Normalize, complete_conds, patchify, unpatchify
 from .pixel import PixelHead
 
 # Neighbour offsets (row, column) of the five conditions: self, above, right, below, left.
@@ -51,27 +51,24 @@ def mask_first_in_order(orders: torch.Tensor, count: torch.Tensor) -> torch.Tens
     return torch.zeros_like(first).scatter(1, orders, first)
 
 
-class MARLevel(nn.Module):
-    def __init__(self, cfg: LevelConfig, channels: int, attn_dropout: float, proj_dropout: float,
-                 pixel_mean, pixel_std):
-        super().__init__()
-        self.cfg = cfg
-        self.channels = channels
-        self.num_conds = cfg.num_conds
-        self.num_prefix = cfg.num_conds + int(cfg.guiding_pixel)
-        self.normalize = Normalize(pixel_mean, pixel_std)
-        width, p = cfg.width, cfg.patch_size
-        self.patch_embed = nn.Linear(channels * p * p, width)
-        self.cond_embed = nn.Linear(cfg.cond_width, width)
-        if cfg.guiding_pixel:
-            self.guide_embed = nn.Linear(channels, width)
-            self.guide_head = PixelHead(channels, cfg.cond_width, GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS,
-                                        GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT)
+class MARLevel(Level):
+    def __init__(self, config: LevelConfig):
+        super().__init__(config)
+        self.channels = config.channels
+        self.num_conds = config.num_conds
+        self.num_prefix = config.num_conds + int(config.guiding_pixel)
+        self.normalize = Normalize(config.pixel_mean, config.pixel_std)
+        width, p = config.width, config.patch_size
+        self.patch_embed = nn.Linear(config.channels * p * p, width)
+        self.cond_embed = nn.Linear(config.cond_width, width)
+        if config.guiding_pixel:
+            self.guide_embed = nn.Linear(config.channels, width)
+            self.guide_head = PixelHead(config.guide_head)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + cfg.seq_len, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + config.seq_len, width))
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        self.blocks = nn.ModuleList([ViTBlock(width, cfg.heads, attn_dropout, proj_dropout)
-                                     for _ in range(cfg.blocks)])
+        self.blocks = nn.ModuleList([ViTBlock(width, config.heads, config.attn_dropout, config.proj_dropout)
+                                     for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     # ---- the transformer ---------------------------------------------------------
@@ -82,7 +79,7 @@ class MARLevel(nn.Module):
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         conds = complete_conds(conds, self.num_conds)
         prefix = [self.cond_embed(torch.stack(conds[::-1], dim=1))]  # (R, n, D): cond_{n-1} ... cond_0
-        if self.cfg.guiding_pixel:
+        if self.config.guiding_pixel:
             prefix.insert(0, self.guide_embed(guide)[:, None])  # (R, 1, D)
         x = torch.cat(prefix + [x], dim=1) + self.pos_embed
         x = self.embed_norm(x)
@@ -93,7 +90,7 @@ class MARLevel(nn.Module):
     def neighbour_conds(self, h, rows, index):
         """The five conditions of patches (rows[k], index[k]) of h (R, N, D) -> list of (K, D)."""
         R, N, D = h.shape
-        g = self.cfg.grid
+        g = self.config.grid
         padded = F.pad(h.view(R, g, g, D), (0, 0, 1, 1, 1, 1))  # (R, g+2, g+2, D), zeros beyond the border
         r, c = index // g + 1, index % g + 1
         return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
@@ -105,20 +102,26 @@ class MARLevel(nn.Module):
 
     # ---- training and likelihood ---------------------------------------------------
 
-    def forward_train(self, x, conds, mask_spec="train", weighted=True) -> LevelOutput:
-        """x (B, C, S, S) raw; mask_spec: "train", "eval", "all" or a bool tensor (B, N), True = masked."""
+    def forward_train(self, x, conds, mask_spec="train", weighted=True, guide_target=None) -> LevelOutput:
+        """x (B, C, S, S) raw; mask_spec: "train", "eval", "all" or a bool tensor (B, N), True = masked.
+
+        guide_target (tests): the guiding pixel's integer targets (B, C), instead of drawing them.
+        """
         B = x.shape[0]
-        patches = patchify(x, self.cfg.patch_size)  # (B, N, C*p*p)
+        patches = patchify(x, self.config.patch_size)  # (B, N, C*p*p)
         mask = self._mask(mask_spec, B, x.device)
         guide, guide_nll = None, None
-        if self.cfg.guiding_pixel:
+        if self.config.guiding_pixel:
             raw_mean, guide = self.guide_values(x)
             # Official: a 0.01-std jitter before rounding breaks exact .5 ties at random instead of to even.
-            target = (raw_mean + 1e-2 * torch.randn_like(raw_mean)).round().long().clamp(0, 255)
+            if guide_target is None:
+                target = (raw_mean + 1e-2 * torch.randn_like(raw_mean)).round().long().clamp(0, 255)
+            else:
+                target = guide_target.to(x.device, torch.long)
             guide_nll = self.guide_head.nll(conds[0], target, weighted)
         h = self.hidden(patches, mask, conds, guide)
         rows, index = mask.nonzero(as_tuple=True)  # only masked patches go down
-        p = self.cfg.patch_size
+        p = self.config.patch_size
         return LevelOutput(
             x=patches[rows, index].view(-1, self.channels, p, p),
             conds=self.neighbour_conds(h, rows, index),
@@ -127,7 +130,7 @@ class MARLevel(nn.Module):
         )
 
     def _mask(self, spec, batch, device):
-        n = self.cfg.seq_len
+        n = self.config.seq_len
         if isinstance(spec, torch.Tensor):
             return spec.to(device=device, dtype=torch.bool)
         if spec == "train":
@@ -141,25 +144,24 @@ class MARLevel(nn.Module):
     # ---- sampling ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, conds, cfg, ctx: SampleContext, known: Known | None, next_level, num_iter: int,
-               schedule=None, on_step=None):
-        """Generate B squares; conds (R, Dc) with R = 2B when guided, cfg (B,) handed down.
+    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel,
+               num_iter: int, schedule=None, on_step=None):
+        """Generate B squares; conds (R, Dc) with R = 2B when guided, guidance (B,) handed down.
 
         Fully known patches start revealed and are never generated; the others are revealed
         in random order, `num_iter` steps on a cosine schedule, by the next level, which gets
         the known pixels of partially known patches. Returns raw values (B, C, S, S) and the
         log-probability of what was drawn (B,).
         """
-        B, N, p, C = cfg.shape[0], self.cfg.seq_len, self.cfg.patch_size, self.channels
+        B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
-        double = (lambda t: torch.cat([t, t])) if ctx.guided else (lambda t: t)
         logp = torch.zeros(B, device=device)
 
         guide = None
-        if self.cfg.guiding_pixel:
-            guide_raw, guide_logp = self.guide_head.sample(conds[0], cfg, ctx)  # the mean colour first
+        if self.config.guiding_pixel:
+            guide_raw, guide_logp = self.guide_head.sample(conds[0], guidance, ctx)  # the mean colour first
             logp += guide_logp
-            guide = double(self.normalize(guide_raw.float()))
+            guide = ctx.doubled(self.normalize(guide_raw.float()))
 
         patches = torch.zeros(B, N, C * p * p, device=device)
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
@@ -177,19 +179,19 @@ class MARLevel(nn.Module):
             masked = mask.sum(1)
             # Official clamping: keep at least one masked, reveal at least one (rows already done keep 0).
             keep = torch.maximum(torch.ones_like(masked), torch.minimum(
-                masked - 1, cosine_masked_after(step, steps, total.float()).long())).minimum(masked)
+                masked - 1, cosine_masked_after(step, steps, total))).minimum(masked)
             reveal = mask if step == steps - 1 else mask & ~mask_first_in_order(orders, keep)
             rows, index = reveal.nonzero(as_tuple=True)
             if rows.numel():
                 if schedule is not None:  # level 0: guidance follows the fraction generated
-                    cfg = schedule(ctx.cfg, (total - keep).float() / total.clamp(min=1))
-                h = self.hidden(double(patches), double(mask), conds, guide)
-                next_conds = self.neighbour_conds(h, double_rows(rows, B, ctx.guided), double(index))
+                    guidance = schedule(ctx.guidance_scale, (total - keep).float() / total.clamp(min=1))
+                h = self.hidden(ctx.doubled(patches), ctx.doubled(mask), conds, guide)
+                next_conds = self.neighbour_conds(h, ctx.doubled_rows(rows, B), ctx.doubled(index))
                 next_known = None
                 if known is not None:
                     next_known = Known(known_values[rows, index].view(-1, C, p, p),
                                        known_mask[rows, index].view(-1, C, p, p))
-                values, child_logp = next_level(next_conds, cfg[rows], next_known)
+                values, child_logp = next_level(next_conds, guidance[rows], next_known)
                 patches[rows, index] = values.reshape(rows.numel(), -1).to(patches.dtype)
                 logp.index_add_(0, rows, child_logp)
             mask = mask & ~reveal
@@ -197,7 +199,3 @@ class MARLevel(nn.Module):
                 on_step(unpatchify(patches, p, C), unpatchify((~mask)[..., None].expand(-1, -1, C * p * p), p, C))
         return unpatchify(patches, p, C), logp
 
-
-def double_rows(rows: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
-    """Row indices into a doubled batch: the conditional rows, then the same rows of the unconditional half."""
-    return torch.cat([rows, rows + batch]) if guided else rows

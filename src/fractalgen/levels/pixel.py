@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..config import PixelHeadConfig
 from ..nn import KVCache, ViTBlock
 from ..sampling import SampleContext, apply_temperature, draw, guide
 
@@ -17,16 +18,19 @@ NUM_VALUES = 256
 
 
 class PixelHead(nn.Module):
-    def __init__(self, channels: int, cond_width: int, width: int, blocks: int, heads: int, red_weight: float):
+    def __init__(self, config: PixelHeadConfig):
         super().__init__()
-        self.channels = channels
-        self.red_weight = red_weight
-        self.cond_proj = nn.Linear(cond_width, width)
-        self.codebooks = nn.ModuleList([nn.Embedding(NUM_VALUES, width) for _ in range(channels)])
+        self.config = config
+        self.channels = config.channels
+        self.red_weight = config.red_weight
+        width = config.width
+        self.cond_proj = nn.Linear(config.cond_width, width)
+        self.codebooks = nn.ModuleList([nn.Embedding(NUM_VALUES, width) for _ in range(config.channels)])
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        self.blocks = nn.ModuleList([ViTBlock(width, heads) for _ in range(blocks)])
+        self.blocks = nn.ModuleList([ViTBlock(width, config.heads) for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.logit_bias = nn.ParameterList([nn.Parameter(torch.zeros(1, NUM_VALUES)) for _ in range(channels)])
+        self.logit_bias = nn.ParameterList([nn.Parameter(torch.zeros(1, NUM_VALUES))
+                                            for _ in range(config.channels)])
 
     def _channel_logits(self, h: torch.Tensor, first: int) -> torch.Tensor:
         """h (M, T, W) hidden states predicting channels first..first+T-1 -> fp32 logits (M, T, 256)."""
@@ -63,15 +67,15 @@ class PixelHead(nn.Module):
         return (ce * weights).sum(1) / weights.sum()
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, cfg: torch.Tensor, ctx: SampleContext,
+    def sample(self, cond: torch.Tensor, guidance: torch.Tensor, ctx: SampleContext,
                known_values: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
         """Draw channel by channel with a KV cache.
 
-        cond (R, Dc) with R = 2B when guided (conditional rows first), cfg (B,);
+        cond (R, Dc) with R = 2B when guided (conditional rows first), guidance (B,) the scale per row;
         known_values/known_mask (B, C): given channels are copied instead of drawn.
         Returns values (B, C) long and the log-probability of the drawn channels (B,).
         """
-        B = cfg.shape[0]
+        B = guidance.shape[0]
         caches = [KVCache(self.channels) for _ in self.blocks]
         values = torch.zeros(B, self.channels, dtype=torch.long, device=cond.device)
         logp = torch.zeros(B, device=cond.device)
@@ -83,7 +87,7 @@ class PixelHead(nn.Module):
             logits = self._next_channel_logits(self.norm(h)[:, 0], c)  # (R, 256)
             logits = apply_temperature(logits, ctx.temperature)
             if ctx.guided:
-                logits = guide(logits, cfg, ctx.filter_threshold)  # (B, 256)
+                logits = guide(logits, guidance, ctx.filter_threshold)  # (B, 256)
             ids, lp = draw(logits, ctx.generator)
             if known_mask is not None:
                 given = known_mask[:, c]
@@ -92,5 +96,5 @@ class PixelHead(nn.Module):
             values[:, c] = ids
             logp += lp
             if c + 1 < self.channels:
-                x = self.codebooks[c](torch.cat([ids, ids]) if ctx.guided else ids)[:, None]
+                x = self.codebooks[c](ctx.doubled(ids))[:, None]
         return values, logp
