@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench setup clean
+.PHONY: test demo serve bench setup browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The web demo's extra (Gradio) and, for its browser test, Playwright driving Debian's Chromium
+# (the system browser: Playwright never downloads one here).
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,demo]"
+	touch $(DEMO_STAMP)
+
 setup: $(STAMP)
 
-test: $(STAMP)
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: $(DEMO_STAMP) browser
 	$(PY) -m pytest
+
+serve: $(DEMO_STAMP)
+	$(PY) -m fractalgen serve
 
 demo: $(STAMP)
 	$(PY) -m fractalgen demo
