@@ -3,14 +3,18 @@
 The lock is held by a real second process (released by the kernel when it is killed); a full
 disk is simulated by a write that raises ENOSPC half way, the way a real one fails.
 """
+import errno
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-from fractalgen.errors import UserError
+from fractalgen.cli import main
+from fractalgen.errors import UserError, WriteError
 from fractalgen.run_lock import LOCK_NAME, RunLock, is_temporary
 
 HOLD = """
@@ -20,6 +24,9 @@ with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """
+
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -75,3 +82,114 @@ def test_a_planted_lock_symlink_is_not_followed(tmp_path):
     with pytest.raises(UserError, match="cannot use run folder"), RunLock(folder):
         pass
     assert target.read_bytes() == b"keep"
+
+
+# ---- through the command line -----------------------------------------------------------------
+
+def train_argv(data, out, *more):
+    return ["train", "--config", data.parent / "tiny.json", "--data", data, "--out", out, "--steps", "2",
+            "--batch-size", "4", "--save-every", "2", "--sample-every", "0", "--device", "cpu", *map(str, more)]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    from test_train import tiny_config, tiny_data
+
+    data = Path(tiny_data(tmp_path / "d.npz"))
+    (tmp_path / "tiny.json").write_text(tiny_config().to_json())
+    return data
+
+
+def test_a_second_training_in_a_locked_folder_is_refused(tiny, holder, capsys):
+    folder, _ = holder
+    code = main([str(a) for a in train_argv(tiny, folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"fractalgen train: error: {folder} is in use by another training (it holds the lock "
+                           f"{folder / LOCK_NAME}); wait for it to finish, or choose another --out")
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # nothing written
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main([str(a) for a in train_argv(tiny, out)]) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def full_disk(fd):  # the temporary checkpoint fills the disk; other files are written normally
+        if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code = main([str(a) for a in train_argv(tiny, out, "--resume", out, "--steps", "4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not any("Traceback" in line for line in err)
+    assert err[-1] == (f"fractalgen train: error: could not write {out / 'checkpoint.pt'}: No space left on device; "
+                       f"the previous checkpoint.pt is kept unchanged (training stopped at step 4; make room, then "
+                       f"--resume {out})")
+    assert (out / "checkpoint.pt").read_bytes() == good  # step 2, intact
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main([str(a) for a in train_argv(tiny, out, "--resume", out, "--steps", "4")]) == 0
+
+
+def test_the_next_run_removes_what_a_kill_left(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([str(a) for a in train_argv(tiny, out)]) == 0
+    stale = out / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"\0" * 4096)
+    assert main([str(a) for a in train_argv(tiny, out, "--resume", out, "--steps", "3")]) == 0
+    assert not stale.exists() and "removed 1 temporary file(s)" in capsys.readouterr().err
+
+
+def test_planted_symlinks_are_never_followed(tiny, tmp_path, capsys):
+    """Links planted at the names the commands write: the links are replaced, their targets never change."""
+    victims = tmp_path / "outside"
+    victims.mkdir()
+    precious = victims / "precious.bin"
+    precious.write_bytes(b"keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("model.safetensors", ".write-test", LOCK_NAME + "x"):
+        os.symlink(precious, out / name)
+    assert main([str(a) for a in train_argv(tiny, out)]) == 0
+    assert precious.read_bytes() == b"keep me" and not (out / "model.safetensors").is_symlink()
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    os.symlink(victims / "grid.png", samples / "grid.png")  # dangling: the sampler would create the target
+    os.symlink(precious, samples / "00001_class1.png")
+    argv = ["sample", "--checkpoint", str(out), "--classes", "0,1", "--num-iter", "1,1", "--out", str(samples),
+            "--device", "cpu"]
+    code = main(argv)
+    assert code == 2 and "00001_class1.png already exists" in capsys.readouterr().err
+    os.unlink(samples / "00001_class1.png")
+    assert main(argv) == 0
+    assert not (samples / "grid.png").is_symlink() and not (victims / "grid.png").exists()
+    assert precious.read_bytes() == b"keep me"
+    assert sorted(p.name for p in victims.iterdir()) == ["precious.bin"]
+
+
+def test_the_atomic_writer_replaces_a_link_and_never_leaves_an_empty_file(tmp_path, monkeypatch):
+    from fractalgen.files import save_image, write_text
+
+    target = tmp_path / "target.txt"
+    target.write_text("keep")
+    os.symlink(target, tmp_path / "bits_per_dim.txt")  # the demo's text file
+    write_text("1.19 bits/dim\n", tmp_path / "bits_per_dim.txt")
+    assert target.read_text() == "keep" and (tmp_path / "bits_per_dim.txt").read_text() == "1.19 bits/dim\n"
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(WriteError, match=r"could not write .*result.json: No space left on device; nothing was"):
+        write_text("{}", tmp_path / "result.json")
+    from PIL import Image
+
+    with pytest.raises(WriteError, match="the previous bits_per_dim.txt is kept unchanged"):
+        write_text("2.0", tmp_path / "bits_per_dim.txt")
+    with pytest.raises(UserError):  # a WriteError is a user error: one line in the CLI
+        save_image(Image.new("L", (4, 4)), tmp_path / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bits_per_dim.txt", "target.txt"]  # no empty, no temp file

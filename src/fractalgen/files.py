@@ -17,15 +17,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, WriteError
 
 # ---- the atomic writer ------------------------------------------------------------------------
 
 def atomic_write(write: Callable, path: str | Path) -> Path:
-    """Call write(binary file) on a fresh temporary file next to `path`, fsync, rename it to `path`."""
+    """Call write(binary file) on a fresh temporary file next to `path`, fsync, rename it to `path`.
+
+    A failure (a full disk, a lost permission) removes the temporary file and raises WriteError:
+    one line saying what could not be written, why, and that the previous file (if any) is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -36,11 +44,20 @@ def atomic_write(write: Callable, path: str | Path) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_directory(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
         raise
     return path
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    kept = f"the previous {path.name} is kept unchanged" if os.path.lexists(path) else "nothing was written there"
+    err = WriteError(f"could not write {path}: {error.strerror or error}; {kept}")
+    err.errno = error.errno
+    return err
 
 
 def fsync_directory(folder: Path):
@@ -63,10 +80,7 @@ def write_text(text: str, path: str | Path) -> Path:
 
 def save_bytes(data: bytes, path: str | Path) -> Path:
     """Write bytes atomically; an unwritable destination is a one-line user error."""
-    try:
-        return atomic_write(lambda f: f.write(data), path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return atomic_write(lambda f: f.write(data), path)
 
 
 def check_writable(folder: str | Path):
@@ -140,11 +154,7 @@ def save_image(image: Image.Image, path: str | Path, **kwargs) -> Path:
     """Save a PIL image atomically; the format follows the suffix unless `format` is given."""
     path = Path(path)
     fmt = kwargs.pop("format", None) or path.suffix.lstrip(".").upper().replace("JPG", "JPEG")
-    try:
-        atomic_write(lambda f: image.save(f, format=fmt, **kwargs), path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    return atomic_write(lambda f: image.save(f, format=fmt, **kwargs), path)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:

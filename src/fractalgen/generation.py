@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .model import FractalModel, eval_mode
+from .model import FractalModel, as_labels, eval_mode
 
 DEFAULT_BATCH_SIZE = 100
 
@@ -34,7 +34,7 @@ def to_uint8(values: torch.Tensor) -> torch.Tensor:
 def count_and_labels(labels, n) -> tuple[int, list | None]:
     """(number of images, labels as a list or None for unconditional)."""
     if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long).view(-1).tolist()
+        labels = as_labels(labels, "cpu").tolist()  # floats, booleans and text refused, not truncated
         return len(labels), labels
     if n is None:
         raise ValueError("give labels or n")

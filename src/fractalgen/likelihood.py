@@ -45,10 +45,14 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
     c = model.config
     passes = passes if passes is not None else (1 if set(c.kinds) == {"ar"} else 4)
     if passes < 1 or batch_size < 1 or (limit is not None and limit < 1):
-        raise UserError("--passes, --batch-size and --limit must be >= 1")
+        raise UserError(f"passes, batch size and limit must be >= 1, got {passes}, {batch_size} and {limit}")
     images, _ = stack(load_dataset(data, split, c.img_size, c.channels), limit)
     per_image = nll_per_image(model, images.to(model.device), passes=passes, batch_size=batch_size,
                               generator_seed=seed)
     n = per_image.numel()
-    stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else float("nan")
+    bad = int((~torch.isfinite(per_image)).sum())
+    if bad:  # never report "nan bits/dim" as a result
+        raise UserError(f"the likelihood is not finite (NaN or infinite bits/dim) for {bad} of {n} image(s) "
+                        f"from {data}: the model's weights or config are damaged")
+    stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # one image: no spread to measure
     return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}

@@ -32,6 +32,12 @@ class RunLock:
         self.folder, self.fd = Path(folder), None
 
     def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self):
         lock = self.folder / LOCK_NAME
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,7 @@ class RunLock:
         remove_stale_temporaries(self.folder)
         return self
 
-    def __exit__(self, *exc):
+    def release(self):
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd = None

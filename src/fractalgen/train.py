@@ -32,10 +32,11 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import ModelConfig
 from .data import EpochBatches, load_dataset
-from .errors import UserError
+from .errors import UserError, WriteError
 from .files import atomic_write, check_writable, save_grid
 from .generation import sample
 from .model import FractalModel
+from .run_lock import RunLock
 from .runtime import Dist, setup_distributed
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -267,10 +268,13 @@ def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batche
             "options": json.dumps(dataclasses.asdict(options)),
             "world_size": d.world,
         }
-        atomic_write(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
-        if options.keep_checkpoints:
-            atomic_write(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
-        ckpt.save(unsharded(model, weights) if sharded else model, out / "model.safetensors")
+        try:
+            atomic_write(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
+            if options.keep_checkpoints:
+                atomic_write(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
+            ckpt.save(unsharded(model, weights) if sharded else model, out / "model.safetensors")
+        except WriteError as e:  # a full disk: one line, and how to go on
+            raise WriteError(f"{e} (training stopped at step {step}; make room, then --resume {out})") from None
     d.barrier()
 
 
@@ -320,8 +324,17 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
     """Train (or resume) and return {'step', 'total', 'loss', 'seconds', 'interrupted', 'rank', 'already_done'}.
 
     `config` may be None when resuming. A resumed run already at its total step returns at once
-    (already_done) without writing anything.
+    (already_done) without writing anything. Rank 0 holds the run folder's lock (run_lock.py) from
+    the moment the inputs are checked until it returns: a second training there is refused.
     """
+    lock = RunLock(options.out)
+    try:
+        return train_locked(config, options, lock)
+    finally:
+        lock.release()
+
+
+def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock) -> dict:
     d, device = setup_distributed(options.device)
     resume = read_checkpoint(options.resume) if options.resume else None
     if resume is not None:
@@ -330,6 +343,7 @@ def train(config: ModelConfig | None, options: TrainOptions) -> dict:
         raise UserError(f"global batch {options.batch_size} is not divisible by {d.world} processes")
     out = Path(options.out)
     if d.main:
+        lock.acquire()  # also removes temporary files a killed run left here
         check_writable(out)
     torch.manual_seed(options.seed + d.rank)  # per-rank: different label dropout and MAR masks
     np.random.seed(options.seed + d.rank)

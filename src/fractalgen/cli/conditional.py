@@ -18,9 +18,9 @@ import torch
 
 from .. import conditional
 from ..errors import UserError
-from ..files import save_image, to_pil
+from ..files import check_writable, save_image, to_pil
 from ..visualize import as_rgb, rows_figure, show_mask
-from .options import add_checkpoint, add_runtime, add_sampling, load_model, settings_from
+from .options import add_checkpoint, add_runtime, add_sampling, integer, load_model, number, settings_from
 
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
@@ -42,11 +42,11 @@ def register(subparsers):
         box_help = "region to keep" if BOX_MEANS_KEEP[name] else "region to regenerate"
         region.add_argument("--box", help=f"x0,y0,x1,y1 in input pixels (x1, y1 exclusive): the {box_help}")
         if name == "uncrop":
-            p.add_argument("--fraction", type=float, default=0.5,
+            p.add_argument("--fraction", type=number(above=0, maximum=1), default=0.5,
                            help="side of the known central square as a fraction of the image side (default: 0.5)")
-        p.add_argument("--label", type=int, required=name == "edit",
+        p.add_argument("--label", type=integer(0), required=name == "edit",
                        help="class label (omit for unconditional)" if name != "edit" else "target class label")
-        p.add_argument("--samples", type=int, default=1, help="completions to draw (default: 1)")
+        p.add_argument("--samples", type=integer(1), default=1, help="completions to draw (default: 1)")
         add_sampling(p, batch_size=None)
         add_runtime(p)
         p.add_argument("--out", required=True, help="output directory (existing files are never overwritten)")
@@ -54,8 +54,6 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    if args.samples < 1:
-        raise UserError(f"--samples must be >= 1, got {args.samples}")
     model = load_model(args)
     size, channels = model.config.img_size, model.config.channels
     if args.label is not None and not 0 <= args.label < model.config.num_classes:
@@ -74,6 +72,7 @@ def run(args) -> int:
     existing = [out_dir / n for n in names if (out_dir / n).exists()]
     if existing:
         raise UserError(f"{existing[0]} already exists (choose another --out; files are never overwritten)")
+    check_writable(out_dir)  # before the long part, not after it
 
     if known.all():
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",

