@@ -92,7 +92,7 @@ def test_torchrun_ddp_equals_one_process(single):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
     # Files come from rank 0 alone: one of each, no temporary leftovers from a second writer.
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint-0000003.pt", "checkpoint-0000006.pt", "checkpoint.pt", "model.safetensors", "samples"]
+        ".lock", "checkpoint-0000003.pt", "checkpoint-0000006.pt", "checkpoint.pt", "model.safetensors", "samples"]
     assert [p.name for p in (run / "samples").iterdir()] == ["step0000006.png"]
 
 

@@ -67,6 +67,30 @@ class TrainOptions:
     resume: str | None = None
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
 
+    def __post_init__(self):
+        """The ranges the command line's flags enforce (cli/train.py), for library callers and for the
+        options a resumed run stored: steps=0 must not quietly fall back to epochs, nor epochs=0 to one step."""
+        def count(low):
+            return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        def positive(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+        def non_negative(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+        rules = {"steps": (count(1), "an integer >= 1"), "epochs": (positive, "a finite number > 0"),
+                 "batch_size": (count(1), "an integer >= 1"), "lr": (positive, "a finite number > 0"),
+                 "blr": (positive, "a finite number > 0"), "weight_decay": (non_negative, "a finite number >= 0"),
+                 "warmup_steps": (count(0), "an integer >= 0"), "warmup_epochs": (non_negative, "a finite number >= 0"),
+                 "grad_clip": (positive, "a finite number > 0"), "seed": (count(0), "an integer >= 0"),
+                 "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
+                 "num_workers": (count(0), "an integer >= 0")}
+        for name, (ok, wanted) in rules.items():
+            value = getattr(self, name)
+            if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):
+                raise UserError(f"training option {name} must be {wanted}, got {value!r}")
+
 
 def run_options(given: dict) -> TrainOptions:
     """The options of a run: those given now > a resumed run's stored options > TrainOptions' defaults.
@@ -343,7 +367,6 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         raise UserError(f"global batch {options.batch_size} is not divisible by {d.world} processes")
     out = Path(options.out)
     if d.main:
-        lock.acquire()  # also removes temporary files a killed run left here
         check_writable(out)
     torch.manual_seed(options.seed + d.rank)  # per-rank: different label dropout and MAR masks
     np.random.seed(options.seed + d.rank)
@@ -389,6 +412,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         elif d.main:
             print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
                   f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
+    if d.main:  # inputs checked, nothing written yet: from here on, one writer per run folder
+        lock.acquire()  # also removes temporary files a killed run left here
     batches.start = step
     if d.enabled and not sharded:
         # Some parameters sit out some steps (null_class when no label is dropped): find them each step.
