@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .options import add_checkpoint, add_runtime, apply_runtime
+from .options import add_checkpoint, add_runtime, apply_runtime, integer
 
 
 def register(subparsers):
@@ -10,9 +10,9 @@ def register(subparsers):
                                             "(needs the demo extra: pip install 'fractalgen[demo]')")
     add_checkpoint(p, default=None)  # None: the bundled models (app.inpaint_checkpoint picks the inpainting one)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
-    p.add_argument("--workers", type=int, default=1, help="requests that run the model at once")
-    p.add_argument("--queue-size", type=int, default=4, help="requests that may wait; later ones are told to retry")
+    p.add_argument("--port", type=integer(1, 65535), default=7860, help="port to listen on")
+    p.add_argument("--workers", type=integer(1, 64), default=1, help="requests that run the model at once")
+    p.add_argument("--queue-size", type=integer(1, 10000), default=4, help="requests that may wait; later ones are told to retry")
     # One thread per request by default: the demo model's matrices are small, and requests run side by side.
     add_runtime(p, threads="1")
     p.set_defaults(func=run_serve)
@@ -25,10 +25,6 @@ def run_serve(args) -> int:
         if e.name and e.name.split(".")[0] in ("gradio", "gradio_client"):
             raise UserError("the web demo needs Gradio: pip install 'fractalgen[demo]'") from None
         raise
-    if args.workers < 1 or args.queue_size < 1:
-        raise UserError("--workers and --queue-size must be >= 1")
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port must be 1..65535, got {args.port}")
     device = apply_runtime(args)
     app.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,
               queue_size=args.queue_size, device=device)
