@@ -63,13 +63,20 @@ def deep_args(folder):
     nested.append(nested)
     for _ in range(60):
         nested = [nested, nested]
+    doubled = [0]  # no cycle: the exponential walk alone (the old loader spun on this one)
+    for _ in range(60):
+        doubled = [doubled, doubled]
     state = official_state_dict(tiny_model())
     torch.save({"model": state, "args": argparse.Namespace(model="tiny_ar", nested=nested)}, folder / "deep.pth")
+    torch.save({"model": state, "args": argparse.Namespace(model="tiny_ar", nested=doubled)},
+               folder / "doubled.pth")
+    np.savez(folder / "d.npz", images=np.zeros((2, 16, 16, 3), dtype=np.uint8))
     # A flat list past the walk's budget is refused, not walked.
     torch.save({"model": state, "args": argparse.Namespace(model="tiny_ar", big=[0] * 200_000)}, folder / "wide.pth")
     return {
         "deep": ["sample", "--checkpoint", folder / "deep.pth", "--n", "1", "--num-iter", "16,4",
                  "--out", folder / "out", "--device", "cpu", "--threads", "1"],
+        "doubled": ["nll", "--checkpoint", folder / "doubled.pth", "--data", folder / "d.npz", "--device", "cpu"],
         "wide": ["sample", "--checkpoint", folder / "wide.pth", "--n", "1", "--out", folder / "out2", "--device", "cpu"],
     }
 
@@ -79,6 +86,8 @@ def test_shared_and_self_referencing_args_load_in_seconds(outcomes):
     code, _, err = results["deep"]
     assert code == 0 and "Traceback" not in err, err
     assert (folders["deep_args"] / "out" / "grid.png").is_file()
+    code, out, err = results["doubled"]
+    assert code == 0 and "bits/dim" in out, err
     assert_one_line_error(results["wide"], "sample", "refusing", "args")
 
 
