@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo serve bench setup browser clean
+.PHONY: test demo serve bench setup browser clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.speed
 
+# Opt-in and slow (not part of `make test`): mutation testing of sampling.py, levels/ and model.py
+# (configuration in pyproject.toml, [tool.mutmut]); survivors are listed at the end.
+mutants: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run || true
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info mutants

@@ -1,6 +1,7 @@
 """The command line: every --help, a tiny train -> sample -> nll run, and bad input as one-line errors."""
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -94,9 +95,30 @@ def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path, capsys):
     code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--out", tmp_path / "u")
     assert code == 0 and (tmp_path / "u" / "00001_uncond.png").is_file()
     before = (tmp_path / "u" / "grid.png").read_bytes()
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out", tmp_path / "u")
-    assert code == 2 and "already exists" in err  # files are never overwritten
-    assert (tmp_path / "u" / "grid.png").read_bytes() == before
+    # A second run into the same folder writes into a fresh numbered subfolder, and says so.
+    for expected in ("002", "003"):
+        code, out, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
+                             tmp_path / "u", "--json")
+        assert code == 0 and f"writes into {tmp_path / 'u' / expected}" in err
+        assert last_json(out)["out"] == str(tmp_path / "u" / expected)
+        assert (tmp_path / "u" / expected / "grid.png").is_file()
+    assert (tmp_path / "u" / "grid.png").read_bytes() == before  # the first run's files are kept
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
+                       tmp_path / "u", "--overwrite")
+    assert code == 0 and "writes into" not in err
+    assert (tmp_path / "u" / "grid.png").read_bytes() == (tmp_path / "u" / "002" / "grid.png").read_bytes()
+    assert not (tmp_path / "u" / "004").exists()
+
+
+def test_resume_at_the_final_step_changes_nothing(tiny_run, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code, out, err = run(capsys, "train", "--resume", tmp_path / "run", "--json")
+    assert code == 0 and "already at step 3" in out and "nan" not in out.lower()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert after == before  # the checkpoint and the weights are left as they were
 
 
 def test_nll_reports_bits_per_dim_with_stderr(tiny_run, capsys):
@@ -197,3 +219,6 @@ def test_eval_samples_on_written_pngs(tmp_path, capsys):
     code, out, _ = run(capsys, "eval-samples", "--samples", tmp_path, "--json")
     result = last_json(out)
     assert code == 0 and result["samples"] == 20 and result["accuracy"] >= 0.9  # real digits are recognised
+    json_line = out.strip().splitlines()[-1]
+    assert all(len(number) <= 8 for number in re.findall(r"\d+\.\d+", json_line))  # no float32 noise
+    assert "{" not in "".join(out.strip().splitlines()[:-1])  # no raw dict printed before it

@@ -394,11 +394,18 @@ def test_cli_inpaint_end_to_end(tmp_path, checkpoint, capsys):
     captured = capsys.readouterr()
     assert rc == 0 and "centre-cropped to 8x8" in captured.err
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["digit_inpaint_0.png", "digit_inpaint_1.png", "digit_inpaint_strip.png"]
-    for name in written[:2]:
-        completion = np.asarray(Image.open(out / name))
+    assert written == ["digit_inpaint_0.png", "digit_inpaint_0_full.png", "digit_inpaint_1.png",
+                       "digit_inpaint_1_full.png", "digit_inpaint_strip.png"]
+    for i in range(2):
+        completion = np.asarray(Image.open(out / f"digit_inpaint_{i}.png"))
         assert completion.shape == (8, 8)
         assert (completion[:4] == picture[:4, 1:9]).all()  # the kept rows, bit-identical
+        # The completed square pasted back into the 10x8 picture: the regenerated pixels replaced, the rest kept.
+        full = np.asarray(Image.open(out / f"digit_inpaint_{i}_full.png"))
+        assert full.shape == (8, 10)
+        assert (full[:4] == picture[:4]).all() and (full[:, [0, 9]] == picture[:, [0, 9]]).all()
+        assert (full[4:, 1:9] == completion[4:]).all()  # same size square: pasted as is
+    assert "pasted back into the 10x8 picture" in captured.out
     # Never overwrite: a second run into the same folder is refused and leaves the files alone.
     before = (out / written[0]).read_bytes()
     rc = main(["inpaint", "--checkpoint", str(checkpoint), "--image", str(image), "--box", "1,4,9,8",
@@ -413,6 +420,23 @@ def test_cli_other_commands(tmp_path, checkpoint, command, extra):
     image = write_png(tmp_path / "x.png", np.full((8, 8), 128))
     rc = main([command, "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(tmp_path / "o")] + extra)
     assert rc == 0 and (tmp_path / "o" / f"x_{command}_strip.png").is_file()
+
+
+def test_cli_says_when_a_colour_picture_is_made_gray(tmp_path, checkpoint, capsys):
+    image = tmp_path / "colour.png"
+    Image.fromarray(np.full((8, 8, 3), (200, 30, 30), dtype=np.uint8)).save(image)
+    rc = main(["inpaint", "--checkpoint", str(checkpoint), "--image", str(image), "--box", "0,4,8,8",
+               "--out", str(tmp_path / "o")])
+    assert rc == 0 and "colour image (RGB); made grayscale" in capsys.readouterr().err
+
+
+def test_cli_edit_strip_is_captioned(tmp_path, checkpoint):
+    image = write_png(tmp_path / "x.png", np.full((8, 8), 128))
+    assert main(["edit", "--checkpoint", str(checkpoint), "--image", str(image), "--label", "5",
+                 "--out", str(tmp_path / "o")]) == 0
+    strip = np.asarray(Image.open(tmp_path / "o" / "x_edit_strip.png").convert("L"))
+    title = strip[:14]  # the caption band above the images: dark text on white
+    assert (title < 100).any() and (title == 255).mean() > 0.5
 
 
 def test_cli_mask_without_unknown_pixels_returns_the_input(tmp_path, checkpoint, capsys):

@@ -35,7 +35,7 @@ import torch
 
 from .errors import UserError
 from .files import save_image
-from .generation import make_generator, to_uint8
+from .generation import make_generator, step_callback, to_uint8
 from .model import FractalModel, eval_mode
 from .sampling import Known
 from .visualize import rows_figure, show_mask
@@ -49,7 +49,7 @@ class ConditionalInputError(UserError, ValueError):
 
 @eval_mode
 def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
-            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None) -> torch.Tensor:
+            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None, progress=None) -> torch.Tensor:
     """Regenerate the unknown pixels of `images` conditioned on the known ones.
 
     images: uint8 (N, C, H, W) (or one image (C, H, W)) at the model's size.
@@ -59,6 +59,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
         recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
     Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
+    `progress(k)`: called after every level-0 step with the (fractional) number of rows done.
     Images with no unknown pixel come back unchanged without running the model. With nothing
     known, the images are those `fractalgen.sample` draws for the same labels, seed and settings
     (in one batch).
@@ -81,7 +82,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     values, _ = model.generate(
         labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
         cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
-        num_iter=num_iter, generator=make_generator(model, seed),
+        num_iter=num_iter, generator=make_generator(model, seed), on_step=step_callback(None, progress, 0, len(todo)),
         known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
     )
     out[todo] = to_uint8(values).to(out.device)
@@ -201,6 +202,11 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
 
 # ---- the demo's examples ------------------------------------------------------------------------------
 
+# The demo's two pictures: what each shows, by file name.
+DEMO_PICTURES = ("inpaint_lower_half.png", "edit_to_class.png")
+DEMO_DESCRIPTIONS = {"inpaint_lower_half.png": "inpainting example", "edit_to_class.png": "class-editing example"}
+
+
 def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
     """Write the demo's inpainting pictures into out_dir; returns the written paths.
 
@@ -218,7 +224,10 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
     top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
     completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2n, C, H, W)
     rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
-    paths.append(save_image(rows_figure(rows), out_dir / "inpaint_lower_half.png"))
+    given = "" if labels is None else f" (given the class: {', '.join(map(str, labels.tolist()))})"
+    captions = ["original", "input: the red half is regenerated", "completion 1", "completion 2"]
+    figure = rows_figure(rows, captions=captions, title=f"inpainting: the lower half drawn from the upper{given}")
+    paths.append(save_image(figure, out_dir / DEMO_PICTURES[0]))
 
     if model.config.num_classes > 0:
         k = model.config.num_classes
@@ -227,7 +236,11 @@ def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count:
         keep = top_rows_known(size, 0.25).expand(images.shape[0], -1, -1)
         edited = edit(model, images, targets, known=keep, seed=seed)
         rows = [images, show_mask(images, keep), edited]
-        paths.append(save_image(rows_figure(rows), out_dir / "edit_to_class.png"))
+        captions = ["original" + ("" if labels is None else f" (classes {', '.join(map(str, labels.tolist()))})"),
+                    "input: the red part is regenerated", f"edited to classes {', '.join(map(str, targets.tolist()))}"]
+        figure = rows_figure(rows, captions=captions, title="class editing: the lower three quarters redrawn "
+                             "under another class")
+        paths.append(save_image(figure, out_dir / DEMO_PICTURES[1]))
     return paths
 
 

@@ -45,14 +45,15 @@ def count_and_labels(labels, n) -> tuple[int, list | None]:
 def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | None = None,
            cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
            num_iter=None, seed: int | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
-           on_step: Callable | None = None) -> torch.Tensor:
+           on_step: Callable | None = None, progress: Callable[[float], None] | None = None) -> torch.Tensor:
     """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally.
 
     Settings left None take the checkpoint's recommendation (`model.recommended`), else the
     config's preset values; `num_iter` has one entry per level (AR levels always take one step
     per patch). Temperature multiplies the logits (the authors' convention). Batch i of
     `batch_size` images (None: one batch) is seeded `seed + i`. `on_step` follows level 0 of
-    the first batch (see visualize.GenerationRecorder).
+    the first batch (see visualize.GenerationRecorder); `progress(images_done)` is called after
+    every level-0 step with the (fractional) number of images generated so far.
     """
     total, labels = count_and_labels(labels, n)
     batch_size = batch_size or max(total, 1)
@@ -65,9 +66,21 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
         values, _ = model.generate(labels=chunk, n=count, cfg=cfg, cfg_schedule=cfg_schedule,
                                    temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
                                    generator=make_generator(model, None if seed is None else seed + i),
-                                   on_step=on_step if i == 0 else None)
+                                   on_step=step_callback(on_step if i == 0 else None, progress, start, count))
         out.append(to_uint8(values))
     if not out:
         c, s = model.config.channels, model.config.img_size
         return torch.zeros(0, c, s, s, dtype=torch.uint8)
     return torch.cat(out)
+
+
+def step_callback(on_step, progress, done: int, count: int):
+    """One level-0 callback from an optional on_step and an optional progress(images_done)."""
+    if progress is None:
+        return on_step
+
+    def callback(canvas: torch.Tensor, filled: torch.Tensor):
+        if on_step is not None:
+            on_step(canvas, filled)
+        progress(done + count * float(filled.float().mean()))  # filled (B, C, H, W): the generated share
+    return callback

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -13,11 +14,12 @@ from .model import FractalModel, eval_mode
 @torch.no_grad()
 @eval_mode
 def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, batch_size: int = 256,
-                  generator_seed: int | None = None) -> torch.Tensor:
+                  generator_seed: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Per-image bits/dim (N,), unconditional. MAR levels draw random masks: `passes` are averaged.
 
     AR-only models are exact and need one pass. For models with a guiding pixel the value also
-    includes the guiding-pixel losses, as the authors' evaluation loss does.
+    includes the guiding-pixel losses, as the authors' evaluation loss does. `progress(k)` is
+    called after each batch of k images.
     """
     if passes < 1:
         raise ValueError("passes must be >= 1")
@@ -28,6 +30,8 @@ def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, ba
         chunk = images[start:start + batch_size]
         nats = sum(model.nll(chunk) for _ in range(passes)) / passes
         out.append(nats.float().cpu())
+        if progress is not None:
+            progress(chunk.shape[0])
     return torch.cat(out) / math.log(2.0)
 
 
@@ -37,7 +41,7 @@ def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1) -> 
 
 
 def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,
-            batch_size: int = 100, seed: int = 0) -> dict:
+            batch_size: int = 100, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict:
     """Bits/dim of a dataset split with its standard error: {'bits_per_dim', 'stderr', 'images', 'passes'}.
 
     passes defaults to 1 for AR-only models (exact) and 4 when a MAR level draws random masks.
@@ -48,7 +52,7 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
         raise UserError(f"passes, batch size and limit must be >= 1, got {passes}, {batch_size} and {limit}")
     images, _ = stack(load_dataset(data, split, c.img_size, c.channels), limit)
     per_image = nll_per_image(model, images.to(model.device), passes=passes, batch_size=batch_size,
-                              generator_seed=seed)
+                              generator_seed=seed, progress=progress)
     n = per_image.numel()
     bad = int((~torch.isfinite(per_image)).sum())
     if bad:  # never report "nan bits/dim" as a result

@@ -30,6 +30,11 @@ class SamplingSettings:
     filter_threshold: float  # guidance leaves values whose conditional probability is below it alone
     num_iter: tuple[int, ...]  # steps per level (MAR levels; AR levels always take one step per patch)
 
+    def describe(self) -> str:
+        """One line for people: cfg 10.0 (linear), temperature 1.0, filter 0.0001, num_iter 49,16."""
+        return (f"cfg {self.cfg:g} ({self.cfg_schedule}), temperature {self.temperature:g}, "
+                f"filter {self.filter_threshold:g}, num_iter {','.join(map(str, self.num_iter))}")
+
     def to_dict(self) -> dict:
         """Plain JSON-able values (num_iter as a list)."""
         return {**dataclasses.asdict(self), "num_iter": list(self.num_iter)}

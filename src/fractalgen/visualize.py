@@ -59,11 +59,45 @@ def show_mask(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(unknown, 0.5 * rgb + 0.5 * tint, rgb).round().to(torch.uint8)
 
 
-def rows_figure(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2) -> Image.Image:
-    """A picture of rows of uint8 (n, C, H, W) images, upscaled (nearest) so a cell is >= min_cell pixels."""
+def rows_figure(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2, captions: list[str] | None = None,
+                title: str | None = None) -> Image.Image:
+    """A picture of rows of uint8 (n, C, H, W) images, upscaled (nearest) so a cell is >= min_cell pixels.
+
+    `captions` (one per row) are written above their rows, `title` above everything, in black
+    on the white background.
+    """
     H, W = rows[0].shape[-2:]
     scale = max(1, -(-min_cell // max(H, W)))  # ceil: small images (28x28 digits) become readable
     cols = max(r.shape[0] for r in rows)
     blank = torch.full((1, 3, H, W), 255, dtype=torch.uint8)
-    cells = torch.cat([torch.cat([as_rgb(r)] + [blank] * (cols - r.shape[0])) for r in rows])  # (rows*cols, 3, H, W)
-    return grid(cells, cols, padding=gap, scale=scale, border=False)
+    pictures = [grid(torch.cat([as_rgb(r)] + [blank] * (cols - r.shape[0])), cols, padding=gap, scale=scale,
+                     border=False) for r in rows]  # one picture per row
+    lines = [title] if title else []
+    if captions is None and not lines:
+        return stack_vertically(pictures, gap)
+    bands = [text_band(line, pictures[0].width) for line in lines]
+    for caption, picture in zip(captions or [None] * len(rows), pictures):
+        bands += ([text_band(caption, picture.width)] if caption else []) + [picture]
+    return stack_vertically(bands, gap)
+
+
+TEXT_HEIGHT = 14  # a line of PIL's default bitmap font, with a little air
+
+
+def text_band(text: str, width: int) -> Image.Image:
+    """A white strip `width` pixels wide holding one line of black text."""
+    from PIL import ImageDraw
+
+    band = Image.new("RGB", (width, TEXT_HEIGHT), (255, 255, 255))
+    ImageDraw.Draw(band).text((2, 1), text, fill=(0, 0, 0))
+    return band
+
+
+def stack_vertically(pictures: list[Image.Image], gap: int) -> Image.Image:
+    width = max(p.width for p in pictures)
+    canvas = Image.new("RGB", (width, sum(p.height for p in pictures) + gap * (len(pictures) - 1)), (255, 255, 255))
+    top = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, top))
+        top += picture.height + gap
+    return canvas

@@ -20,8 +20,19 @@ from .. import conditional
 from ..errors import UserError
 from ..files import check_writable, save_image, to_pil
 from ..visualize import as_rgb, rows_figure, show_mask
-from .options import add_checkpoint, add_runtime, add_sampling, integer, load_model, number, settings_from
+from .options import (
+    add_checkpoint,
+    add_runtime,
+    add_sampling,
+    advance_to,
+    integer,
+    load_model,
+    number,
+    progress_bar,
+    settings_from,
+)
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes without colour
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
 HELP = {
@@ -62,14 +73,16 @@ def run(args) -> int:
                         + (f" (0..{k - 1})" if k else " (it is unconditional)"))
 
     picture = open_image(args.image, channels)
-    regenerate = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
-    image, regenerate = fit_to_model(picture, regenerate, size, args.image)
+    regenerate_full = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
+    image, regenerate, crop = fit_to_model(picture, regenerate_full, size, args.image)
     known = ~regenerate
 
     out_dir = Path(args.out)
     stem = Path(args.image).stem
-    names = [f"{stem}_{args.command}_{i}.png" for i in range(args.samples)] + [f"{stem}_{args.command}_strip.png"]
-    existing = [out_dir / n for n in names if (out_dir / n).exists()]
+    names = [f"{stem}_{args.command}_{i}.png" for i in range(args.samples)]
+    full_names = [f"{stem}_{args.command}_{i}_full.png" for i in range(args.samples)] if crop else []
+    strip_name = f"{stem}_{args.command}_strip.png"
+    existing = [out_dir / n for n in names + full_names + [strip_name] if (out_dir / n).exists()]
     if existing:
         raise UserError(f"{existing[0]} already exists (choose another --out; files are never overwritten)")
     check_writable(out_dir)  # before the long part, not after it
@@ -78,16 +91,39 @@ def run(args) -> int:
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
               file=sys.stderr)
     settings = {**vars(settings_from(args, model)), "seed": args.seed, "samples": args.samples}
-    if args.command == "edit":
-        completions = conditional.edit(model, image[None], args.label, known=known[None], **settings)
-    else:
-        completions = conditional.inpaint(model, image[None], known[None], labels=args.label, **settings)
+    with progress_bar(args.samples, args.command) as bar:
+        if args.command == "edit":
+            completions = conditional.edit(model, image[None], args.label, known=known[None],
+                                           progress=advance_to(bar), **settings)
+        else:
+            completions = conditional.inpaint(model, image[None], known[None], labels=args.label,
+                                              progress=advance_to(bar), **settings)
     for name, completion in zip(names, completions):
         save_image(to_pil(completion), out_dir / name)
-    strip = rows_figure([torch.cat([show_mask(image[None], known[None]), as_rgb(completions)])])
-    save_image(strip, out_dir / names[-1])
-    print(f"wrote {args.samples} completion(s) and {names[-1]} to {out_dir}")
+    for name, completion in zip(full_names, completions):
+        save_image(paste_back(picture, completion, regenerate_full, crop), out_dir / name)
+    label = "" if args.label is None else f" under class {args.label}"
+    title = f"{args.command}{label}: the input (red: regenerated), then {args.samples} completion(s)"
+    strip = rows_figure([torch.cat([show_mask(image[None], known[None]), as_rgb(completions)])], title=title)
+    save_image(strip, out_dir / strip_name)
+    print(f"wrote {args.samples} completion(s) and {strip_name} to {out_dir}")
+    if full_names:
+        print(f"full-size: {full_names[0]}{' ...' if len(full_names) > 1 else ''} (the completed square pasted "
+              f"back into the {picture.width}x{picture.height} picture)")
     return 0
+
+
+def paste_back(picture, completion: torch.Tensor, regenerate: np.ndarray, crop):
+    """The input picture with the regenerated pixels of its square replaced by the completion, resized to the
+    square's side (bicubic); pixels outside the square and known pixels stay as they were."""
+    from PIL import Image
+
+    left, top, right, bottom = crop
+    square = to_pil(completion).resize((right - left, bottom - top), Image.BICUBIC)
+    where = Image.fromarray(regenerate[top:bottom, left:right].astype(np.uint8) * 255)  # the paste mask
+    full = picture.copy()
+    full.paste(square, (left, top), where)
+    return full
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -101,6 +137,13 @@ def open_image(path, channels: int):
         raise UserError(f"image files can feed 1- or 3-channel models; this model has {channels} channels")
     try:
         with Image.open(path) as picture:
+            colour = picture.mode not in GRAY_MODES
+            if colour and mode == "L":
+                print(f"note: {path} is a colour image ({picture.mode}); made grayscale for this grayscale model",
+                      file=sys.stderr)
+            elif not colour and mode == "RGB":
+                print(f"note: {path} is grayscale ({picture.mode}); repeated into RGB for this colour model",
+                      file=sys.stderr)
             picture = picture.convert(mode)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
@@ -148,10 +191,15 @@ def region_to_regenerate(args, image_size) -> np.ndarray:
 
 
 def fit_to_model(picture, regenerate: np.ndarray, size: int, path):
-    """Centre-crop to a square and resize to the model's size; -> uint8 (C, S, S), bool (S, S) to regenerate."""
+    """Centre-crop to a square and resize to the model's size.
+
+    -> uint8 (C, S, S), bool (S, S) to regenerate, and the crop box (x0, y0, x1, y1) in the
+    input's pixels (None when the input already has the model's size).
+    """
     from PIL import Image
 
     w, h = picture.size
+    crop = None
     if (w, h) != (size, size):
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
@@ -163,4 +211,4 @@ def fit_to_model(picture, regenerate: np.ndarray, size: int, path):
               f"(the model's size)", file=sys.stderr)
     array = np.asarray(picture)
     image = torch.from_numpy(array.copy()).reshape(size, size, -1).permute(2, 0, 1).contiguous()  # (C, S, S)
-    return image, torch.from_numpy(regenerate.copy())
+    return image, torch.from_numpy(regenerate.copy()), crop

@@ -5,9 +5,11 @@ import argparse
 import json
 import math
 
+from tqdm import tqdm
+
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
-from ..runtime import pick_device, set_threads
+from ..runtime import pick_device, rank, set_threads
 from ..settings import SamplingSettings, SettingsError, resolve_settings
 
 
@@ -189,6 +191,20 @@ def parse_ints(text: str, flag: str) -> list[int]:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+def progress_bar(total: float | None, desc: str, unit: str = "img") -> tqdm:
+    """A tqdm bar on stderr (rank 0 only; drawn after half a second, so quick commands stay quiet).
+
+    `bar.update(k)` advances it; `advance_to(bar)` gives a callback that moves it to a (fractional) count.
+    """
+    fractional = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]"
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, delay=0.5, disable=rank() != 0,
+                bar_format=fractional if total is not None else None)
+
+
+def advance_to(bar: tqdm):
+    return lambda done: bar.update(done - bar.n)
 
 
 def emit_json(args, payload: dict):

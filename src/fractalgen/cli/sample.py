@@ -14,10 +14,12 @@ from .options import (
     add_json,
     add_runtime,
     add_sampling,
+    advance_to,
     class_list,
     emit_json,
     integer,
     load_model,
+    progress_bar,
     seed,
     settings_from,
 )
@@ -50,11 +52,12 @@ def labels_for(model, classes: list[int] | None, per_class: int | None, n: int |
 
 
 def draw(model, labels, n, settings, args, on_step=None):
-    """fractalgen.sample with the command's seed and batch size; uint8 (N, C, H, W) on the CPU."""
+    """fractalgen.sample with the command's seed and batch size, with a progress bar; uint8 (N, C, H, W) on the CPU."""
     from ..generation import sample
 
-    return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
-                  **vars(settings)).cpu()
+    with progress_bar(n, "sampling") as bar:
+        return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
+                      progress=advance_to(bar), **vars(settings)).cpu()
 
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -66,7 +69,10 @@ def add_sample(sub):
     p.add_argument("--per-class", type=integer(1), help="images per class (default: 1)")
     p.add_argument("--n", type=integer(1), help="number of images (alone: unconditional samples)")
     add_sampling(p)
-    p.add_argument("--out", default="samples", help="output folder: grid.png and {index:05d}_class{label}.png")
+    p.add_argument("--out", default="samples", help="output folder: grid.png and {index:05d}_class{label}.png; "
+                   "when it already holds such files, a fresh numbered subfolder (OUT/002, ...) is used")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out (and "
+                   "--gif) instead of writing into a fresh numbered subfolder")
     p.add_argument("--gif", help="also write the generation process of the first batch as an animated GIF")
     add_runtime(p)
     add_json(p)
@@ -80,9 +86,10 @@ def run_sample(args) -> int:
     model = load_model(args)
     labels, n = labels_for(model, args.classes, args.per_class, args.n)
     settings = settings_from(args, model)
-    out = Path(args.out)
-    names = [image_name(i, None if labels is None else labels[i]) for i in range(n)]
-    refuse_existing([out / "grid.png"] + [out / name for name in names] + ([args.gif] if args.gif else []))
+    names = ["grid.png"] + [image_name(i, None if labels is None else labels[i]) for i in range(n)]
+    out = output_folder(Path(args.out), names, args.overwrite)
+    if args.gif and Path(args.gif).exists() and not args.overwrite:
+        raise UserError(f"{args.gif} already exists (choose another --gif, or --overwrite)")
     check_writable(out)  # before the long part, not after it
     if args.gif:
         check_writable(Path(args.gif).parent)
@@ -93,9 +100,9 @@ def run_sample(args) -> int:
     seconds = time.time() - started
     save_grid(images, out / "grid.png", nrow=nrow)
     save_each(images, labels, out)
-    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image)")
+    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}")
     print(f"grid: {out / 'grid.png'}")
-    print(f"images: {out}/{names[0]} ... {names[-1]}")
+    print(f"images: {out}/{names[1]} ... {names[-1]}")
     if recorder is not None:
         recorder.save(args.gif)
         print(f"gif: {args.gif}")
@@ -103,10 +110,18 @@ def run_sample(args) -> int:
     return 0
 
 
-def refuse_existing(paths):
-    for p in paths:
-        if Path(p).exists():
-            raise UserError(f"{p} already exists (choose another output; files are never overwritten)")
+def output_folder(out: Path, names: list[str], overwrite: bool) -> Path:
+    """Where a run's files go: `out` itself when it holds none of them (or with --overwrite), else
+    the first free numbered subfolder out/002, out/003, ... (said on stderr)."""
+    if overwrite or not any((out / name).exists() for name in names):
+        return out
+    k = 2
+    while (out / f"{k:03d}").exists():
+        k += 1
+    fresh = out / f"{k:03d}"
+    print(f"note: {out} already holds samples; this run writes into {fresh} (--overwrite replaces the files in "
+          f"{out} instead)", file=sys.stderr)
+    return fresh
 
 
 # ---- nll ---------------------------------------------------------------------------------------
@@ -130,7 +145,9 @@ def run_nll(args) -> int:
     from ..likelihood import measure
 
     model = load_model(args)
-    result = measure(model, args.data, args.split, args.passes, args.limit, args.batch_size, args.seed)
+    with progress_bar(None, "likelihood") as bar:
+        result = measure(model, args.data, args.split, args.passes, args.limit, args.batch_size, args.seed,
+                         progress=bar.update)
     spread = (f"+- {result['stderr']:.4f} (standard error; " if result["stderr"] is not None
               else "(one image: no standard error; ")
     print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {args.data}/{args.split}, "
@@ -169,7 +186,7 @@ def run_eval_samples(args) -> int:
         settings = settings_from(args, model)
         started = time.time()
         images = draw(model, label_list, n, settings, args)
-        print(f"sampled {n} digits in {time.time() - started:.1f} s with {settings.to_dict()}")
+        print(f"sampled {n} digits in {time.time() - started:.1f} s with {settings.describe()}")
         labels, source = torch.tensor(label_list), args.checkpoint
     classifier = load_mnist_classifier()
     predicted = predict(images, classifier)
@@ -200,7 +217,7 @@ def add_demo(sub):
 
 
 def run_demo(args) -> int:
-    from ..conditional import demo_examples
+    from ..conditional import DEMO_DESCRIPTIONS, demo_examples
     from ..data import load_dataset, stack
     from ..files import check_writable, save_grid, write_text
     from ..generation import sample
@@ -220,7 +237,9 @@ def run_demo(args) -> int:
           f"{settings.temperature} ...", flush=True)
     # The GIF follows one digit per class (a small file); the grid shows them all.
     recorder = GenerationRecorder(nrow=5, scale=4, select=list(range(0, len(labels), args.per_class)))
-    images = sample(model, labels, seed=args.seed, batch_size=None, on_step=recorder, **vars(settings)).cpu()
+    with progress_bar(len(labels), "sampling") as bar:
+        images = sample(model, labels, seed=args.seed, batch_size=None, on_step=recorder, progress=advance_to(bar),
+                        **vars(settings)).cpu()
     paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif",
              "bits_per_dim_file": out / "bits_per_dim.txt"}
     save_grid(images, paths["grid"], nrow=args.per_class, scale=2)
@@ -239,9 +258,9 @@ def run_demo(args) -> int:
         val = load_dataset("mnist", "val", model.config.img_size, model.config.channels)
         try:
             for path in demo_examples(model, out, data=stack(val, 8), seed=args.seed):
-                print(f"inpainting example: {path}")
+                print(f"{DEMO_DESCRIPTIONS[path.name]}: {path}")
         except Exception as e:  # the optional part must not hide the files already written
-            print(f"fractalgen demo: inpainting example failed: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"fractalgen demo: inpainting/editing example failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed = True
     seconds = time.time() - started
     print(f"demo finished in {seconds:.0f} s; files in {out}/")
