@@ -162,11 +162,12 @@ def test_planted_symlinks_are_never_followed(tiny, tmp_path, capsys):
     os.symlink(precious, samples / "00001_class1.png")
     argv = ["sample", "--checkpoint", str(out), "--classes", "0,1", "--num-iter", "1,1", "--out", str(samples),
             "--device", "cpu"]
-    code = main(argv)
-    assert code == 2 and "00001_class1.png already exists" in capsys.readouterr().err
-    os.unlink(samples / "00001_class1.png")
-    assert main(argv) == 0
+    assert main(argv) == 0  # the names are taken: the run goes into a fresh subfolder, the links stay as they are
+    assert f"writes into {samples / '002'}" in capsys.readouterr().err
+    assert (samples / "002" / "grid.png").is_file() and (samples / "00001_class1.png").is_symlink()
+    assert main(argv + ["--overwrite"]) == 0  # replacing: the links are replaced, never followed
     assert not (samples / "grid.png").is_symlink() and not (victims / "grid.png").exists()
+    assert not (samples / "00001_class1.png").is_symlink()
     assert precious.read_bytes() == b"keep me"
     assert sorted(p.name for p in victims.iterdir()) == ["precious.bin"]
 

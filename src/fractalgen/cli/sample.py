@@ -4,6 +4,7 @@ Commands that report numbers take `--json` and then print one JSON object as the
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ def run_sample(args) -> int:
 def output_folder(out: Path, names: list[str], overwrite: bool) -> Path:
     """Where a run's files go: `out` itself when it holds none of them (or with --overwrite), else
     the first free numbered subfolder out/002, out/003, ... (said on stderr)."""
-    if overwrite or not any((out / name).exists() for name in names):
+    if overwrite or not any(os.path.lexists(out / name) for name in names):  # a link, even dangling, is taken
         return out
     k = 2
     while (out / f"{k:03d}").exists():
