@@ -137,13 +137,15 @@ def test_label_out_of_range_and_float_labels_in_the_library(files):
     assert fractalgen.sample(model, labels=[np.int64(1)], num_iter=(1, 1), seed=0).shape == (1, 1, 8, 8)
 
 
-def test_output_folder_is_checked_before_sampling(files, tmp_path):
+def test_output_folder_is_checked_before_the_long_work(files, tmp_path):
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("x")
     code, _, err = run("sample", "--checkpoint", files / "tiny.safetensors", "--n", "1", "--out", blocked / "out")
     assert code == 2 and "cannot write to output folder" in err and "sampled" not in err
     code, _, err = run("ref-stats", "mnist", "--out", blocked / "s.npz", "--features", "mnist-classifier")
     assert code == 2 and "cannot write to output folder" in err, err
+    code, out, err = run(*base_argv("inpaint", files, blocked / "out"))
+    assert code == 2 and "cannot write to output folder" in err and not out, err
 
 
 # ---- properties: random flags and random metadata ---------------------------------------------
@@ -242,3 +244,19 @@ def test_random_metadata_ends_in_work_or_one_line(config_changes, sampling, file
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_nll_never_reports_nan(files, tmp_path):
+    from fractalgen.errors import UserError
+    from fractalgen.likelihood import measure
+
+    code, out, err = run("nll", "--checkpoint", files / "tiny.safetensors", "--data", files / "d.npz", "--limit", "1",
+                         "--split", "train", "--json")
+    assert code == 0 and "nan" not in out.lower(), out + err  # one image: no standard error, not "nan"
+    assert json.loads(out.strip().splitlines()[-1])["stderr"] is None
+    model = fractalgen.load(files / "tiny.safetensors")
+    with torch.no_grad():  # finite weights whose logits overflow to infinity
+        for p in model.parameters():
+            p.mul_(1e30)
+    with pytest.raises(UserError, match="likelihood is not finite"):
+        measure(model, str(files / "d.npz"), "train")
