@@ -111,3 +111,19 @@ def test_grad_checkpointing_gives_the_same_step(tmp_path):
     b = read_checkpoint(tmp_path / "ckpt" / "run")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert math.isfinite(float(b["null_class"].sum()))
+
+
+def test_small_presets_train_with_their_own_recipe_unless_told_otherwise():
+    from fractalgen.train import PRESET_RECIPES, run_options
+
+    recipe = PRESET_RECIPES["mnist_ar"]
+    plain = run_options({"out": "x"}, preset="mnist_ar")
+    assert (plain.lr, plain.batch_size, plain.flip, plain.steps) == (
+        recipe["lr"], recipe["batch_size"], False, recipe["steps"])
+    assert plain.lr > 100 * TrainOptions(out="x").blr * 32 / 256  # not the official scaling: 6.25e-6 at batch 32
+    told = run_options({"out": "x", "lr": 1e-4, "flip": True}, preset="mnist_ar")
+    assert (told.lr, told.flip, told.batch_size) == (1e-4, True, recipe["batch_size"])
+    by_epochs = run_options({"out": "x", "epochs": 2.0}, preset="mnist_ar")
+    assert by_epochs.steps is None and by_epochs.epochs == 2.0
+    official = run_options({"out": "x"}, preset="fractalar_in64")
+    assert official.lr is None and official.blr == TrainOptions(out="x").blr

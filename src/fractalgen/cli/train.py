@@ -50,7 +50,8 @@ def register(subparsers):
     p = subparsers.add_parser("train", help="train a model (single process, or data-parallel under torchrun)",
                               description="Train a fractal model. Under torchrun "
                               "(torchrun --nproc_per_node=N -m fractalgen train ...) it trains data-parallel. "
-                              "Flags not given take the resumed run's values, else the defaults shown.")
+                              "Flags not given take the resumed run's values, else the preset's own recipe (the small "
+                              "presets: see fractalgen.train.PRESET_RECIPES), else the defaults shown.")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", help="config preset name (see fractalgen.PRESETS)")
     model.add_argument("--config", help="config JSON file (our field names or the official ones)")
@@ -86,7 +87,7 @@ def run_train(args) -> int:
         config = config.replace(label_drop_prob=args.label_drop)
     given = {dest: getattr(args, dest) for dest in [*OPTION_FLAGS, *SWITCHES, "flip", "resume"]}
     given["device"] = args.device if args.device != "auto" else None
-    options = run_options(given)
+    options = run_options(given, preset=args.preset)
     result = train(config, options)
     if result.pop("rank"):  # under torchrun, rank 0 reports for everyone
         return 128 + result["interrupted"] if result["interrupted"] else 0
