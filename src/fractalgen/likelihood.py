@@ -23,8 +23,15 @@ def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, ba
     """
     if passes < 1:
         raise ValueError("passes must be >= 1")
-    if generator_seed is not None:
+    if generator_seed is None:  # the masks come from torch's global random stream
+        return _nll_batches(model, images, passes, batch_size, progress)
+    # Seeded: the masks come from a forked stream, so the caller's global random state is left as it was.
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(generator_seed)
+        return _nll_batches(model, images, passes, batch_size, progress)
+
+
+def _nll_batches(model, images, passes, batch_size, progress) -> torch.Tensor:
     out = []
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start:start + batch_size]
