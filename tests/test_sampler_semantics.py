@@ -203,3 +203,47 @@ def test_sample_context_doubles_guided_batches():
     assert torch.equal(ctx.doubled_rows(torch.tensor([1]), 2), torch.tensor([1, 3]))
     plain = SampleContext(guided=False, temperature=1.0, filter_threshold=0.0, num_iter=(1,), generator=None)
     assert plain.doubled(t) is t and torch.equal(plain.doubled_rows(torch.tensor([1]), 2), torch.tensor([1]))
+
+
+# ---- the MAR masks of training and likelihood (SPEC 5) ---------------------------------------------------
+
+def test_training_mask_counts_follow_the_truncated_normal_ratio():
+    """Per row, ceil(N * (1 - 0.25 |z|)) tokens masked with z ~ N(0, 1) truncated at |z| <= 4 (mask
+    ratio ~ N(1, 0.25) folded below 1, truncated at 0); the masked positions are uniform."""
+    from scipy.stats import norm
+
+    from fractalgen.levels.mar import training_mask
+
+    n, rows = 16, 20000
+    mask = training_mask(rows, n, "cpu", torch.Generator().manual_seed(0))
+    assert mask.shape == (rows, n) and mask.dtype == torch.bool
+    counts = mask.sum(1)
+    # count = ceil(n - 4|z|) = k  <=>  (n - k) / 4 <= |z| < (n - k + 1) / 4, |z| half-normal truncated at 4
+    def half(t):
+        return (2 * norm.cdf(min(t, 4.0)) - 1) / (2 * norm.cdf(4.0) - 1)
+
+    probs = torch.tensor([half((n - k + 1) / 4) - half((n - k) / 4) for k in range(n + 1)], dtype=torch.float64)
+    observed = torch.bincount(counts, minlength=n + 1).double()
+    keep = probs * rows >= 5
+    assert stats.chisquare(observed[keep].numpy(), (probs[keep] / probs[keep].sum() * observed[keep].sum()).numpy()
+                           ).pvalue > ALPHA
+    assert counts.min() >= 1 and counts.max() == n
+    per_position = mask.double().mean(0)
+    assert (per_position - per_position.mean()).abs().max() < 0.02  # no position favoured
+    again = training_mask(rows, n, "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)  # drawn from the generator given
+
+
+def test_likelihood_mask_takes_one_uniform_count_for_the_batch():
+    from fractalgen.levels.mar import likelihood_mask
+
+    n, draws = 8, 8000
+    g = torch.Generator().manual_seed(0)
+    counts = []
+    for _ in range(draws):
+        mask = likelihood_mask(3, n, "cpu", g)
+        per_row = mask.sum(1)
+        assert (per_row == per_row[0]).all()  # one count for the whole batch
+        counts.append(int(per_row[0]))
+    observed = torch.bincount(torch.tensor(counts), minlength=n + 1)[1:].double()
+    assert observed.sum() == draws and stats.chisquare(observed.numpy()).pvalue > ALPHA  # uniform over 1..n
