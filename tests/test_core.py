@@ -72,6 +72,16 @@ def test_reference_vector_guiding_pixel():
                                   guide_targets=wrong).item() - ref[key]) > 1e-3
 
 
+def test_nll_uses_the_masks_given():
+    """Likelihood mode with given MAR masks is deterministic and depends on them (no fresh random masks)."""
+    model, images, _, masks, _ = vector("tiny_mar")
+    with torch.no_grad():
+        given = model.nll(images, masks=masks)
+        assert torch.equal(given, model.nll(images, masks=masks))
+        everything = model.nll(images, masks=["all"] * model.config.num_levels)
+    assert not torch.allclose(given, everything)
+
+
 def test_bits_per_dim_of_tiny_ar_vector():
     model, images, _, _, ref = vector("tiny_ar")
     assert fractalgen.bits_per_dim(model, images) == pytest.approx(ref["eval_loss"] / math.log(2), abs=1e-5)
