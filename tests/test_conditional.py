@@ -427,7 +427,7 @@ def test_cli_says_when_a_colour_picture_is_made_gray(tmp_path, checkpoint, capsy
     Image.fromarray(np.full((8, 8, 3), (200, 30, 30), dtype=np.uint8)).save(image)
     rc = main(["inpaint", "--checkpoint", str(checkpoint), "--image", str(image), "--box", "0,4,8,8",
                "--out", str(tmp_path / "o")])
-    assert rc == 0 and "colour image (RGB); made grayscale" in capsys.readouterr().err
+    assert rc == 0 and "a colour image (RGB), made grayscale" in capsys.readouterr().err
 
 
 def test_cli_edit_strip_is_captioned(tmp_path, checkpoint):

@@ -72,9 +72,11 @@ def run(args) -> int:
         raise UserError(f"label {args.label} is out of range: the model has {k} classes"
                         + (f" (0..{k - 1})" if k else " (it is unconditional)"))
 
-    picture = open_image(args.image, channels)
+    picture, converted = open_image(args.image, channels)
     regenerate_full = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
-    image, regenerate, crop = fit_to_model(picture, regenerate_full, size, args.image)
+    image, regenerate, crop, fitted = fit_to_model(picture, regenerate_full, size)
+    if converted or fitted:  # one note line for everything done to the input
+        print(f"note: {args.image} is {'; '.join(t for t in (converted, fitted) if t)}", file=sys.stderr)
     known = ~regenerate
 
     out_dir = Path(args.out)
@@ -129,7 +131,8 @@ def paste_back(picture, completion: torch.Tensor, regenerate: np.ndarray, crop):
 # ---- inputs ---------------------------------------------------------------------------------------------
 
 def open_image(path, channels: int):
-    """A PIL image in the model's colour mode (L for one channel, RGB for three)."""
+    """A PIL image in the model's colour mode (L for one channel, RGB for three), and what the
+    conversion did ("" when nothing changed), for the note."""
     from PIL import Image, UnidentifiedImageError
 
     mode = {1: "L", 3: "RGB"}.get(channels)
@@ -138,12 +141,11 @@ def open_image(path, channels: int):
     try:
         with Image.open(path) as picture:
             colour = picture.mode not in GRAY_MODES
+            converted = ""
             if colour and mode == "L":
-                print(f"note: {path} is a colour image ({picture.mode}); made grayscale for this grayscale model",
-                      file=sys.stderr)
+                converted = f"a colour image ({picture.mode}), made grayscale for this grayscale model"
             elif not colour and mode == "RGB":
-                print(f"note: {path} is grayscale ({picture.mode}); repeated into RGB for this colour model",
-                      file=sys.stderr)
+                converted = f"grayscale ({picture.mode}), repeated into RGB for this colour model"
             picture = picture.convert(mode)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
@@ -151,7 +153,7 @@ def open_image(path, channels: int):
         raise UserError(f"cannot read image {path}: {e}") from None
     if picture.width == 0 or picture.height == 0:
         raise UserError(f"image {path} is empty ({picture.width}x{picture.height})")
-    return picture
+    return picture, converted
 
 
 def region_to_regenerate(args, image_size) -> np.ndarray:
@@ -190,11 +192,11 @@ def region_to_regenerate(args, image_size) -> np.ndarray:
     return regenerate
 
 
-def fit_to_model(picture, regenerate: np.ndarray, size: int, path):
+def fit_to_model(picture, regenerate: np.ndarray, size: int):
     """Centre-crop to a square and resize to the model's size.
 
-    -> uint8 (C, S, S), bool (S, S) to regenerate, and the crop box (x0, y0, x1, y1) in the
-    input's pixels (None when the input already has the model's size).
+    -> uint8 (C, S, S), bool (S, S) to regenerate, the crop box (x0, y0, x1, y1) in the input's
+    pixels (None when the input already has the model's size), and what was done ("" if nothing).
     """
     from PIL import Image
 
@@ -207,8 +209,8 @@ def fit_to_model(picture, regenerate: np.ndarray, size: int, path):
         picture = picture.crop(crop).resize((size, size), Image.BICUBIC)
         mask = Image.fromarray(regenerate.astype(np.uint8) * 255).crop(crop).resize((size, size), Image.NEAREST)
         regenerate = np.asarray(mask) > 127
-        print(f"note: {path} is {w}x{h}; centre-cropped to {side}x{side} and resized to {size}x{size} "
-              f"(the model's size)", file=sys.stderr)
+    fitted = "" if crop is None else (f"{w}x{h}, centre-cropped to {side}x{side} and resized to {size}x{size} "
+                                      f"(the model's size)")
     array = np.asarray(picture)
     image = torch.from_numpy(array.copy()).reshape(size, size, -1).permute(2, 0, 1).contiguous()  # (C, S, S)
-    return image, torch.from_numpy(regenerate.copy()), crop
+    return image, torch.from_numpy(regenerate.copy()), crop, fitted

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
 from ..runtime import pick_device, rank, set_threads
-from ..settings import SamplingSettings, SettingsError, resolve_settings
+from ..settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -146,7 +146,7 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     p.add_argument("--temperature", type=number(above=0, maximum=SETTING_MAX),
                    help="logit temperature, multiplies the logits (default: as --cfg)")
     p.add_argument("--filter-threshold", type=number(minimum=0, maximum=1),
-                   help="guidance filter threshold (default: as --cfg, else 1e-4)")
+                   help=f"guidance filter threshold (default: as --cfg, else {DEFAULT_FILTER_THRESHOLD:g})")
     p.add_argument("--num-iter", type=integer_list,
                    help="steps per level, comma-separated, e.g. 64,16 (default: as --cfg)")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
