@@ -1,80 +1,66 @@
-"""Speed benchmark (issue 5): one training step and sampling, for the AR and MAR benchmark configs.
+"""Speed, side by side with the authors' code: a training step and sampling, CIFAR-sized AR and MAR.
 
-    python -m benchmarks.speed                         # cifar_ar and cifar_mar, seeded random weights
-    python -m benchmarks.speed --kinds mar --train-reps 5 --sample-reps 3 --threads 1
-    python -m benchmarks.speed --checkpoint ckpt.pth --config cifar_mar   # given (official) weights
+    python -m benchmarks.speed --reference DIR          # DIR: a checkout of LTH14/fractalgen
+    python -m benchmarks.speed --reference DIR --threads 2 1 --reps 3
+    python -m benchmarks.speed                          # ours only (no checkout at hand)
 
-For each model it measures
-  - one AdamW training step (loss, backward, clip 3.0, step) at batch 32: time per step;
-  - sampling 16 images (cfg 2.0 linear, temperature 1.0, filter 1e-4, iterations 16 per level):
-    time per image;
-and prints time, images/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode on an untimed
-run, divided by the median time), its ratio to a large fp32 matmul timed in the same run (the
-machine's practical peak), and peak memory (CPU: the process's peak resident set during the
-measurement; CUDA: peak allocated). Times are medians over the repetitions; "CPU time" is the
-process CPU time (all threads) of the same runs, which says more than wall time on a loaded machine.
+Models: our presets cifar_ar and cifar_mar (RGB 32x32, levels 32/4/1, widths 256/128/64,
+blocks 6/2/1), seeded random weights. The authors' FractalGen is built with the same
+configuration and gets exactly our weights through the official checkpoint layout
+(`fractalgen.save_official`, loaded strictly). Before any timing, both compute the loss of
+the same images with the same MAR masks (likelihood mode, and training mode with dropout
+off), and the benchmark stops if they differ: the comparison is like for like.
+
+Tasks: one AdamW training step (loss, backward, clip 3.0, step) at batch 32, dropout on;
+sampling 16 images (labels 0..9,0..5, cfg 2.0 linear, temperature 1.0, filter 1e-4,
+iterations 16,16), reported per image. Runs of the two implementations alternate (the
+order flips every repetition) and each time is the best of `--reps`: on a shared machine
+the best run is the one least disturbed by other jobs. GFLOP/s: each implementation's own
+FLOPs (torch's FlopCounterMode, on an untimed run) over its best time, also as a fraction
+of the machine's fp32 matmul peak (a 2048^3 matmul timed in the same run). Peak memory: the
+process's peak resident set during the run above the resident set at its start (both
+models stay loaded, so this is what the run itself allocates).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fractalgen
+from fractalgen.levels.mar import likelihood_mask, training_mask
+
+TARGETS = {"train": 2.0, "sample": 3.0}  # issue 16: speed-up over the authors' code
+SAMPLING = {"cfg": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "filter_threshold": 1e-4}
 
 
-@dataclass
-class Result:
-    model: str
-    task: str  # "train" (seconds per step) or "sample" (seconds per image)
-    seconds: float  # median per step / per image
-    cpu_seconds: float  # process CPU time (all threads) per step / per image, median: less sensitive to load
-    images_per_s: float
-    gflops: float  # achieved GFLOP/s
-    peak_mib: float
-    reps: int
+# ---- measurement helpers ---------------------------------------------------------------------
+
+def resident_mib(field_name: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-# ---- measurement helpers ---------------------------------------------------------------
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak_memory(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # hand freed heap back to the OS, so an earlier benchmark's allocations do not count
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-    if device.type != "cuda" and os.path.exists("/proc/self/clear_refs"):
-        with open("/proc/self/clear_refs", "w") as f:  # "5" resets the kernel's peak-RSS counter (VmHWM)
-            f.write("5")
-
-
-def peak_memory_mib(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource  # fallback: peak of the whole process so far
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def start_memory_window() -> float:
+    """Give freed heap back to the OS, reset the peak-RSS counter; returns the resident MiB now."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # "5" resets the kernel's peak resident set (VmHWM) to the current one
+    return resident_mib("VmRSS")
 
 
 def count_flops(fn) -> int:
@@ -83,145 +69,311 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, reps: int, device) -> tuple[list[float], list[float]]:
-    """Wall-clock and process CPU seconds of each of `reps` calls."""
-    times, cpu = [], []
-    for _ in range(reps):
-        sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu_start)
-    return times, cpu
-
-
-def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
-    """The practical fp32 peak: GFLOP/s of an n x n x n matmul (median of reps, after a warm-up)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """The machine's practical fp32 peak at the current thread count: best of `reps` n^3 matmuls."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    return 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), reps, device)[0]) / 1e9
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
-# ---- the two benchmarks -----------------------------------------------------------------
+@dataclass
+class Timing:
+    """Best-of-N wall time of one task for one implementation, with its FLOPs and memory."""
 
-def bench_train(name, model, batch, reps, device) -> Result:
-    c = model.config
-    g = torch.Generator().manual_seed(0)
-    shape = (batch, c.channels, c.img_size, c.img_size)
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, max(c.num_classes, 1), (batch,), generator=g) if c.num_classes else None
-    model.train()
+    per: int  # the time is divided by this (images for sampling, 1 for a training step)
+    flops: float = 0.0  # per run
+    seconds: list[float] = field(default_factory=list)
+    peak_mib: list[float] = field(default_factory=list)
+
+    def run(self, fn):
+        base = start_memory_window()
+        start = time.perf_counter()
+        fn()
+        self.seconds.append((time.perf_counter() - start) / self.per)
+        self.peak_mib.append(resident_mib("VmHWM") - base)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    def gflops(self) -> float:
+        return self.flops / self.per / self.best / 1e9
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+def inputs(config, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, config.channels, config.img_size, config.img_size),
+                           dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, config.num_classes, (batch,), generator=g)
+    return images, labels
+
+
+def normalized(images: torch.Tensor, config) -> torch.Tensor:
+    """What the authors' data loader hands their model: (v / 255 - mean) / std per channel."""
+    mean = torch.tensor(config.pixel_mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.pixel_std).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def mar_masks(config, batch: int, train: bool, seed: int = 1):
+    """One bool mask per MAR level (rows = the masked patches of the level above), or None for AR."""
+    if "mar" not in config.kinds:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    masks, rows = [], batch
+    for level in config.levels:
+        draw = training_mask if train else likelihood_mask
+        masks.append(draw(rows, level.seq_len, "cpu", g))
+        rows = int(masks[-1].sum())
+    return masks
+
+
+# ---- the same loss from both implementations -------------------------------------------------------
+
+@contextlib.contextmanager
+def dropout_off(*models):
+    """Every dropout probability of the models set to 0 (restored after), label dropout included."""
+    saved = []
+    for model in models:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                saved.append((m, "p", m.p))
+                m.p = 0.0
+            for name in ("attn_dropout", "attn_dropout_p", "label_drop_prob"):
+                if isinstance(getattr(m, name, None), float):
+                    saved.append((m, name, getattr(m, name)))
+                    setattr(m, name, 0.0)
+    try:
+        yield
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
+
+
+@contextlib.contextmanager
+def their_masks(theirs, masks):
+    """Their MAR levels draw masks with numpy/scipy; hand them ours instead (float, 1 = masked)."""
+    if masks is None:
+        yield
+        return
+    levels, node = [], theirs
+    while hasattr(node, "generator"):
+        levels.append(node.generator)
+        node = node.next_fractal
+    for level, mask in zip(levels, masks):
+        level.random_masking = level.random_masking_uniform = lambda x, orders, m=mask: m.float()
+    try:
+        yield
+    finally:
+        for level in levels:
+            del level.random_masking, level.random_masking_uniform
+
+
+def check_same_loss(name, ours, theirs, reference, batch: int = 4) -> str:
+    """Both implementations' losses on the same images and masks; raises if they differ."""
+    from .reference import patched_cuda
+
+    config = ours.config
+    images, labels = inputs(config, batch, seed=123)
+    lines = []
+    for train in (False, True):
+        masks = mar_masks(config, batch, train)
+        ours.train(train)
+        theirs.train(train)
+        label_drop = config.label_drop_prob
+        with torch.no_grad(), dropout_off(ours, theirs), patched_cuda(), their_masks(theirs, masks):
+            ours.config = config.replace(label_drop_prob=0.0)  # read by ours at each call
+            try:
+                a = ours.loss(images, labels if train else None, masks=masks, train=train).item()
+            finally:
+                ours.config = config.replace(label_drop_prob=label_drop)
+            b = theirs(normalized(images, config), labels).item()
+        mode = "training (dropout off)" if train else "likelihood"
+        if not abs(a - b) <= 1e-4 * max(1.0, abs(b)):
+            raise SystemExit(f"error: {name} {mode} loss differs: ours {a:.6f}, authors' {b:.6f}")
+        lines.append(f"{mode} {a:.6f} vs {b:.6f}")
+    return f"{name}: same loss for the same weights, images and masks: " + "; ".join(lines)
+
+
+# ---- the two tasks, for each implementation --------------------------------------------------------
+
+def train_step_ours(model, images, labels):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
 
     def step():
+        model.train()
         opt.zero_grad(set_to_none=True)
-        loss = model.loss(images.to(device), None if labels is None else labels.to(device))
-        loss.backward()
+        model.loss(images, labels).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
-
-    step()  # warm-up: allocates the optimizer state
-    flops = count_flops(step)
-    reset_peak_memory(device)
-    times, cpu = timed(step, reps, device)
-    seconds = statistics.median(times)
-    return Result(name, "train", seconds, statistics.median(cpu), batch / seconds, flops / seconds / 1e9,
-                  peak_memory_mib(device), reps)
+    return step
 
 
-def bench_sample(name, model, n, reps, device, num_iter) -> Result:
-    c = model.config
-    labels = [i % c.num_classes for i in range(n)] if c.num_classes else None
-    model.eval()
+def train_step_theirs(model, images, labels, config):
+    from .reference import patched_cuda
 
-    def run(count=n):
-        fractalgen.sample(model, labels=None if labels is None else labels[:count], n=count, cfg=2.0,
-                          cfg_schedule="linear", temperature=1.0, filter_threshold=1e-4, num_iter=num_iter,
-                          seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    x = normalized(images, config)
 
-    # Sampling FLOPs are exactly linear in the batch (every op is per row), so count one image:
-    # FlopCounterMode routes each of the sampler's many small ops through Python and is slow.
-    flops_per_image = count_flops(lambda: run(1))  # also the warm-up
-    reset_peak_memory(device)
-    times, cpu = timed(run, reps, device)
-    seconds = statistics.median(times) / n
-    return Result(name, "sample", seconds, statistics.median(cpu) / n, 1 / seconds,
-                  flops_per_image / seconds / 1e9, peak_memory_mib(device), reps)
+    def step():
+        model.train()
+        with patched_cuda():
+            opt.zero_grad(set_to_none=True)
+            model(x, labels).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+            opt.step()
+    return step
 
 
-# ---- report -------------------------------------------------------------------------------
+def sample_ours(model, labels, num_iter):
+    def run(count=None):
+        count = count or len(labels)
+        torch.manual_seed(0)
+        model.eval()
+        fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, **SAMPLING)
+    return run
 
-def table(results: list[Result], peak: float) -> str:
-    lines = [
-        ("| model | benchmark | time | CPU time | images/s | GFLOP/s | / matmul peak | peak memory |"),
-        "|---|---|---|---|---|---|---|---|",
+
+def sample_theirs(model, labels, num_iter, config):
+    from .reference import patched_cuda
+
+    def run(count=None):
+        count = count or len(labels)
+        torch.manual_seed(0)
+        model.eval()
+        with torch.no_grad(), patched_cuda():
+            y = torch.tensor(labels[:count])
+            cond = torch.cat([model.class_emb(y), model.fake_latent.repeat(count, 1)])  # cfg != 1: doubled
+            model.sample(cond_list=[cond] * config.num_conds, num_iter_list=list(num_iter),
+                         fractal_level=0, **SAMPLING)
+    return run
+
+
+# ---- one table per thread count ----------------------------------------------------------------
+
+def measure(models, tasks, args, threads):
+    """{(name, task): {"ours": Timing, "theirs": Timing}} measured with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    cells = {}
+    for name, ours, theirs in models:
+        config = ours.config
+        num_iter = (args.num_iter,) * config.num_levels
+        if "train" in tasks:
+            images, labels = inputs(config, args.batch)
+            runs = {"ours": train_step_ours(ours, images, labels)}
+            if theirs is not None:
+                runs["theirs"] = train_step_theirs(theirs, images, labels, config)
+            cells[name, "train"] = {k: (Timing(per=1), fn) for k, fn in runs.items()}
+        if "sample" in tasks:
+            labels = [i % config.num_classes for i in range(args.images)]
+            runs = {"ours": sample_ours(ours, labels, num_iter)}
+            if theirs is not None:
+                runs["theirs"] = sample_theirs(theirs, labels, num_iter, config)
+            cells[name, "sample"] = {k: (Timing(per=args.images), fn) for k, fn in runs.items()}
+    # Warm-up and FLOPs (untimed). Sampling FLOPs are linear in the batch: count one image.
+    for (name, task), runs in cells.items():
+        for who, (timing, fn) in runs.items():
+            if task == "train":
+                fn()  # allocates the optimizer state
+                timing.flops = count_flops(fn)
+            else:
+                timing.flops = count_flops(lambda fn=fn: fn(1)) * timing.per
+            print(f"  {threads} thread(s): {name} {task} {who}: {timing.flops / 1e9:.1f} GFLOP per run", flush=True)
+    for rep in range(args.reps):
+        for (name, task), runs in cells.items():
+            order = list(runs.items()) if rep % 2 == 0 else list(runs.items())[::-1]
+            for who, (timing, fn) in order:
+                timing.run(fn)
+                print(f"  {threads} thread(s), rep {rep + 1}: {name} {task} {who}: "
+                      f"{timing.seconds[-1]:.3f} s", flush=True)
+    return {key: {who: timing for who, (timing, _) in runs.items()} for key, runs in cells.items()}
+
+
+def table(results, peaks, batch: int) -> str:
+    rows = [
+        ("| model | task | threads | authors' code | fractalgen | speed-up (target) | GFLOP/s authors' / ours "
+        "| of matmul peak authors' / ours | peak memory authors' / ours |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        unit = "s/step" if r.task == "train" else "s/image"
-        what = "training step" if r.task == "train" else "sampling"
-        lines.append(f"| {r.model} | {what} | {r.seconds:.3f} {unit} | {r.cpu_seconds:.3f} s | "
-                     f"{r.images_per_s:.2f} | {r.gflops:.2f} | "
-                     f"{r.gflops / peak:.1%} | {r.peak_mib:.0f} MiB |")
-    return "\n".join(lines)
+    for threads, cells in results.items():
+        for (name, task), t in cells.items():
+            unit = "s/step" if task == "train" else "s/image"
+            what = f"training step, batch {batch}" if task == "train" else "sampling"
+            ours, theirs = t["ours"], t.get("theirs")
+            peak = peaks[threads]
+            if theirs is None:
+                rows.append(f"| {name} | {what} | {threads} | - | {ours.best:.3f} {unit} | - | {ours.gflops():.1f} "
+                            f"| {ours.gflops() / peak:.0%} | {max(ours.peak_mib):.0f} MiB |")
+                continue
+            ratio = theirs.best / ours.best
+            rows.append(
+                f"| {name} | {what} | {threads} | {theirs.best:.3f} {unit} | {ours.best:.3f} {unit} "
+                f"| {ratio:.2f}x ({TARGETS[task]:.0f}x) | {theirs.gflops():.1f} / {ours.gflops():.1f} "
+                f"| {theirs.gflops() / peak:.0%} / {ours.gflops() / peak:.0%} "
+                f"| {max(theirs.peak_mib):.0f} / {max(ours.peak_mib):.0f} MiB |")
+    return "\n".join(rows)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
-    p.add_argument("--kinds", nargs="+", default=["ar", "mar"], choices=["ar", "mar"],
-                   help="benchmark presets cifar_<kind> (ignored with --checkpoint)")
-    p.add_argument("--checkpoint", help="benchmark this checkpoint (ours or the official format) instead")
-    p.add_argument("--config", help="preset or config JSON for an official checkpoint without a model name")
+    p.add_argument("--reference", help="a checkout of the authors' repository (LTH14/fractalgen) to run beside ours")
+    p.add_argument("--kinds", nargs="+", default=["ar", "mar"], choices=["ar", "mar"])
     p.add_argument("--tasks", nargs="+", default=["train", "sample"], choices=["train", "sample"])
+    p.add_argument("--threads", nargs="+", type=int, default=[2, 1], help="one table block per thread count")
+    p.add_argument("--reps", type=int, default=2, help="timed runs of each implementation (best is reported)")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--images", type=int, default=16, help="images sampled per run")
     p.add_argument("--num-iter", type=int, default=16, help="sampling iterations at every level")
-    p.add_argument("--train-reps", type=int, default=5)
-    p.add_argument("--sample-reps", type=int, default=3)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.checkpoint:
-        try:
-            model = fractalgen.load(args.checkpoint, config=args.config)
-        except (fractalgen.CheckpointError, fractalgen.ConfigError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        models = [(model.config.name, model)]
-    else:
-        models = []
-        for kind in args.kinds:
-            torch.manual_seed(0)  # the same weights every run
-            models.append((f"cifar_{kind}", fractalgen.build(f"cifar_{kind}")))
+    reference = None
+    if args.reference:
+        from . import reference as ref_module
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}, load average {os.getloadavg()}", flush=True)
-    peaks = [matmul_gflops(device)]
-    results = []
-    for name, model in models:
-        model.to(device)
-        num_iter = (args.num_iter,) * model.config.num_levels
-        if "train" in args.tasks:
-            results.append(bench_train(name, model, args.batch, args.train_reps, device))
-            print(f"  {name} train: {results[-1].seconds:.3f} s/step", flush=True)
-        if "sample" in args.tasks:
-            results.append(bench_sample(name, model, args.images, args.sample_reps, device, num_iter))
-            print(f"  {name} sample: {results[-1].seconds:.3f} s/image", flush=True)
-    peaks.append(matmul_gflops(device))
-    peak = max(peaks)
-    print(f"\nfp32 matmul 2048^3: {peak:.1f} GFLOP/s (best of the start and end measurements "
-          f"{', '.join(f'{x:.1f}' for x in peaks)}); load average at the end {os.getloadavg()}")
+        reference = ref_module.load(args.reference)
+    models = []
+    for kind in args.kinds:
+        torch.manual_seed(0)  # the same weights every run
+        ours = fractalgen.build(f"cifar_{kind}")
+        theirs = None
+        if reference is not None:
+            from .reference import build
+
+            theirs = build(ours, reference)
+            print(check_same_loss(f"cifar_{kind}", ours, theirs, reference), flush=True)
+        models.append((f"cifar_{kind}", ours, theirs))
+    np.random.seed(0)  # their MAR training masks come from numpy
+
+    command = "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv)
+    load_start = os.getloadavg()
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"load average {load_start[0]:.2f}, {load_start[1]:.2f}, {load_start[2]:.2f}", flush=True)
+    results, peaks = {}, {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        before = matmul_gflops()
+        results[threads] = measure(models, args.tasks, args, threads)
+        torch.set_num_threads(threads)
+        peaks[threads] = max(before, matmul_gflops())
+    load_end = os.getloadavg()
+    print(f"\n{command}")
+    print(f"load average (1, 5, 15 min) at the start {load_start[0]:.2f}, {load_start[1]:.2f}, {load_start[2]:.2f}; "
+          f"at the end {load_end[0]:.2f}, {load_end[1]:.2f}, {load_end[2]:.2f} ({os.cpu_count()} CPUs)")
+    print("fp32 matmul peak (2048^3, best of the start and end of each block): "
+          + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in peaks.items()))
     print(f"training batch {args.batch}; sampling {args.images} images, cfg 2.0 linear, temperature 1.0, "
-          f"filter 1e-4, iterations {args.num_iter} per level; medians of {args.train_reps} (train) / "
-          f"{args.sample_reps} (sample) runs\n")
-    print(table(results, peak))
+          f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs\n")
+    print(table(results, peaks, args.batch))
     return 0
 
 
