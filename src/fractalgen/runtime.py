@@ -28,10 +28,30 @@ def pick_device(option: str = "auto") -> torch.device:
         raise UserError(f"unknown device {option!r}") from None
 
 
-def choose_threads(option: str | int) -> int | None:
-    """CPU threads for torch: a positive number, or 'auto' (None: torch's own default)."""
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_threads() -> int:
+    """The 'auto' thread count: the usable CPUs that other work leaves idle, at least 1.
+
+    Why not torch's default (one thread per core): when the cores are busy with other jobs,
+    every parallel region of our many small ops waits for a thread the kernel has given to
+    someone else (measured: `python -m benchmarks.threads`, benchmarks/RESULTS.md).
+    Idle CPUs = usable CPUs - the 1-minute load average (rounded); torch's own default
+    (OMP_NUM_THREADS, or the core count) stays the upper bound.
+    """
+    idle = usable_cpus() - os.getloadavg()[0] if hasattr(os, "getloadavg") else usable_cpus()
+    return max(1, min(torch.get_num_threads(), usable_cpus(), round(idle)))
+
+
+def choose_threads(option: str | int) -> int:
+    """CPU threads for torch: a positive number, or 'auto' (see auto_threads)."""
     if str(option) == "auto":
-        return None
+        return auto_threads()
     try:
         threads = int(option)
     except ValueError:
@@ -43,9 +63,7 @@ def choose_threads(option: str | int) -> int | None:
 
 def set_threads(option: str | int) -> None:
     """Apply --threads (the command line's business: it changes the whole process)."""
-    threads = choose_threads(option)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(choose_threads(option))
 
 
 # ---- processes (torchrun) ------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def class_list(text: str) -> list[int]:
 
 
 def threads_flag(text: str):
-    """'auto' (torch's default) or a count of CPU threads."""
+    """'auto' (runtime.auto_threads) or a count of CPU threads."""
     if text.strip() == "auto":
         return "auto"
     return integer(1, 4096)(text)
@@ -127,7 +127,7 @@ def add_runtime(p, threads: str = "auto"):
     p.add_argument("--device", type=device, default="auto",
                    help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=threads_flag, default=threads,
-                   help="CPU threads for torch: a number, or auto (torch's default)")
+                   help="CPU threads for torch: a number, or auto (the CPUs the load average leaves idle, at least 1)")
 
 
 def add_checkpoint(p, default: str | None = "mnist"):
