@@ -52,8 +52,10 @@ def run(args: list[str], threads: str, scratch: Path) -> float:
         (out / "digit.png").write_bytes((scratch / "digit.png").read_bytes())
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fractalgen", *argv, "--threads", threads], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "fractalgen", *argv, "--threads", threads], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"fractalgen {' '.join(argv)} failed:\n{done.stderr}")
     return time.perf_counter() - start
 
 

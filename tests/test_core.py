@@ -118,6 +118,28 @@ def test_sampler_log_probability_equals_likelihood(name):
     torch.testing.assert_close(-logp.double(), nll * dims, rtol=1e-4, atol=1e-3)
 
 
+def test_mar_conditions_of_revealed_patches_equal_the_full_pass():
+    """The MAR sampler runs its last block only at the revealed patches and their neighbours;
+    the conditions it hands down equal those of the full pass (uneven reveal counts, borders)."""
+    model = seeded_model("tiny_mar_gp4")
+    g = torch.Generator().manual_seed(0)
+    for level in model.levels:
+        B, N, C, p = 3, level.config.seq_len, model.config.channels, level.config.patch_size
+        patches = torch.randint(0, 256, (B, N, C * p * p), generator=g).float()
+        mask = torch.rand(B, N, generator=g) < 0.7
+        reveal = mask & (torch.rand(B, N, generator=g) < 0.5)
+        reveal[0] = False
+        reveal[0, N - 1] = True  # row 0 reveals one patch, in the corner
+        conds = [torch.randn(B, level.config.cond_width, generator=g) for _ in range(level.num_conds)]
+        guide = torch.randn(B, C, generator=g) if level.config.guiding_pixel else None
+        with torch.no_grad():
+            expected = level.neighbour_conds(level.hidden(patches, mask, conds, guide), *reveal.nonzero(as_tuple=True))
+            got = level.revealed_conds(patches, mask, conds, guide, reveal)
+        assert len(got) == len(expected) == 5
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("guided", [False, True])
 def test_ar_kv_cache_equals_full_recompute(guided):
     """Conditions the cached decoder hands down equal a full causal pass over the finished image."""

@@ -73,8 +73,12 @@ class MARLevel(Level):
 
     # ---- the transformer ---------------------------------------------------------
 
-    def hidden(self, patches, mask, conds, guide=None):
-        """patches (R, N, C*p*p) raw, mask (R, N) bool, conds list of (R, Dc), guide (R, C) -> (R, N, D)."""
+    def hidden(self, patches, mask, conds, guide=None, wanted=None):
+        """patches (R, N, C*p*p) raw, mask (R, N) bool, conds list of (R, Dc), guide (R, C).
+
+        Returns the hidden states of the patch tokens (R, N, D), or with `wanted` (R, K)
+        patch positions only those (R, K, D).
+        """
         x = self.patch_embed(self.normalize(patches))  # (R, N, D)
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         conds = complete_conds(conds, self.num_conds)
@@ -83,9 +87,12 @@ class MARLevel(Level):
             prefix.insert(0, self.guide_embed(guide)[:, None])  # (R, 1, D)
         x = torch.cat(prefix + [x], dim=1) + self.pos_embed
         x = self.embed_norm(x)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        return self.norm(x)[:, self.num_prefix:]
+        # Nobody reads the last block's outputs at the prefix tokens (nor, when sampling, away from
+        # the revealed patches and their neighbours): it computes them only where they are read.
+        P = self.num_prefix
+        return self.norm(self.blocks[-1](x, queries=slice(P, None) if wanted is None else wanted + P))
 
     def neighbour_conds(self, h, rows, index):
         """The five conditions of patches (rows[k], index[k]) of h (R, N, D) -> list of (K, D)."""
@@ -94,6 +101,38 @@ class MARLevel(Level):
         padded = F.pad(h.view(R, g, g, D), (0, 0, 1, 1, 1, 1))  # (R, g+2, g+2, D), zeros beyond the border
         r, c = index // g + 1, index % g + 1
         return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
+
+    def revealed_conds(self, patches, mask, conds, guide, reveal):
+        """The five conditions of the revealed patches (R, N) bool, in reveal.nonzero() order: list of (M, D).
+
+        Equals neighbour_conds(hidden(...), *reveal.nonzero(as_tuple=True)), with the last block
+        computed only at the revealed patches and their neighbours.
+        """
+        wanted, inside, valid = self.neighbour_positions(reveal)
+        h = self.hidden(patches, mask, conds, guide, wanted=wanted)  # (R, 5K, D)
+        h = h.view(h.shape[0], -1, len(NEIGHBOURS), h.shape[-1]) * inside[..., None]  # zeros beyond the border
+        return list(h[valid].unbind(1))
+
+    def neighbour_positions(self, reveal):
+        """Where the conditions of the revealed patches (B, N) bool come from.
+
+        Returns wanted (B, 5K) positions: for each row's k-th revealed patch (K = the most any
+        row reveals; rows with fewer repeat position 0), its own position and those above,
+        right, below and left of it (position 0 beyond the border); inside (B, K, 5): whether
+        that neighbour exists; valid (B, K): whether the k-th revealed patch exists.
+        """
+        B, g = reveal.shape[0], self.config.grid
+        counts = reveal.sum(1)
+        K = int(counts.max())
+        # Revealed positions first, each row's in increasing order (the order of reveal.nonzero()).
+        first = torch.argsort((~reveal).to(torch.uint8), dim=1, stable=True)[:, :K]  # (B, K)
+        valid = torch.arange(K, device=reveal.device) < counts[:, None]
+        r, c = first // g, first % g
+        offsets = torch.tensor(NEIGHBOURS, device=reveal.device)  # (5, 2)
+        nr, nc = r[..., None] + offsets[:, 0], c[..., None] + offsets[:, 1]  # (B, K, 5)
+        inside = (nr >= 0) & (nr < g) & (nc >= 0) & (nc < g)
+        wanted = torch.where(inside, nr * g + nc, 0)
+        return wanted.view(B, K * 5), inside, valid
 
     def guide_values(self, x):
         """The patch's mean colour: raw mean (B, C) and its normalised value (what the token sees)."""
@@ -185,8 +224,8 @@ class MARLevel(Level):
             if rows.numel():
                 if schedule is not None:  # level 0: guidance follows the fraction generated
                     guidance = schedule(ctx.guidance_scale, (total - keep).float() / total.clamp(min=1))
-                h = self.hidden(ctx.doubled(patches), ctx.doubled(mask), conds, guide)
-                next_conds = self.neighbour_conds(h, ctx.doubled_rows(rows, B), ctx.doubled(index))
+                next_conds = self.revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
+                                                 ctx.doubled(reveal))
                 next_known = None
                 if known is not None:
                     next_known = Known(known_values[rows, index].view(-1, C, p, p),

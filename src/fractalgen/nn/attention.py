@@ -35,9 +35,19 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.proj_drop = nn.Dropout(proj_dropout)
 
-    def forward(self, x, causal=False, rotary=None, cache: KVCache | None = None):
+    def forward(self, x, causal=False, rotary=None, cache: KVCache | None = None, queries=None):
+        """x (B, T, D) -> (B, T, D); with `queries` (see select_tokens) only those outputs (B, K, D)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).unbind(2)  # each (B, T, H, hd)
+        if queries is None:
+            q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).unbind(2)  # each (B, T, H, hd)
+        else:
+            # Outputs are read only at `queries`: project queries there, keys/values for every token
+            # (the same weights, split by rows, so checkpoints are unchanged).
+            assert rotary is None and cache is None and not causal, "queries: plain bidirectional attention only"
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(select_tokens(x, queries), w[:D], None if b is None else b[:D])
+            q = q.unflatten(-1, (self.heads, D // self.heads))  # (B, K, H, hd)
+            k, v = F.linear(x, w[D:], None if b is None else b[D:]).view(B, T, 2, self.heads, -1).unbind(2)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
@@ -52,4 +62,11 @@ class Attention(nn.Module):
             q.float(), k.float(), v.float(), is_causal=causal,
             dropout_p=self.attn_dropout if self.training else 0.0,
         ).to(x.dtype)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D)))
+
+
+def select_tokens(x: torch.Tensor, queries) -> torch.Tensor:
+    """Tokens of x (B, T, D) at `queries`: a slice of positions, or positions per row (B, K) -> (B, K, D)."""
+    if isinstance(queries, slice):
+        return x[:, queries]
+    return x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention
+from .attention import Attention, select_tokens
 
 
 class RMSNorm(nn.Module):
@@ -66,6 +66,10 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, 4 * width, proj_dropout)
 
-    def forward(self, x, causal=False, cache=None):
-        x = x + self.attn(self.norm1(x), causal=causal, cache=cache)
+    def forward(self, x, causal=False, cache=None, queries=None):
+        """x (B, T, D) -> (B, T, D); with `queries` (a slice, or positions (B, K)) only those outputs (B, K, D)."""
+        h = self.norm1(x)
+        if queries is not None:  # the residual stream of the tokens whose outputs are read
+            x = select_tokens(x, queries)
+        x = x + self.attn(h, causal=causal, cache=cache, queries=queries)
         return x + self.mlp(self.norm2(x))
