@@ -38,12 +38,16 @@ class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()
         self.mean, self.std = tuple(mean), tuple(std)
+        self._tables = {}  # (values per channel, device) -> (mean, std) per value; not weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = len(self.mean)
         k = x.shape[-1] // C  # values per channel (p*p for patches, 1 for pixels)
-        mean = torch.tensor(self.mean, device=x.device).repeat_interleave(k)
-        std = torch.tensor(self.std, device=x.device).repeat_interleave(k)
+        # Built once per shape and device: the samplers normalise one patch per step.
+        if (k, x.device) not in self._tables:
+            self._tables[k, x.device] = (torch.tensor(self.mean, device=x.device).repeat_interleave(k),
+                                         torch.tensor(self.std, device=x.device).repeat_interleave(k))
+        mean, std = self._tables[k, x.device]
         return (x / 255.0 - mean) / std
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import LevelConfig
-from ..nn import ViTBlock
+from ..nn import ViTBlock, select_tokens
 from ..sampling import Known, SampleContext, cosine_masked_after
 from .base import Level, LevelOutput, NextLevel, Normalize, complete_conds, patchify, unpatchify
 from .pixel import PixelHead
@@ -91,8 +91,9 @@ class MARLevel(Level):
             x = block(x)
         # Nobody reads the last block's outputs at the prefix tokens (nor, when sampling, away from
         # the revealed patches and their neighbours): it computes them only where they are read.
-        P = self.num_prefix
-        return self.norm(self.blocks[-1](x, queries=slice(P, None) if wanted is None else wanted + P))
+        queries = slice(self.num_prefix, None) if wanted is None else wanted + self.num_prefix
+        x = self.blocks[-1](x, queries=queries) if len(self.blocks) else select_tokens(x, queries)
+        return self.norm(x)
 
     def neighbour_conds(self, h, rows, index):
         """The five conditions of patches (rows[k], index[k]) of h (R, N, D) -> list of (K, D)."""
