@@ -9,10 +9,12 @@ Sampling settings not given take the checkpoint's recommendation, else the confi
 """
 from __future__ import annotations
 
+from .card import CardFacts, Measurement
 from .checkpoint import CheckpointError, load, save, save_official
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .generation import sample
+from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image
 from .model import FractalModel
 from .settings import SamplingSettings, resolve_settings
@@ -26,7 +28,8 @@ def build(config) -> FractalModel:
 
 
 __all__ = [
-    "build", "load", "save", "save_official", "sample", "bits_per_dim", "nll_per_image",
-    "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
+    "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
+    "sample", "bits_per_dim", "nll_per_image", "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings",
+    "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]

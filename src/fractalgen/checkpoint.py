@@ -175,6 +175,11 @@ def load_official(path, config=None) -> FractalModel:
     if cfg is None:
         raise CheckpointError(f"{path} is an official-format checkpoint: say which model it is "
                               f"(a preset name or a config)")
+    return model_from_official_state(state, cfg, path)
+
+
+def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalModel:
+    """A model of config `cfg` from a state dict under the official names (shapes checked key by key)."""
     with torch.device("meta"):
         model = FractalModel(cfg)
     wanted = model.state_dict()  # meta tensors: the shapes and dtypes to expect, under our names
@@ -185,6 +190,7 @@ def load_official(path, config=None) -> FractalModel:
     if unexpected:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]} ({len(unexpected)} in all) "
                               f"for config {cfg.name!r}")
+    ours = {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}  # bf16 files load as fp32
     model.load_state_dict(ours, assign=True, strict=True)
     return model
 
@@ -242,8 +248,11 @@ def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
     """The checkpoint's recommended sampling settings (metadata 'sampling'), each checked for type and range."""
     if "sampling" not in meta:
         return {}
-    sampling = metadata_json(meta, "sampling", path)
+    return check_sampling(metadata_json(meta, "sampling", path), path, config)
 
+
+def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "metadata 'sampling'") -> dict:
+    """Recommended sampling settings (from metadata or a model folder's config.json), type and range checked."""
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -258,11 +267,11 @@ def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
     }
     for key, value in sampling.items():
         if key not in checks:
-            raise CheckpointError(f"{path}: metadata 'sampling' has an unknown setting {key!r} "
+            raise CheckpointError(f"{path}: {where} has an unknown setting {key!r} "
                                   f"(known: {', '.join(checks)})")
         ok, wanted = checks[key]
         if not ok(value):
-            raise CheckpointError(f"{path}: metadata 'sampling' field {key!r} must be {wanted}, "
+            raise CheckpointError(f"{path}: {where} field {key!r} must be {wanted}, "
                                   f"got {json.dumps(value)[:60]}")
     return sampling
 
@@ -338,17 +347,24 @@ def resolve(path) -> Path:
 
 
 def load(path, config=None, device=None) -> FractalModel:
-    """Load any checkpoint (ours, official, or a bundled name) into a model in eval mode."""
-    p = resolve(path)
-    with open(p, "rb") as f:
-        head = f.read(16)
-    if len(head) == 0:
-        raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
-    # safetensors: an 8-byte little-endian header length, then the JSON header's "{". Test it first:
-    # a header length whose low byte is 0x80 would otherwise pass for a legacy pickle's first byte.
-    is_safetensors = head[8:9] == b"{"
-    is_torch = not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")  # zip container or legacy pickle
-    model = load_official(p, config) if is_torch else load_ours(p, config)
+    """Load any checkpoint into a model in eval mode: ours, official, a bundled name, a model folder
+    (config.json + model.safetensors) or a Hugging Face hub id ("owner/name", from the local cache)."""
+    from . import hub
+
+    folder = hub.model_folder(path)
+    if folder is not None:
+        model = hub.load_folder(folder, config)
+    else:
+        p = resolve(path)
+        with open(p, "rb") as f:
+            head = f.read(16)
+        if len(head) == 0:
+            raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
+        # safetensors: an 8-byte little-endian header length, then the JSON header's "{". Test it first:
+        # a header length whose low byte is 0x80 would otherwise pass for a legacy pickle's first byte.
+        is_safetensors = head[8:9] == b"{"
+        is_torch = not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")  # zip container or legacy pickle
+        model = load_official(p, config) if is_torch else load_ours(p, config)
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -6,8 +6,9 @@
 
 A run directory holds `checkpoint.pt` (everything needed to resume: model, optimizer, step,
 RNG states of every rank, data position, config and options), `model.safetensors` (the
-weights for `fractalgen sample`), and `samples/` (periodic grids). Both files are written
-atomically (temporary file, fsync, rename), so a crash never leaves a half-written one.
+weights for `fractalgen sample`), `metrics.jsonl` (loss, lr, grad norm, speed and memory every
+`log_every` steps; trainlog.py) and `samples/` (periodic grids). The checkpoint and the weights
+are written atomically (temporary file, fsync, rename), so a crash never leaves a half-written one.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .generation import sample
 from .model import FractalModel
 from .run_lock import RunLock
 from .runtime import Dist, setup_distributed
+from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -66,6 +68,7 @@ class TrainOptions:
     device: str = "auto"
     resume: str | None = None
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
+    log_every: int = 10  # steps per line of metrics.jsonl
 
     def __post_init__(self):
         """The ranges the command line's flags enforce (cli/train.py), for library callers and for the
@@ -439,6 +442,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
+    log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 
     if d.main:
         n_params = sum(p.numel() for p in model.parameters())
@@ -471,6 +475,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             if not torch.isfinite(grad_norm):
                 raise UserError(f"gradient norm is {float(grad_norm)} at step {step}; stopped before updating "
                                 f"the weights (the last checkpoint, if any, is kept)")
+            grad_norm = float(grad_norm)  # on every rank: under FSDP the norm is sharded and this gathers it
             optimizer.step()
             step += 1
             seen += images.shape[0] * d.world
@@ -478,6 +483,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 rate = seen / max(1e-9, time.time() - started)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
                 bar.update(1)
+                log.step(step, loss_value, lr, grad_norm, images.shape[0] * d.world,
+                         flush=step == total or stopping)
                 if writer is not None:
                     writer.add_scalar("train/loss", loss_value, step)
                     writer.add_scalar("train/lr", lr, step)

@@ -1,0 +1,140 @@
+"""The training log: RUN/metrics.jsonl, one JSON object per logged step, appended by rank 0.
+
+    {"step": 100, "loss": 1.61, "lr": 0.002, "grad_norm": 0.83, "images_per_s": 41.2,
+     "steps_per_s": 1.29, "wall_s": 77.5, "peak_memory_mb": 612.0, "time": 1764400000.0}
+
+loss and grad_norm are means over the steps since the previous line; lr is the last step's;
+images_per_s and steps_per_s are measured over the same steps; wall_s is the training time so far,
+continued across resumes; peak_memory_mb is the process's peak resident memory on CPU, the peak
+allocated memory on a GPU.
+
+Every line is appended with one write on a descriptor opened O_APPEND (whole lines, even if two
+processes append) and O_NOFOLLOW (a symbolic link planted at the path is refused, not followed).
+A resumed run appends to the same file; its lines for steps past the checkpoint it resumed from
+were never part of the run that continues, and `read_metrics` drops them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import stat
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+METRICS_NAME = "metrics.jsonl"
+FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "steps_per_s", "wall_s", "peak_memory_mb", "time")
+
+
+def open_for_append(path: Path) -> int:
+    """A descriptor that appends to the regular file `path` (created if absent), never through a link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        reason = "it is a symbolic link" if os.path.islink(path) else e.strerror
+        raise UserError(f"cannot append to {path}: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted there
+        os.close(fd)
+        raise UserError(f"cannot append to {path}: not a regular file")
+    return fd
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics.jsonl (or a run folder holding one), in step order.
+
+    A line whose step is not past the previous one starts a resumed run: the earlier lines it
+    overlaps are dropped. A torn last line (a crash mid-write) is skipped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {'it is a symbolic link' if os.path.islink(path) else e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    records: list[dict] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue
+            raise UserError(f"{path}:{number} is not a JSON line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}:{number} has no integer 'step'")
+        while records and records[-1]["step"] >= record["step"]:
+            records.pop()
+        records.append(record)
+    return records
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class MetricsLog:
+    """Collects per-step numbers and appends one line every `every` steps (and when told to flush)."""
+
+    def __init__(self, out: Path, every: int, start_step: int, device: torch.device):
+        self.path = Path(out) / METRICS_NAME
+        self.every = max(1, int(every))
+        self.device = device
+        self.wall_before = self.previous_wall(start_step)  # training time of the runs this one continues
+        os.close(open_for_append(self.path))  # a path that cannot be appended to fails now, not mid-run
+        self.started = self.window_started = time.perf_counter()
+        self.losses, self.grad_norms, self.images = [], [], 0
+
+    def previous_wall(self, start_step: int) -> float:
+        if start_step == 0 or not self.path.exists():
+            return 0.0
+        try:
+            before = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+        except UserError:
+            return 0.0  # an unreadable old log: time restarts at zero, the run itself is unaffected
+        return float(before[-1].get("wall_s", 0.0)) if before else 0.0
+
+    def step(self, step: int, loss: float, lr: float, grad_norm: float, images: int, flush: bool = False):
+        """Record one optimizer step (`step` counts steps done); write a line every `every` steps."""
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        self.images += images
+        if step % self.every == 0 or flush:
+            self.write(step, lr)
+
+    def write(self, step: int, lr: float):
+        if not self.losses:
+            return
+        now = time.perf_counter()
+        seconds = max(now - self.window_started, 1e-9)
+        record = {
+            "step": step, "loss": mean(self.losses), "lr": lr, "grad_norm": mean(self.grad_norms),
+            "images_per_s": round(self.images / seconds, 3), "steps_per_s": round(len(self.losses) / seconds, 4),
+            "wall_s": round(self.wall_before + now - self.started, 3),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1), "time": round(time.time(), 3),
+        }
+        fd = open_for_append(self.path)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+        self.window_started, self.losses, self.grad_norms, self.images = now, [], [], 0
+
+
+def mean(values: list[float]) -> float | None:
+    """The mean, or None (JSON null) when a value is not finite."""
+    value = sum(values) / len(values)
+    return value if math.isfinite(value) else None

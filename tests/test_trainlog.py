@@ -1,0 +1,104 @@
+"""The training log (RUN/metrics.jsonl) and the loss-curve plot drawn from it."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fractalgen.config import ModelConfig
+from fractalgen.errors import UserError
+from fractalgen.plot import LINE, nice_step, plot_run, ticks
+from fractalgen.train import TrainOptions, train
+from fractalgen.trainlog import FIELDS, read_metrics
+
+torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
+
+TINY = dict(img_sizes=[8, 2, 1], widths=[16, 8, 8], blocks=[1, 1, 1], heads=[2, 2, 2], kinds=["ar", "ar"],
+            channels=1, num_classes=2, pixel_mean=[0.5], pixel_std=[0.5], name="tiny_gray")
+
+
+def tiny_data(path, n=16, size=8):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
+    np.savez(path, images=images, labels=np.arange(n) % 2)
+    return str(path)
+
+
+def options(tmp_path, **changes):
+    base = dict(out=str(tmp_path / "run"), data=tiny_data(tmp_path / "d.npz"), steps=6, batch_size=4, lr=3e-3,
+                warmup_steps=1, flip=False, save_every=3, sample_every=0, device="cpu", seed=1, log_every=2)
+    return TrainOptions(**{**base, **changes})
+
+
+def lines(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_writes_metrics_and_resume_appends(tmp_path):
+    run = tmp_path / "run"
+    train(ModelConfig.from_dict(TINY), options(tmp_path, steps=4, log_every=3))
+    first = lines(run)
+    assert [r["step"] for r in first] == [3, 4]  # every 3 steps, and the last step
+    for record in first:
+        assert set(record) == set(FIELDS)
+        assert record["loss"] > 0 and record["lr"] > 0 and record["grad_norm"] > 0
+        assert record["images_per_s"] > 0 and record["steps_per_s"] > 0 and record["peak_memory_mb"] > 0
+    assert first[1]["wall_s"] > first[0]["wall_s"] > 0
+
+    train(None, options(tmp_path, steps=6, log_every=3, resume=str(run)))
+    both = lines(run)
+    assert both[:2] == first  # appended, nothing rewritten
+    assert [r["step"] for r in both] == [3, 4, 6]
+    assert both[2]["wall_s"] > first[1]["wall_s"]  # training time continues across the resume
+
+
+def test_read_metrics_drops_lines_a_resume_replaced_and_a_torn_tail(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "loss": float(s)} for s in (10, 20, 30)] + [{"step": 20, "loss": -1.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 30, "lo')
+    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(10, 10.0), (20, -1.0)]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match=":2 is not a JSON line"):
+        read_metrics(path)
+
+
+def test_a_symlink_planted_at_the_log_is_refused_not_followed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, run / "metrics.jsonl")
+    with pytest.raises(UserError, match="symbolic link"):
+        train(ModelConfig.from_dict(TINY), options(tmp_path, steps=2))
+    assert victim.read_text() == "precious"
+
+
+def test_plot_draws_the_loss_curve(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": s, "loss": 5.0 * 0.97**s, "lr": 1e-3} for s in range(10, 410, 10)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    path = plot_run(run)
+    assert path == run / "loss.png"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (540, 900, 3)
+    curve = np.all(image == LINE, axis=-1)
+    rows, cols = np.nonzero(curve)
+    assert cols.min() < 150 and cols.max() > 800  # spans the x axis
+    assert rows[cols.argmin()] < rows[cols.argmax()]  # and falls from left to right (image rows grow downwards)
+    assert (image < 100).all(axis=-1).sum() > 2000  # axes, ticks and labels in black
+
+    assert plot_run(run, out=tmp_path / "lr.png", metric="lr").is_file()
+    with pytest.raises(UserError, match="no values of 'grad_norm'"):
+        plot_run(run, metric="grad_norm")
+
+
+def test_ticks_are_round_numbers_covering_the_data():
+    assert nice_step(10.0) == 2 and nice_step(0.9) == 0.2 and nice_step(4000) == 1000
+    values, lo, hi = ticks(0.83, 5.4)
+    assert lo <= 0.83 and hi >= 5.4 and values[0] == lo and values[-1] == hi
+    assert all(abs(v / 1.0 - round(v)) < 1e-9 for v in values)
+    values, lo, hi = ticks(2.0, 2.0)  # a flat line still gets an axis
+    assert lo < 2.0 < hi
