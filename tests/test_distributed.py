@@ -4,6 +4,7 @@ The AR blocks' residual dropout and label dropout draw per-rank random numbers, 
 multi-process run can reproduce exactly; the equivalence runs switch both off
 (tests/train_worker.py, label_drop_prob 0) so that the loss is a function of the batch alone.
 """
+import json
 import os
 import shutil
 import signal
@@ -92,7 +93,9 @@ def test_torchrun_ddp_equals_one_process(single):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
     # Files come from rank 0 alone: one of each, no temporary leftovers from a second writer.
     assert sorted(p.name for p in run.iterdir()) == [
-        ".lock", "checkpoint-0000003.pt", "checkpoint-0000006.pt", "checkpoint.pt", "model.safetensors", "samples"]
+        ".lock", "checkpoint-0000003.pt", "checkpoint-0000006.pt", "checkpoint.pt", "metrics.jsonl",
+        "model.safetensors", "samples"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [6]
     assert [p.name for p in (run / "samples").iterdir()] == ["step0000006.png"]
 
 

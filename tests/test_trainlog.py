@@ -15,8 +15,8 @@ from fractalgen.trainlog import FIELDS, read_metrics
 
 torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
 
-TINY = dict(img_sizes=[8, 2, 1], widths=[16, 8, 8], blocks=[1, 1, 1], heads=[2, 2, 2], kinds=["ar", "ar"],
-            channels=1, num_classes=2, pixel_mean=[0.5], pixel_std=[0.5], name="tiny_gray")
+TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
+        "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
 
 
 def tiny_data(path, n=16, size=8):
@@ -27,8 +27,9 @@ def tiny_data(path, n=16, size=8):
 
 
 def options(tmp_path, **changes):
-    base = dict(out=str(tmp_path / "run"), data=tiny_data(tmp_path / "d.npz"), steps=6, batch_size=4, lr=3e-3,
-                warmup_steps=1, flip=False, save_every=3, sample_every=0, device="cpu", seed=1, log_every=2)
+    base = {"out": str(tmp_path / "run"), "data": tiny_data(tmp_path / "d.npz"), "steps": 6, "batch_size": 4,
+            "lr": 3e-3, "warmup_steps": 1, "flip": False, "save_every": 3, "sample_every": 0, "device": "cpu",
+            "seed": 1, "log_every": 2}
     return TrainOptions(**{**base, **changes})
 
 

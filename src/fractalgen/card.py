@@ -175,8 +175,8 @@ def usage(name: str, settings: dict, config) -> list[str]:
         "import fractalgen",
         "",
         f'model = fractalgen.load("{name}")',
-        f"images = fractalgen.sample(model, {labels}cfg={settings['cfg']!r}, "
-        f"cfg_schedule={settings['cfg_schedule']!r}, temperature={settings['temperature']!r}, seed=0)",
+        (f"images = fractalgen.sample(model, {labels}cfg={settings['cfg']!r}, "
+         f"cfg_schedule={settings['cfg_schedule']!r}, temperature={settings['temperature']!r}, seed=0)"),
         "# uint8 (N, C, H, W)",
         "```",
     ]
@@ -199,8 +199,8 @@ def model_card(model, settings: dict, facts: CardFacts, stored_dtype: str = "flo
 
     lines = ["---", *yaml_lines(front_matter(model, facts, measurements)), "---", "",
              f"# {facts.title or config.name}", "", summary, "", "## Architecture", "",
-             f"Preset `{config.name}`; guiding pixel: {'yes' if config.guiding_pixel else 'no'}; "
-             f"conditions per patch: {config.num_conds}.", "", *architecture_table(config), "",
+             (f"Preset `{config.name}`; guiding pixel: {'yes' if config.guiding_pixel else 'no'}; "
+              f"conditions per patch: {config.num_conds}."), "", *architecture_table(config), "",
              "## Measured", ""]
     if measurements:
         lines += ["| measurement | value | command |", "|---|---|---|"]
@@ -212,15 +212,15 @@ def model_card(model, settings: dict, facts: CardFacts, stored_dtype: str = "flo
     lines += ["", "## Recommended sampling settings", "",
               "| setting | value |", "|---|---|",
               *[f"| {k} | {','.join(map(str, v)) if isinstance(v, list) else v} |" for k, v in settings.items()], "",
-              "`fractalgen` samples with these by default when it loads this folder (config.json, key "
-              "`sampling`); any flag or argument given explicitly overrides them.", "",
+              ("`fractalgen` samples with these by default when it loads this folder (config.json, key "
+               "`sampling`); any flag or argument given explicitly overrides them."), "",
               "## Use", "", *usage(name, settings, config), "",
               "## Files", "",
-              "- `config.json`: the official constructor's fields (`img_size_list`, `embed_dim_list`, "
-              "`num_blocks_list`, `num_heads_list`, `generator_type_list`, `class_num`, ...) plus `channels`, "
-              "`pixel_mean`, `pixel_std`, `name` and the recommended `sampling` settings.",
-              f"- `model.safetensors`: the weights ({stored_dtype}) under the official parameter names, "
-              "the keys of the authors' state dict.",
+              ("- `config.json`: the official constructor's fields (`img_size_list`, `embed_dim_list`, "
+               "`num_blocks_list`, `num_heads_list`, `generator_type_list`, `class_num`, ...) plus `channels`, "
+               "`pixel_mean`, `pixel_std`, `name` and the recommended `sampling` settings."),
+              (f"- `model.safetensors`: the weights ({stored_dtype}) under the official parameter names, "
+               "the keys of the authors' state dict."),
               "- `README.md`: this card.", "",
               "## Training", "", facts.training or "Not recorded when this folder was written.", "",
               "## Intended use", "", facts.intended_use or (
