@@ -233,3 +233,36 @@ def test_hub_id_without_huggingface_hub_says_what_to_install(monkeypatch, tmp_pa
         fractalgen.load("someone/tiny-fractal")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         fractalgen.load("missing.pth")  # a file name is never taken for a hub id
+
+
+def run_cli(capsys, *argv):
+    from fractalgen.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_command_writes_a_folder_the_other_commands_read(tmp_path, capsys):
+    model = tiny_model()
+    fractalgen.save(model, tmp_path / "ours.safetensors")
+    (tmp_path / "card.json").write_text(json.dumps({**CARD, "repo_id": "someone/tiny"}))
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+                             tmp_path / "folder", "--dtype", "bfloat16", "--card", tmp_path / "card.json", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["out"] == str(tmp_path / "folder")
+    card = (tmp_path / "folder" / "README.md").read_text()
+    assert 'fractalgen.load("someone/tiny")' in card and "1.234" in card and "(bfloat16)" in card
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", tmp_path / "folder", "--n", 2, "--out",
+                             tmp_path / "samples", "--device", "cpu")
+    assert code == 0, err
+
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+                             tmp_path / "folder")
+    assert code == 2 and "already holds" in err and len(err.strip().splitlines()) == 1
+    assert run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out", tmp_path / "folder",
+                   "--force")[0] == 0
+    (tmp_path / "bad.json").write_text("{")
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+                             tmp_path / "other", "--card", tmp_path / "bad.json")
+    assert code == 2 and "not valid JSON" in err and not (tmp_path / "other").exists()

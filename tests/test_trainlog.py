@@ -103,3 +103,20 @@ def test_ticks_are_round_numbers_covering_the_data():
     assert all(abs(v / 1.0 - round(v)) < 1e-9 for v in values)
     values, lo, hi = ticks(2.0, 2.0)  # a flat line still gets an axis
     assert lo < 2.0 < hi
+
+
+def test_train_and_plot_commands(tmp_path, capsys):
+    from fractalgen.cli import main
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(tmp_path / "tiny.json"), "--data", tiny_data(tmp_path / "d.npz"),
+                 "--out", str(run), "--steps", "4", "--batch-size", "4", "--no-flip", "--sample-every", "0",
+                 "--log-every", "2", "--device", "cpu"])
+    assert code == 0
+    assert [r["step"] for r in read_metrics(run)] == [2, 4]
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curve.png")]) == 0
+    assert "curve.png" in capsys.readouterr().out and Image.open(tmp_path / "curve.png").size == (900, 540)
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "no run folder" in capsys.readouterr().err

@@ -175,9 +175,8 @@ def usage(name: str, settings: dict, config) -> list[str]:
         "import fractalgen",
         "",
         f'model = fractalgen.load("{name}")',
-        (f"images = fractalgen.sample(model, {labels}cfg={settings['cfg']!r}, "
-         f"cfg_schedule={settings['cfg_schedule']!r}, temperature={settings['temperature']!r}, seed=0)"),
-        "# uint8 (N, C, H, W)",
+        f"images = fractalgen.sample(model, {labels}seed=0)  # uint8 (N, C, H, W), recommended settings",
+        f"stronger = fractalgen.sample(model, {labels}cfg={settings['cfg'] + 1.0!r}, seed=0)  # any setting overrides",
         "```",
     ]
 

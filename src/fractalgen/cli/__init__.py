@@ -10,7 +10,7 @@ import sys
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..errors import UserError
-from . import conditional, evaluate, sample, serve, train
+from . import conditional, evaluate, hub, plot, sample, serve, train
 from .options import HelpFormatter, Parser
 
 # The command families, in --help order.
@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     sample,  # sample, nll, eval-samples, demo
     conditional,  # inpaint, outpaint, uncrop, edit
     evaluate,  # evaluate, fid, ref-stats
-    serve,  # serve (the web demo; Gradio is imported only when it runs)
+from . import conditional, evaluate, hub, plot, sample, serve, train
 ]
 
 

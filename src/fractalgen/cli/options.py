@@ -133,7 +133,8 @@ def add_runtime(p, threads: str = "auto"):
 def add_checkpoint(p, default: str | None = "mnist"):
     """--checkpoint and --preset (the config of an official-format file)."""
     p.add_argument("--checkpoint", default=default,
-                   help="a checkpoint file (ours or official), a training run folder, or a bundled model name")
+                   help="a checkpoint file (ours or official), a training run folder, a model folder, "
+                   "a Hugging Face hub id (owner/name), or a bundled model name")
     p.add_argument("--preset", help="the config of an official checkpoint (preset name or JSON file)")
 
 

@@ -26,6 +26,7 @@ OPTION_FLAGS = {
     "save_every": "write a checkpoint every N steps (and at the end)",
     "sample_every": "write a sample grid every N steps (0: never)",
     "num_workers": "data loading worker processes",
+    "log_every": "steps per line of OUT/metrics.jsonl (loss, lr, grad norm, speed, memory; fractalgen plot draws it)",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {

@@ -1,0 +1,70 @@
+"""`fractalgen export`: any checkpoint as a Hugging Face-style model folder (hub.py).
+
+    fractalgen export --checkpoint runs/mnist --out mnist-fractalar --dtype bfloat16 --card card.json
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from .options import add_checkpoint, add_json, add_runtime, apply_runtime, emit_json
+
+DTYPES = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def register(subparsers):
+    add_export(subparsers)
+
+
+def add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint as a model folder (config.json, model.safetensors, "
+                       "README.md model card) that fractalgen.load and the Hugging Face hub read",
+                       description="Any checkpoint (an official .pth with --preset, ours, a training run folder, "
+                       "a bundled name) as a model folder. The card's numbers come from --card: a JSON object of "
+                       "fractalgen.CardFacts fields, each number with the command that measured it.")
+    add_checkpoint(p, default=None)
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="storage type of the floating-point weights (loading gives float32 again)")
+    p.add_argument("--card", help="JSON file with the model card's facts, e.g. {\"dataset\": \"mnist\", "
+                   "\"bits_per_dim\": 1.19, \"bits_per_dim_command\": \"fractalgen nll ...\"}")
+    p.add_argument("--repo-id", help="the hub id the card's usage lines name (owner/name)")
+    p.add_argument("--force", action="store_true", help="replace config.json, model.safetensors and README.md "
+                   "if the folder already holds them")
+    add_runtime(p)
+    add_json(p)
+    p.set_defaults(func=run_export)
+
+
+def read_card(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        card = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read --card {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--card {path} is not valid JSON: {e}") from None
+    if not isinstance(card, dict):
+        raise UserError(f"--card {path} must hold a JSON object")
+    return card
+
+
+def run_export(args) -> int:
+    import torch
+
+    from ..hub import export
+
+    if args.checkpoint is None:
+        raise UserError("give --checkpoint (a checkpoint file, a training run folder or a bundled model name)")
+    apply_runtime(args)
+    card = read_card(args.card)
+    if args.repo_id:
+        card["repo_id"] = args.repo_id
+    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype, overwrite=args.force)
+    files = {name: str(folder / name) for name in ("config.json", "model.safetensors", "README.md")}
+    print(f"model folder: {folder} ({', '.join(files)}); load it with fractalgen.load({str(folder)!r})")
+    emit_json(args, {"out": str(folder), **files})
+    return 0
