@@ -66,6 +66,7 @@ def test_folder_round_trip_same_weights_settings_and_samples(tmp_path):
     loaded = fractalgen.load(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+    assert fractalgen.load(folder / "model.safetensors").recommended == loaded.recommended  # its weights file
     assert loaded.recommended["cfg"] == 2.5 and loaded.recommended["temperature"] == 0.9
     assert loaded.config.replace(cfg=model.config.cfg, temperature=model.config.temperature) == model.config
     assert torch.equal(draw(loaded), draw(model))

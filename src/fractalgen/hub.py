@@ -193,6 +193,8 @@ def model_folder(path) -> Path | None:
     if str(path) in ckpt.BUNDLED:
         return None
     local = Path(path)
+    if local.is_file() and local.name == WEIGHTS_NAME and is_model_folder(local.parent):
+        return local.parent  # a folder's weights carry official names and no config: read them with config.json
     if local.exists():
         return local if is_model_folder(local) else None
     hub_id = parse_hub_id(str(path))
