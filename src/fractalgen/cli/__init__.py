@@ -19,7 +19,9 @@ COMMAND_MODULES = [
     sample,  # sample, nll, eval-samples, demo
     conditional,  # inpaint, outpaint, uncrop, edit
     evaluate,  # evaluate, fid, ref-stats
-from . import conditional, evaluate, hub, plot, sample, serve, train
+    serve,  # serve (the web demo; Gradio is imported only when it runs)
+    hub,  # export
+    plot,  # plot
 ]
 
 
