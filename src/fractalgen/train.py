@@ -88,7 +88,7 @@ class TrainOptions:
                  "warmup_steps": (count(0), "an integer >= 0"), "warmup_epochs": (non_negative, "a finite number >= 0"),
                  "grad_clip": (positive, "a finite number > 0"), "seed": (count(0), "an integer >= 0"),
                  "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
-                 "num_workers": (count(0), "an integer >= 0")}
+                 "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1")}
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
             if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):

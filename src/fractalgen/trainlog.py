@@ -91,7 +91,7 @@ class MetricsLog:
 
     def __init__(self, out: Path, every: int, start_step: int, device: torch.device):
         self.path = Path(out) / METRICS_NAME
-        self.every = max(1, int(every))
+        self.every = every
         self.device = device
         self.wall_before = self.previous_wall(start_step)  # training time of the runs this one continues
         os.close(open_for_append(self.path))  # a path that cannot be appended to fails now, not mid-run
