@@ -120,6 +120,9 @@ def test_train_and_plot_commands(tmp_path, capsys):
     assert "curve.png" in capsys.readouterr().out and Image.open(tmp_path / "curve.png").size == (900, 540)
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert "no run folder" in capsys.readouterr().err
-    assert main(["train", "--config", str(tmp_path / "tiny.json"), "--data", str(tmp_path / "d.npz"), "--out",
-                 str(tmp_path / "run2"), "--steps", "4", "--log-every", "0", "--device", "cpu"]) == 2
-    assert "log_every must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's own one-line error
+        main(["train", "--config", str(tmp_path / "tiny.json"), "--data", str(tmp_path / "d.npz"), "--out",
+              str(tmp_path / "run2"), "--steps", "4", "--log-every", "0", "--device", "cpu"])
+    assert "--log-every: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(UserError, match="log_every must be an integer >= 1"):  # library callers
+        options(tmp_path, log_every=0)

@@ -33,7 +33,7 @@ FLAG_TYPES = {
     "steps": integer(1), "epochs": number(above=0), "batch_size": integer(1), "lr": number(above=0),
     "blr": number(above=0), "weight_decay": number(minimum=0), "warmup_steps": integer(0),
     "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
-    "sample_every": integer(0), "num_workers": integer(0, 256),
+    "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1),
 }
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
