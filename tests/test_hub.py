@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 import fractalgen
-from fractalgen import hub
+from fractalgen import checkpoint
 from fractalgen.card import CardFacts, Measurement
 from fractalgen.checkpoint import CheckpointError, official_state_dict
 from fractalgen.errors import UserError
@@ -180,10 +180,10 @@ def test_config_json_in_the_official_constructors_form(tmp_path):
 
 
 def test_hub_ids_are_told_apart_from_paths():
-    assert hub.parse_hub_id("owner/name") == ("owner/name", None)
-    assert hub.parse_hub_id("owner/name@v1.0") == ("owner/name", "v1.0")
+    assert checkpoint.parse_hub_id("owner/name") == ("owner/name", None)
+    assert checkpoint.parse_hub_id("owner/name@v1.0") == ("owner/name", "v1.0")
     for path in ("model.pth", "runs/x/model.safetensors", "./owner/name", "/abs/path", "a/b/c", "name"):
-        assert hub.parse_hub_id(path) is None, path
+        assert checkpoint.parse_hub_id(path) is None, path
 
 
 def make_hub_cache(home, repo_id, folder, revision="0123456789abcdef0123456789abcdef01234567"):
@@ -230,7 +230,7 @@ def test_hub_id_loads_from_the_local_cache_offline(tmp_path):
 def test_hub_id_without_huggingface_hub_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
-    with pytest.raises(UserError, match=r'pip install "fractalgen-pytorch\[hub\]"'):
+    with pytest.raises(CheckpointError, match=r'pip install "fractalgen-pytorch\[hub\]"'):
         fractalgen.load("someone/tiny-fractal")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         fractalgen.load("missing.pth")  # a file name is never taken for a hub id

@@ -1,4 +1,4 @@
-"""Model folders the Hugging Face way, loadable by path or by hub id from the local cache.
+"""Model folders the Hugging Face way: writing them (reading them, by path or hub id, is checkpoint.py's).
 
     fractalgen.save_pretrained(model, "mnist-fractalar", card=CardFacts(dataset="mnist", ...))
     model = fractalgen.load("mnist-fractalar")               # the folder
@@ -19,31 +19,20 @@ optional dependency (the `hub` extra); folders load without it.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
 from .card import CardFacts, facts_from_dict, model_card
-from .config import ConfigError, ModelConfig, get_config
+from .checkpoint import CARD_NAME, CONFIG_NAME, FOLDER_FILES, WEIGHTS_NAME
 from .errors import UserError
 from .files import save_bytes
 from .model import FractalModel
 from .settings import SETTING_NAMES, resolve_settings
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-DISTRIBUTION = "fractalgen-pytorch"  # the PyPI name (`fractalgen` on PyPI is someone else's package)
-
 # Beside the official fields, config.json carries these of ours (ModelConfig names).
 OUR_FIELDS = ("channels", "pixel_mean", "pixel_std", "name")
-
-# "owner/name" or "owner/name@revision", the Hub's own character set.
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[\w./-]+))?")
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".json", ".bin", ".ckpt")
 
 
 # ---- sampling recommendation ---------------------------------------------------------------------
@@ -107,100 +96,3 @@ def export(checkpoint, folder, config=None, card: CardFacts | dict | None = None
     name, another model folder) as a model folder."""
     model = ckpt.load(checkpoint, config=config)
     return save_pretrained(model, folder, card=card, dtype=dtype, sampling=sampling, overwrite=overwrite)
-
-
-# ---- reading a folder ------------------------------------------------------------------------------
-
-def read_config(path: Path) -> tuple[ModelConfig, dict]:
-    """config.json -> (ModelConfig, recommended sampling settings); the config carries them as its presets."""
-    try:
-        fields = json.loads(path.read_text())
-    except OSError as e:
-        raise ckpt.CheckpointError(f"cannot read {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ckpt.CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(fields, dict):
-        raise ckpt.CheckpointError(f"{path} must hold a JSON object")
-    sampling = fields.pop("sampling", None) or {}
-    # Two official constructor arguments that do not describe the trained model.
-    fields.pop("grad_checkpointing", None)  # a training switch
-    if fields.pop("fractal_level", 0) != 0:
-        raise ckpt.CheckpointError(f"{path}: fractal_level must be 0 (a whole model, not one of its levels)")
-    if not isinstance(sampling, dict):
-        raise ckpt.CheckpointError(f"{path}: 'sampling' must be a JSON object")
-    try:
-        config = ModelConfig.from_official(fields)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{path}: {e}") from None
-    sampling = ckpt.check_sampling(sampling, path, config, where="'sampling'")
-    presets = {k: sampling[k] for k in ("cfg", "cfg_schedule", "temperature", "num_iter") if k in sampling}
-    return config.replace(**presets), sampling
-
-
-def load_folder(folder, config=None) -> FractalModel:
-    """A model folder (config.json + model.safetensors); `config` replaces config.json's structure."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise ckpt.CheckpointError(f"{folder} is not a model folder: {name} is missing")
-    cfg, sampling = read_config(folder / CONFIG_NAME)
-    if config is not None:
-        cfg = get_config(config)
-    try:
-        state = load_file(str(folder / WEIGHTS_NAME))
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise ckpt.CheckpointError(f"cannot read {folder / WEIGHTS_NAME}: {str(e).splitlines()[0][:300]}") from None
-    model = ckpt.model_from_official_state(state, cfg, folder / WEIGHTS_NAME)
-    model.recommended = dict(sampling)
-    return model
-
-
-def is_model_folder(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_NAME).is_file()
-
-
-# ---- hub ids -----------------------------------------------------------------------------------------
-
-def parse_hub_id(text: str) -> tuple[str, str | None] | None:
-    """("owner/name", revision or None) when `text` reads as a hub id, else None."""
-    match = HUB_ID.fullmatch(text)
-    if not match or text.endswith(CHECKPOINT_SUFFIXES) or text.startswith((".", "/", "~")):
-        return None
-    return match.group("repo"), match.group("revision")
-
-
-def download(repo_id: str, revision: str | None = None) -> Path:
-    """The snapshot folder of `repo_id` in the Hugging Face cache (fetched first when online)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(f"{repo_id} is no file or folder here; as a Hugging Face hub id it needs "
-                        f"huggingface_hub: pip install \"{DISTRIBUTION}[hub]\"") from None
-    try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(FOLDER_FILES),
-                                 library_name="fractalgen")
-    except Exception as e:  # not cached while offline, no such repository, no network ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ckpt.CheckpointError(f"{repo_id} is no file or folder here, nor in the Hugging Face cache or hub "
-                                   f"({type(e).__name__}: {first[:300]})") from None
-    return Path(path)
-
-
-def model_folder(path) -> Path | None:
-    """The model folder `path` names (a local folder with config.json, or a hub id), else None."""
-    if str(path) in ckpt.BUNDLED:
-        return None
-    local = Path(path)
-    if local.is_file() and local.name == WEIGHTS_NAME and is_model_folder(local.parent):
-        return local.parent  # a folder's weights carry official names and no config: read them with config.json
-    if local.exists():
-        return local if is_model_folder(local) else None
-    hub_id = parse_hub_id(str(path))
-    if hub_id is None:
-        return None
-    folder = download(*hub_id)
-    if not is_model_folder(folder):
-        raise ckpt.CheckpointError(f"the hub repository {hub_id[0]} holds no {CONFIG_NAME}: not a model folder")
-    return folder
