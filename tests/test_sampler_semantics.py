@@ -247,3 +247,64 @@ def test_likelihood_mask_takes_one_uniform_count_for_the_batch():
         counts.append(int(per_row[0]))
     observed = torch.bincount(torch.tensor(counts), minlength=n + 1)[1:].double()
     assert observed.sum() == draws and stats.chisquare(observed.numpy()).pvalue > ALPHA  # uniform over 1..n
+
+
+# ---- training and likelihood modes of the model -------------------------------------------------------
+
+def mar_model(**changes):
+    config = ModelConfig(img_sizes=(4, 2, 1), widths=(16, 8, 8), blocks=(1, 1, 1), heads=(2, 2, 2),
+                         kinds=("mar", "mar"), channels=1, num_classes=10, num_conds=5, pixel_mean=(0.5,),
+                         pixel_std=(0.5,), attn_dropout=0.0, proj_dropout=0.0, **changes)
+    torch.manual_seed(0)
+    model = fractalgen.build(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return model
+
+
+@torch.no_grad()
+def test_label_dropout_and_unconditional_likelihood():
+    images = torch.randint(0, 256, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.tensor([1, 5, 7])
+    masks = ["all", "all"]
+    always_dropped = mar_model(label_drop_prob=0.999)  # the config allows < 1
+    torch.manual_seed(0)  # three draws below 0.999: every label dropped
+    assert always_dropped.loss(images, labels, masks=masks) == always_dropped.loss(images, None, masks=masks)
+    never_dropped = mar_model(label_drop_prob=0.0)
+    assert never_dropped.loss(images, labels, masks=masks) != never_dropped.loss(images, None, masks=masks)
+    # likelihood mode ignores the labels: the model's unconditional likelihood
+    assert (never_dropped.loss(images, labels, masks=masks, train=False)
+            == never_dropped.loss(images, None, masks=masks, train=False))
+
+
+def test_each_mode_draws_its_own_masks(monkeypatch):
+    """Training draws the training mask, likelihood (nll, loss(train=False)) the uniform-count one."""
+    from fractalgen.levels import mar
+
+    calls = []
+    for name in ("training_mask", "likelihood_mask"):
+        original = getattr(mar, name)
+        monkeypatch.setattr(mar, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    model = mar_model()
+    images = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    model.loss(images, torch.tensor([1, 2]))
+    assert calls == ["training_mask"] * 2
+    calls.clear()
+    with torch.no_grad():
+        model.nll(images)
+        model.loss(images, None, train=False)
+    assert calls == ["likelihood_mask"] * 4
+
+
+def test_per_image_mean_and_image_checks():
+    from fractalgen.model import per_image_mean
+
+    values = torch.tensor([3.0, 1.0, 2.0, 6.0])
+    owner = torch.tensor([0, 1, 1, 2])
+    assert torch.equal(per_image_mean(values, owner, 4), torch.tensor([3.0, 1.5, 6.0, 0.0], dtype=torch.float64))
+    model = mar_model()
+    for bad in (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 1, 4, 2, dtype=torch.uint8),
+                torch.zeros(1, 4, 4, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match=r"images must be \(N, 1, 4, 4\)"):
+            model.loss(bad)
