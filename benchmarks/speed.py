@@ -15,7 +15,8 @@ Tasks: one AdamW training step (loss, backward, clip 3.0, step) at batch 32, dro
 sampling 16 images (labels 0..9,0..5, cfg 2.0 linear, temperature 1.0, filter 1e-4,
 iterations 16,16), reported per image. Runs of the two implementations alternate (the
 order flips every repetition) and each time is the best of `--reps`: on a shared machine
-the best run is the one least disturbed by other jobs. GFLOP/s: each implementation's own
+the best run is the one least disturbed by other jobs; the process CPU time (best of the same
+runs) moves less with the load than wall time. GFLOP/s: each implementation's own
 FLOPs (torch's FlopCounterMode, on an untimed run) over its best time, also as a fraction
 of the machine's fp32 matmul peak (a 2048^3 matmul timed in the same run). Peak memory: the
 process's peak resident set during the run above the resident set at its start (both
@@ -88,13 +89,15 @@ class Timing:
     per: int  # the time is divided by this (images for sampling, 1 for a training step)
     flops: float = 0.0  # per run
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time (all threads) of the same runs
     peak_mib: list[float] = field(default_factory=list)
 
     def run(self, fn):
         base = start_memory_window()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         self.seconds.append((time.perf_counter() - start) / self.per)
+        self.cpu_seconds.append((time.process_time() - cpu_start) / self.per)
         self.peak_mib.append(resident_mib("VmHWM") - base)
 
     @property
@@ -298,9 +301,9 @@ def measure(models, tasks, args, threads):
 
 def table(results, peaks, batch: int) -> str:
     rows = [
-        ("| model | task | threads | authors' code | fractalgen | speed-up (target) | GFLOP/s authors' / ours "
-        "| of matmul peak authors' / ours | peak memory authors' / ours |"),
-        "|---|---|---|---|---|---|---|---|---|",
+        ("| model | task | threads | authors' code | fractalgen | speed-up (target) | CPU time authors' / ours "
+         "| GFLOP/s authors' / ours | of matmul peak authors' / ours | peak memory authors' / ours |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for threads, cells in results.items():
         for (name, task), t in cells.items():
@@ -309,13 +312,16 @@ def table(results, peaks, batch: int) -> str:
             ours, theirs = t["ours"], t.get("theirs")
             peak = peaks[threads]
             if theirs is None:
-                rows.append(f"| {name} | {what} | {threads} | - | {ours.best:.3f} {unit} | - | {ours.gflops():.1f} "
+                rows.append(f"| {name} | {what} | {threads} | - | {ours.best:.3f} {unit} | - "
+                            f"| - / {min(ours.cpu_seconds):.3f} s | {ours.gflops():.1f} "
                             f"| {ours.gflops() / peak:.0%} | {max(ours.peak_mib):.0f} MiB |")
                 continue
             ratio = theirs.best / ours.best
             rows.append(
                 f"| {name} | {what} | {threads} | {theirs.best:.3f} {unit} | {ours.best:.3f} {unit} "
-                f"| {ratio:.2f}x ({TARGETS[task]:.0f}x) | {theirs.gflops():.1f} / {ours.gflops():.1f} "
+                f"| {ratio:.2f}x ({TARGETS[task]:.0f}x) "
+                f"| {min(theirs.cpu_seconds):.3f} / {min(ours.cpu_seconds):.3f} s "
+                f"| {theirs.gflops():.1f} / {ours.gflops():.1f} "
                 f"| {theirs.gflops() / peak:.0%} / {ours.gflops() / peak:.0%} "
                 f"| {max(theirs.peak_mib):.0f} / {max(ours.peak_mib):.0f} MiB |")
     return "\n".join(rows)
