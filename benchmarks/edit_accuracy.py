@@ -27,7 +27,7 @@ from fractalgen.data import mnist_split
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="mnist")
+    parser.add_argument("--checkpoint", default="mnist_mar", help="default: the bundled MAR model")
     parser.add_argument("--limit", type=int, default=500, help="held-out digits to edit (at most 500)")
     parser.add_argument("--keep", type=float, default=0.25, help="fraction of the rows kept (from the top)")
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")

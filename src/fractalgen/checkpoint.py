@@ -24,7 +24,10 @@ from .model import FractalModel
 
 FORMAT_VERSION = "1"
 ASSETS = Path(__file__).parent / "assets"
-BUNDLED = {"mnist": ASSETS / "mnist.safetensors"}
+BUNDLED = {"mnist": ASSETS / "mnist.safetensors", "mnist_mar": ASSETS / "mnist_mar.safetensors"}
+# Inpainting, outpainting and editing default to the MAR model: it sees known content on every side
+# of a hole, where AR levels see only what precedes it in raster order.
+DEFAULT_INPAINT_CHECKPOINT = "mnist_mar"
 
 # A model folder (hub.py writes one; `load` reads it by path or by Hugging Face hub id).
 CONFIG_NAME = "config.json"

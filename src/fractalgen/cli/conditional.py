@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import conditional
+from ..checkpoint import DEFAULT_INPAINT_CHECKPOINT
 from ..errors import UserError
 from ..files import check_writable, save_image, to_pil
 from ..visualize import as_rgb, rows_figure, show_mask
@@ -46,7 +47,7 @@ HELP = {
 def register(subparsers):
     for name, text in HELP.items():
         p = subparsers.add_parser(name, help=text, description=text)
-        add_checkpoint(p)
+        add_checkpoint(p, default=DEFAULT_INPAINT_CHECKPOINT)
         p.add_argument("--image", required=True, help="input image file (PNG, JPEG, ...)")
         region = p.add_mutually_exclusive_group(required=name in ("inpaint", "outpaint"))
         region.add_argument("--mask", help="mask image of the input's size: white = regenerate, black = keep")
