@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from .card import CardFacts, Measurement
 from .checkpoint import CheckpointError, load, save, save_official
+from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .generation import sample
 from .hub import export, save_pretrained
-from .likelihood import bits_per_dim, nll_per_image
+from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
 from .settings import SamplingSettings, resolve_settings
 
@@ -29,7 +30,7 @@ def build(config) -> FractalModel:
 
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
-    "sample", "bits_per_dim", "nll_per_image", "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings",
-    "resolve_settings",
+    "sample", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
+    "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]

@@ -1,4 +1,4 @@
-"""Likelihood in bits per dimension."""
+"""Likelihood in bits per dimension, per image and per value."""
 from __future__ import annotations
 
 import math
@@ -67,3 +67,25 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
                         f"from {data}: the model's weights or config are damaged")
     stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # one image: no spread to measure
     return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}
+
+
+@torch.no_grad()
+def pixel_bits(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = 256) -> torch.Tensor:
+    """Bits of every value, float (N, C, H, W): -log2 p(value | everything the model conditions it on),
+    in the order the model generates. uint8 images (N, C, H, W); labels (N,) condition on the class.
+
+    This is what the lossless codec (codec.py) spends on each value: it runs the same coding pass.
+    For AR models an image's mean is its bits/dim (`nll_per_image`) to float precision. MAR levels
+    code one token per step in a fixed random order, and a guiding pixel's bits are shared by the
+    values of its square, so the mean is one exact code length rather than the averaged estimate.
+    """
+    from .codec import ImageValues, check_inputs, coding_pass
+
+    images, labels = check_inputs(model, images, labels)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        _, logp = coding_pass(model, images[rows], None if labels is None else labels[rows], ImageValues())
+        out.append(-logp / math.log(2.0))
+    c = model.config
+    return torch.cat(out) if out else torch.zeros(0, c.channels, c.img_size, c.img_size)

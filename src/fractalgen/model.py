@@ -119,8 +119,10 @@ class FractalModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
-                 num_iter=None, generator=None, known: Known | None = None, on_step=None):
-        """Sample images; returns raw values (B, C, H, W) float and the log-probability of each draw (B,).
+                 num_iter=None, generator=None, known: Known | None = None, on_step=None, coder=None):
+        """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
+        drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
+        (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
 
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
         to the pixel heads (classifier-free guidance). Settings left None are resolved by
@@ -144,7 +146,7 @@ class FractalModel(nn.Module):
         ctx = SampleContext(guided=guided, temperature=settings.temperature,
                             filter_threshold=settings.filter_threshold, num_iter=settings.num_iter,
                             generator=generator, guidance_scale=settings.cfg, cfg_schedule=settings.cfg_schedule,
-                            on_step=on_step)
+                            on_step=on_step, coder=coder)
         guidance = torch.full((B,), settings.cfg, device=self.device)  # per row; level 0's schedule varies it
         return self._sample_level(0, ctx, [cond], guidance, known)
 
@@ -154,7 +156,8 @@ class FractalModel(nn.Module):
             if known is not None:
                 kv, km = known.values.flatten(1), known.mask.flatten(1)
             values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
-            return values.float().view(-1, self.config.channels, 1, 1), logp
+            C = self.config.channels
+            return values.float().view(-1, C, 1, 1), logp.view(-1, C, 1, 1)
         return self.levels[depth].sample(
             conds, guidance, ctx, known,
             next_level=partial(self._sample_level, depth + 1, ctx),

@@ -77,6 +77,10 @@ class SampleContext:
     guidance_scale: float = 1.0  # the settings' cfg; schedules turn it into per-row guidance at level 0
     cfg_schedule: str = "linear"  # applies at level 0 only; deeper levels use the guidance handed down
     on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
+    # Lossless coding (codec.py): values are not drawn but taken from the image (encoder) or read from
+    # the stream (decoder); every value is visited, known or not. See ValueCoder.
+    coder: "ValueCoder | None" = None
+
 
     # Guided batches: every tensor of the B rows being generated goes through the transformers
     # twice, once with the conditions (rows :B) and once with the unconditional ones (rows B:).
@@ -99,3 +103,14 @@ class Known:
 
     def rows(self, index: torch.Tensor) -> "Known":
         return Known(self.values[index], self.mask[index])
+
+
+class ValueCoder:
+    """Chooses each value in place of `draw`: `code(logits (B, V), given (B,) or None) -> ids, logp`.
+
+    The sampler hands it the distribution of every value in generation order, so an arithmetic
+    coder that encodes `given` and one that decodes ids see exactly the same logits.
+    """
+
+    def code(self, logits: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError

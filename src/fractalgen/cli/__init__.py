@@ -10,7 +10,7 @@ import sys
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..errors import UserError
-from . import conditional, evaluate, hub, plot, sample, serve, train
+from . import codec, conditional, evaluate, hub, plot, sample, serve, train
 from .options import HelpFormatter, Parser
 
 # The command families, in --help order.
@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     serve,  # serve (the web demo; Gradio is imported only when it runs)
     hub,  # export
     plot,  # plot
+    codec,  # compress, decompress
 ]
 
 

@@ -61,18 +61,21 @@ class ARLevel(Level):
         """Generate B squares patch by patch in raster order with a KV cache (num_iter is ignored: N steps).
 
         conds (R, Dc) with R = 2B when guided. Fully known patches are fed, not generated;
-        partially known ones hand their known pixels to the next level. An AR level cannot look
-        ahead: a patch is generated from the condition and the patches before it in raster order.
+        partially known ones hand their known pixels to the next level (when coding, ctx.coder, every
+        patch goes down). An AR level cannot look ahead: a patch is generated from the condition and
+        the patches before it in raster order. Returns raw values (B, C, S, S) and the log-probability
+        of each drawn value (B, C, S, S), 0 where known.
         """
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
-        logp = torch.zeros(B, device=device)
         patches = torch.zeros(B, N, C * p * p, device=device)
+        logp = torch.zeros(B, N, C * p * p, device=device)  # per value, laid out like patches
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
         if known is not None:
             known_values, known_mask = patchify(known.values, p), patchify(known.mask, p)
             patches = torch.where(known_mask, known_values, patches)
-            known_full = known_mask.all(-1)
+            if ctx.coder is None:  # coding visits every value: the coder needs each one's distribution
+                known_full = known_mask.all(-1)
         rotary = self.rotary(device)
         caches = [KVCache(N) for _ in self.blocks]
         token = self.cond_embed(conds[0])  # (R, D): position 0
@@ -90,11 +93,11 @@ class ARLevel(Level):
                     next_known = Known(known_values[rows, t].view(-1, C, p, p), known_mask[rows, t].view(-1, C, p, p))
                 values, child_logp = next_level([h[ctx.doubled_rows(rows, B)]], guidance[rows], next_known)
                 patches[rows, t] = values.reshape(rows.numel(), -1).to(patches.dtype)
-                logp.index_add_(0, rows, child_logp)
+                logp[rows, t] = child_logp.reshape(rows.numel(), -1)
             if t + 1 < N:
                 token = self.patch_embed(self.normalize(ctx.doubled(patches[:, t])))
             if on_step is not None:
                 filled = torch.zeros(B, N, C * p * p, dtype=torch.bool, device=device)
                 filled[:, : t + 1] = True
                 on_step(unpatchify(patches, p, C), unpatchify(filled, p, C))
-        return unpatchify(patches, p, C), logp
+        return unpatchify(patches, p, C), unpatchify(logp, p, C)

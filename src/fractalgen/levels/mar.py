@@ -190,27 +190,35 @@ class MARLevel(Level):
 
         Fully known patches start revealed and are never generated; the others are revealed
         in random order, `num_iter` steps on a cosine schedule, by the next level, which gets
-        the known pixels of partially known patches. Returns raw values (B, C, S, S) and the
-        log-probability of what was drawn (B,).
+        the known pixels of partially known patches. When coding (ctx.coder) every patch is
+        generated and the guiding pixel is the known patch's rounded mean. Returns raw values
+        (B, C, S, S) and the log-probability of each drawn value (B, C, S, S), 0 where known; the
+        guiding pixel's log-probability is shared equally by the values of its square.
         """
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
-        logp = torch.zeros(B, device=device)
+        square_logp = torch.zeros(B, device=device)  # the guiding pixel's, spread over the square at the end
 
         guide = None
         if self.config.guiding_pixel:
-            guide_raw, guide_logp = self.guide_head.sample(conds[0], guidance, ctx)  # the mean colour first
-            logp += guide_logp
+            given = None
+            if ctx.coder is not None and known is not None:  # the encoder codes the square's rounded mean
+                given = known.values.mean(dim=(2, 3)).round().clamp(0, 255)
+            guide_raw, guide_logp = self.guide_head.sample(  # the mean colour first
+                conds[0], guidance, ctx, given, None if given is None else torch.ones_like(given, dtype=torch.bool))
+            square_logp += guide_logp.sum(1)
             guide = ctx.doubled(self.normalize(guide_raw.float()))
 
         patches = torch.zeros(B, N, C * p * p, device=device)
+        logp = torch.zeros(B, N, C * p * p, device=device)  # per value, laid out like patches
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
         known_values = known_mask = None
         if known is not None:
             known_values = patchify(known.values, p)
             known_mask = patchify(known.mask, p)
             patches = torch.where(known_mask, known_values, patches)
-            known_full = known_mask.all(-1)
+            if ctx.coder is None:  # coding visits every value: the coder needs each one's distribution
+                known_full = known_mask.all(-1)
         mask = ~known_full  # True = still to generate
         total = mask.sum(1)  # (B,)
         orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
@@ -233,9 +241,10 @@ class MARLevel(Level):
                                        known_mask[rows, index].view(-1, C, p, p))
                 values, child_logp = next_level(next_conds, guidance[rows], next_known)
                 patches[rows, index] = values.reshape(rows.numel(), -1).to(patches.dtype)
-                logp.index_add_(0, rows, child_logp)
+                logp[rows, index] = child_logp.reshape(rows.numel(), -1)
             mask = mask & ~reveal
             if on_step is not None:
                 on_step(unpatchify(patches, p, C), unpatchify((~mask)[..., None].expand(-1, -1, C * p * p), p, C))
+        logp = unpatchify(logp, p, C) + (square_logp / (N * C * p * p))[:, None, None, None]
         return unpatchify(patches, p, C), logp
 

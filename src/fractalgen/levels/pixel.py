@@ -73,12 +73,12 @@ class PixelHead(nn.Module):
 
         cond (R, Dc) with R = 2B when guided (conditional rows first), guidance (B,) the scale per row;
         known_values/known_mask (B, C): given channels are copied instead of drawn.
-        Returns values (B, C) long and the log-probability of the drawn channels (B,).
+        Returns values (B, C) long and the log-probability of each drawn channel (B, C) (0 where given).
         """
         B = guidance.shape[0]
         caches = [KVCache(self.channels) for _ in self.blocks]
         values = torch.zeros(B, self.channels, dtype=torch.long, device=cond.device)
-        logp = torch.zeros(B, device=cond.device)
+        logp = torch.zeros(B, self.channels, device=cond.device)
         x = self.cond_proj(cond)[:, None]  # (R, 1, W)
         for c in range(self.channels):
             h = self.embed_norm(x)
@@ -88,13 +88,16 @@ class PixelHead(nn.Module):
             logits = apply_temperature(logits, ctx.temperature)
             if ctx.guided:
                 logits = guide(logits, guidance, ctx.filter_threshold)  # (B, 256)
-            ids, lp = draw(logits, ctx.generator)
-            if known_mask is not None:
-                given = known_mask[:, c]
-                ids = torch.where(given, known_values[:, c].long(), ids)
-                lp = lp.masked_fill(given, 0.0)
+            if ctx.coder is not None:  # lossless coding: the image's value (encoder) or the stream's (decoder)
+                ids, lp = ctx.coder.code(logits, None if known_mask is None else known_values[:, c].long())
+            else:
+                ids, lp = draw(logits, ctx.generator)
+                if known_mask is not None:
+                    given = known_mask[:, c]
+                    ids = torch.where(given, known_values[:, c].long(), ids)
+                    lp = lp.masked_fill(given, 0.0)
             values[:, c] = ids
-            logp += lp
+            logp[:, c] = lp
             if c + 1 < self.channels:
                 x = self.codebooks[c](ctx.doubled(ids))[:, None]
         return values, logp

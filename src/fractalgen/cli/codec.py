@@ -1,0 +1,175 @@
+"""`fractalgen compress | decompress`: lossless image files coded with the model (fractalgen.codec).
+
+Inputs are taken exactly as they are: an image must already have the model's size and channels
+(a grayscale model accepts RGB files only when R = G = B), since any conversion would lose data.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .options import add_checkpoint, add_json, add_runtime, emit_json, integer, load_model
+
+READABLE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit modes: nothing lost by reading them as RGBA
+
+
+def register(subparsers):
+    add_compress(subparsers)
+    add_decompress(subparsers)
+
+
+# ---- compress -------------------------------------------------------------------------------------
+
+def add_compress(sub):
+    p = sub.add_parser("compress", help="losslessly compress images with the model (arithmetic coding)")
+    p.add_argument("images", nargs="+", help="PNG files, folders of them (sorted by name), or one .npz with "
+                   "uint8 'images' (N, H, W) or (N, H, W, C)")
+    add_checkpoint(p)
+    p.add_argument("--out", required=True, help="the compressed file to write (never overwritten)")
+    p.add_argument("--labels", action="store_true", help="code class-conditionally and store the labels (from the "
+                   ".npz 'labels' array, or file names ending _class{K}.png)")
+    p.add_argument("--batch-size", type=integer(1), default=512, help="images coded side by side (recorded in the file; "
+                   "decoding uses the same)")
+    add_runtime(p, threads="1")
+    add_json(p)
+    p.set_defaults(func=run_compress)
+
+
+def run_compress(args) -> int:
+    from ..codec import HEADER, encode
+    from ..files import check_writable, save_bytes
+
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} already exists (choose another output; files are never overwritten)")
+    model = load_model(args)
+    c = model.config
+    images, labels = read_inputs(args.images, c.channels, c.img_size, args.labels)
+    check_writable(out.parent)  # before the long part
+    started = time.time()
+    data, bits = encode(model, images, labels, args.batch_size)
+    seconds = time.time() - started
+    save_bytes(data, out)
+    n, dims = images.shape[0], images[0].numel()
+    file_bpd = 8 * len(data) / max(1, n * dims)
+    model_bpd = float(bits.double().mean()) if n else float("nan")
+    print(f"compressed {n} images into {out}: {len(data)} bytes ({len(data) / max(1, n):.1f} bytes/image, "
+          f"{HEADER.size}-byte header), {file_bpd:.4f} bits/dim in the file, {model_bpd:.4f} bits/dim under the "
+          f"model, {seconds:.1f} s")
+    emit_json(args, {"images": n, "bytes": len(data), "bytes_per_image": len(data) / max(1, n),
+                     "header_bytes": HEADER.size, "file_bits_per_dim": file_bpd, "model_bits_per_dim": model_bpd,
+                     "labels": labels is not None, "seconds": round(seconds, 3), "out": str(out)})
+    return 0
+
+
+def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool):
+    """uint8 (N, C, H, W) images and labels (N,) or None from PNG files, folders or one .npz."""
+    if len(sources) == 1 and sources[0].endswith(".npz"):
+        return read_npz_images(Path(sources[0]), channels, size, with_labels)
+    from ..data import IMAGE_EXTENSIONS
+    from ..files import label_of
+
+    paths = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise UserError(f"no image files in {source}")
+            paths += found
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise UserError(f"not found: {source}")
+    images = np.stack([read_image(p, channels, size) for p in paths])
+    labels = None
+    if with_labels:
+        found = [label_of(p.name) for p in paths]
+        missing = [p.name for p, k in zip(paths, found) if k is None]
+        if missing:
+            raise UserError(f"--labels: {missing[0]} has no label in its name (expected NNNNN_class{{K}}.png)")
+        labels = torch.tensor(found)
+    return torch.from_numpy(images), labels
+
+
+def read_image(path: Path, channels: int, size: int) -> np.ndarray:
+    """One image file -> uint8 (C, H, W), refusing anything a conversion would change."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in READABLE_MODES:
+                raise UserError(f"{path}: {im.mode} images are not 8-bit gray or RGB (lossless input needed)")
+            rgba = np.asarray(im.convert("RGBA"))
+    except UserError:
+        raise
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0][:200]}") from None
+    if (rgba[..., 3] != 255).any():
+        raise UserError(f"{path} has transparent pixels: the model codes opaque images only")
+    rgb = rgba[..., :3]
+    if rgb.shape[:2] != (size, size):
+        raise UserError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}: the model codes {size}x{size} images")
+    if channels == 1:
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+            raise UserError(f"{path} is in colour: this model codes grayscale images")
+        return rgb[None, :, :, 0].copy()
+    return rgb.transpose(2, 0, 1).copy()
+
+
+def read_npz_images(path: Path, channels: int, size: int, with_labels: bool):
+    from ..data import read_image_npz
+
+    x, labels = read_image_npz(path, with_labels=with_labels)  # uint8 (N, H, W) or (N, H, W, C)
+    x = x[..., None] if x.ndim == 3 else x
+    if x.shape[1:] != (size, size, channels):
+        raise UserError(f"{path}: 'images' is {x.shape}, the model codes (N, {size}, {size}, {channels})")
+    if with_labels and labels is None:
+        raise UserError(f"--labels: {path} has no 'labels' array")
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, C, H, W)
+    return images, None if labels is None else torch.from_numpy(labels.astype(np.int64))
+
+
+# ---- decompress -----------------------------------------------------------------------------------
+
+def add_decompress(sub):
+    p = sub.add_parser("decompress", help="decode a file written by `fractalgen compress` into PNG files")
+    p.add_argument("file", help="the compressed file")
+    add_checkpoint(p)
+    p.add_argument("--out", required=True, help="output folder: {index:05d}_uncond.png or {index:05d}_class{K}.png, "
+                   "in the original order; when it already holds such files, a fresh numbered subfolder (OUT/002, "
+                   "...) is used")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    add_runtime(p, threads="1")
+    add_json(p)
+    p.set_defaults(func=run_decompress)
+
+
+def run_decompress(args) -> int:
+    from ..codec import decompress, read_header
+    from ..files import check_writable, image_name, save_each
+    from .sample import output_folder
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    read_header(data)  # a bad file is refused before the model loads
+    out = Path(args.out)
+    check_writable(out)
+    model = load_model(args)
+    started = time.time()
+    images, labels = decompress(model, data, return_labels=True)
+    seconds = time.time() - started
+    names = [image_name(i, None if labels is None else labels[i]) for i in range(images.shape[0])]
+    out = output_folder(out, names, args.overwrite)
+    save_each(images, labels, out)
+    print(f"decompressed {images.shape[0]} images in {seconds:.1f} s into {out}/"
+          + (f" ({names[0]} ... {names[-1]})" if names else ""))
+    emit_json(args, {"images": images.shape[0], "bytes": len(data), "labels": labels is not None,
+                     "seconds": round(seconds, 3), "out": str(out)})
+    return 0

@@ -1,0 +1,255 @@
+"""The lossless codec and per-pixel likelihood maps: round trips, errors on bad streams, maps vs bits/dim."""
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import rankdata
+
+import fractalgen
+from fractalgen import codec, heatmap
+from fractalgen.data import mnist_split
+from fractalgen.heatmap import heatmap_picture
+
+
+def seeded_model(name, seed=0):
+    torch.manual_seed(seed)
+    model = fractalgen.build(name)
+    with torch.no_grad():  # perturb so that no distribution is close to uniform
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return fractalgen.load("mnist")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = mnist_split("val")  # held out from training
+    return torch.from_numpy(images[:5])[:, None], torch.from_numpy(labels[:5]).long()
+
+
+@pytest.fixture(scope="module")
+def stream(mnist, digits):
+    """Five held-out digits with their labels, coded in batches of 3 (two batches) with two threads."""
+    images, labels = digits
+    with threads(2):
+        return codec.compress(mnist, images, labels, batch_size=3)
+
+
+@contextmanager
+def threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---- round trips -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_round_trip_is_bit_exact_with_labels_and_any_thread_count(mnist, digits, stream, num_threads):
+    images, labels = digits
+    with threads(num_threads):
+        decoded, decoded_labels = fractalgen.decompress(mnist, stream, return_labels=True)
+    assert decoded.dtype == torch.uint8 and torch.equal(decoded, images)
+    assert torch.equal(decoded_labels, labels)
+
+
+def test_file_size_is_the_code_length_plus_a_short_header(mnist, digits, stream):
+    """Unconditional and class-conditional files cost what pixel_bits says, within 1%, plus the header."""
+    images, labels = digits
+    unconditional = fractalgen.compress(mnist, images[:2])
+    assert torch.equal(fractalgen.decompress(mnist, unconditional), images[:2])
+    for data, bits in ((unconditional, fractalgen.pixel_bits(mnist, images[:2])),
+                       (stream, fractalgen.pixel_bits(mnist, images, labels))):
+        code_bytes = float(bits.double().sum()) / 8 + (5 * math.log2(10) / 8 if data is stream else 0)
+        assert codec.HEADER.size <= 64
+        assert len(data) - codec.HEADER.size <= 1.01 * code_bytes + 4  # one range-coder word of slack
+
+
+@pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar", "tiny_mar_gp4"])
+def test_round_trip_every_level_kind(name):
+    """MAR levels (one token per step, random order) and guiding pixels code and decode exactly too."""
+    model = seeded_model(name)
+    images = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    images[1] = 255 - images[1] // 8  # not all noise
+    data = fractalgen.compress(model, images, batch_size=1)
+    assert torch.equal(fractalgen.decompress(model, data), images)
+    bits = fractalgen.pixel_bits(model, images)
+    assert len(data) - codec.HEADER.size <= 1.01 * float(bits.double().sum()) / 8 + 4
+
+
+def test_empty_batch_round_trips(mnist):
+    data = fractalgen.compress(mnist, torch.zeros(0, 1, 28, 28, dtype=torch.uint8))
+    assert fractalgen.decompress(mnist, data).shape == (0, 1, 28, 28)
+
+
+# ---- bad streams: one clear error, never images ------------------------------------------------------
+
+def flip(data: bytes, position: int) -> bytes:
+    b = bytearray(data)
+    b[position] ^= 0x10
+    return bytes(b)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d[:-5], "truncated"),
+    (lambda d: d[:20], "truncated"),
+    (lambda d: b"", "not a fractalgen"),
+    (lambda d: flip(d, codec.HEADER.size + 7), "payload is damaged"),
+    (lambda d: flip(d, len(d) - 1), "payload is damaged"),
+    (lambda d: flip(d, 9), "header is damaged"),
+    (lambda d: flip(d, 1), "not a fractalgen"),
+    (lambda d: d + b"\0", "unexpected bytes"),
+    (lambda d: np.random.default_rng(0).bytes(len(d)), "not a fractalgen"),
+    (lambda d: codec.MAGIC + np.random.default_rng(1).bytes(200), "header is damaged"),
+])
+def test_damaged_truncated_and_random_streams_give_a_clear_error(mnist, stream, damage, message):
+    with pytest.raises(codec.CodecError, match=message):
+        fractalgen.decompress(mnist, damage(stream))
+
+
+def test_another_model_is_refused(stream):
+    other = fractalgen.load("mnist")
+    with torch.no_grad():
+        other.pixel_head.logit_bias[0][0, 0] += 1e-3  # one weight, barely changed
+    with pytest.raises(codec.CodecError, match="different model"):
+        fractalgen.decompress(other, stream)
+    with pytest.raises(codec.CodecError, match="different model"):
+        fractalgen.decompress(seeded_model("tiny_ar"), stream)
+
+
+def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_checksum(mnist, digits, monkeypatch):
+    """A decoder whose numbers differ (another machine, another torch) fails loudly, never returns images."""
+    images, _ = digits
+    data = fractalgen.compress(mnist, images[:1])
+    drifted = fractalgen.load("mnist")
+    with torch.no_grad():
+        for p in drifted.parameters():
+            p.mul_(1.01)
+    monkeypatch.setattr(codec, "fingerprint", lambda model: codec.read_header(data).fingerprint)
+    with pytest.raises(codec.CodecError, match="checksum|damaged"):
+        fractalgen.decompress(drifted, data)
+
+
+def test_bad_inputs_are_user_errors(mnist, digits):
+    images, _ = digits
+    for bad in (images.float(), images[:, :, :20], images[0]):
+        with pytest.raises(fractalgen.errors.UserError):
+            fractalgen.compress(mnist, bad)
+    with pytest.raises(fractalgen.errors.UserError, match="labels"):
+        fractalgen.compress(mnist, images, labels=[10] * 5)
+
+
+# ---- per-pixel maps --------------------------------------------------------------------------------
+
+def test_pixel_bits_add_up_to_bits_per_dim_for_ar_models(mnist, digits):
+    images, _ = digits
+    bits = fractalgen.pixel_bits(mnist, images[:3])
+    assert bits.shape == (3, 1, 28, 28) and (bits >= 0).all()
+    torch.testing.assert_close(bits.double().mean((1, 2, 3)), fractalgen.nll_per_image(mnist, images[:3]).double(),
+                               rtol=0, atol=1e-4)
+    model = seeded_model("tiny_ar")
+    noise = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    torch.testing.assert_close(fractalgen.pixel_bits(model, noise).double().mean((1, 2, 3)),
+                               fractalgen.nll_per_image(model, noise).double(), rtol=0, atol=1e-4)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties counting half."""
+    ranks = rankdata(scores)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_pasted_noise_blocks_light_up_in_the_map(mnist):
+    """6x6 blocks of uniform noise pasted into real digits: the map finds their pixels (AUROC >= 0.95)."""
+    images, _ = mnist_split("val")
+    noisy, pasted = heatmap.paste_noise(torch.from_numpy(images[10:18])[:, None], size=6, seed=0)
+    assert pasted.sum() == 8 * 36 and not torch.equal(noisy, torch.from_numpy(images[10:18])[:, None])
+    bits = fractalgen.pixel_bits(mnist, noisy)[:, 0].numpy()
+    pasted = pasted.numpy()
+    assert auroc(bits.ravel(), pasted.ravel()) >= 0.95
+
+
+
+def test_heatmap_picture_shows_the_image_beside_its_map():
+    image = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    image[0, 1, 2] = 200
+    bits = torch.full((1, 4, 4), 0.1)
+    bits[0, 3, 0] = 5.0  # the one surprising pixel
+    picture = np.asarray(heatmap_picture(image, bits, vmax=5.0, scale=8))
+    # Left panel: the image at 8x; right panel: the ramp's top colour only at the surprising pixel.
+    gray = (picture == 200).all(-1)
+    rows, _ = gray.nonzero()
+    assert 64 <= gray.sum() <= 66 and (np.bincount(rows) == 8).sum() == 8  # an 8x8 square (and maybe text)
+    top_colour = (picture == heatmap.RAMP[-1].astype(np.uint8)).all(-1)
+    assert 64 <= top_colour.sum() <= 64 + 3 * 8  # the pixel, and the colour bar's top row
+    assert heatmap.nice_vmax(5.0) == 8 and heatmap.nice_vmax(0.3) == 1 and heatmap.nice_vmax(3.2) == 4
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    from fractalgen.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_round_trip_png_files_with_labels(tmp_path, digits, capsys):
+    import json
+
+    from PIL import Image
+
+    images, labels = digits
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i, 0].numpy()).save(folder / f"{i:05d}_class{int(labels[i])}.png")
+    code, out, err = run_cli(capsys, "compress", folder, "--labels", "--out", tmp_path / "d.fgz", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["images"] == 3 and result["bytes"] == (tmp_path / "d.fgz").stat().st_size
+    assert result["file_bits_per_dim"] <= 1.01 * result["model_bits_per_dim"] + 8 * 64 / (3 * 784) + 0.01
+    code, out, err = run_cli(capsys, "decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
+    assert code == 0, err
+    for i in range(3):
+        name = f"{i:05d}_class{int(labels[i])}.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), images[i, 0].numpy())
+    # Decoding again into the same folder keeps the first files: a fresh numbered subfolder.
+    code, _, err = run_cli(capsys, "decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
+    assert code == 0 and (tmp_path / "out" / "002" / f"00002_class{int(labels[2])}.png").is_file()
+
+
+def test_cli_npz_round_trip_and_one_line_errors(tmp_path, digits, capsys):
+    images, _ = digits
+    np.savez(tmp_path / "x.npz", images=images[:2, 0].numpy())
+    code, _, err = run_cli(capsys, "compress", tmp_path / "x.npz", "--out", tmp_path / "x.fgz")
+    assert code == 0, err
+    data = (tmp_path / "x.fgz").read_bytes()
+    (tmp_path / "bad.fgz").write_bytes(flip(data, len(data) - 2))
+    (tmp_path / "short.fgz").write_bytes(data[:-8])
+    for bad, message in (("bad.fgz", "damaged"), ("short.fgz", "truncated"), ("x.npz", "not a fractalgen")):
+        code, _, err = run_cli(capsys, "decompress", tmp_path / bad, "--out", tmp_path / "never")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (28, 28), (10, 20, 30)).save(tmp_path / "colour.png")
+    code, _, err = run_cli(capsys, "compress", tmp_path / "colour.png", "--out", tmp_path / "c.fgz")
+    assert code == 2 and "colour" in err
+
+
+def test_cli_nll_writes_likelihood_maps(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "nll", "--limit", "2", "--maps", tmp_path / "maps", "--device", "cpu",
+                             "--threads", "1")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["00000_map.png", "00001_map.png"]
