@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # (the system browser: Playwright never downloads one here).
 DEMO_STAMP := $(VENV)/.installed-demo
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,demo]"
+	$(PY) -m pip install -q -e ".[demo]"
 	touch $(DEMO_STAMP)
 
 setup: $(STAMP)
