@@ -7,17 +7,22 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo serve bench setup browser clean mutants
 
-$(STAMP): pyproject.toml
+# The venv and PyTorch, shared by every target; then the package with the extras a target needs.
+TORCH_STAMP := $(VENV)/.installed-torch
+$(TORCH_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	touch $(TORCH_STAMP)
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# The web demo's extra (Gradio) and, for its browser test, Playwright driving Debian's Chromium
-# (the system browser: Playwright never downloads one here).
+# The web demo's extra (Gradio) and, for its browser test, Playwright (in dev) driving Debian's
+# Chromium (the system browser: Playwright never downloads one here). `make serve` needs no dev tools.
 DEMO_STAMP := $(VENV)/.installed-demo
-$(DEMO_STAMP): $(STAMP)
+$(DEMO_STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install -q -e ".[demo]"
 	touch $(DEMO_STAMP)
 
@@ -26,7 +31,7 @@ setup: $(STAMP)
 browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-test: $(DEMO_STAMP) browser
+test: $(STAMP) $(DEMO_STAMP) browser
 	$(PY) -m pytest
 
 serve: $(DEMO_STAMP)
