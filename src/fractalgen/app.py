@@ -399,8 +399,9 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
         gr.Markdown(f"# fractalgen\nFractal generative models on your machine. Sampling and likelihood: "
                     f"`{models.sampler_name}`; inpainting: `{models.inpainter_name}`.")
         with gr.Tab("Sample"):
-            gr.Markdown("Generate images of a class (or of no class in particular) and watch the recursion "
-                        "fill the image patch by patch, then pixel by pixel.")
+            gr.Markdown("Generate images of a class (or of no class in particular) and watch the outer model "
+                        "fill the image patch by patch; inside each patch a smaller model of the same kind "
+                        "draws the pixels.")
             with gr.Row():
                 with gr.Column():
                     s_label = gr.Dropdown(class_choices(sampler), value=-1 if not sampler.config.num_classes else 0,
