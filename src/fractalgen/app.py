@@ -28,7 +28,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 import fractalgen
 
@@ -37,6 +37,7 @@ from .conditional import centre_box
 from .data import center_crop_adm, mnist_split, pil_mode, to_pil_mode
 from .errors import UserError
 from .files import grid, to_pil
+from .heatmap import heatmap_picture
 from .visualize import GenerationRecorder, rows_figure, show_mask
 
 # ---- limits: what one request may cost ----------------------------------------------------------
@@ -71,7 +72,8 @@ def load_models(checkpoint: str | None, preset: str | None = None, device=None) 
     sample_name = checkpoint or "mnist"
     paint_name = inpaint_checkpoint(checkpoint)
     sampler = fractalgen.load(sample_name, config=preset, device=device)
-    inpainter = sampler if paint_name == sample_name else fractalgen.load(paint_name, config=preset, device=device)
+    inpainter = (sampler if paint_name == sample_name
+                 else fractalgen.load(paint_name, config=preset, device=device))
     return Models(sampler, inpainter, sample_name, paint_name)
 
 
@@ -92,7 +94,7 @@ def readable_uploads(component, what: str):
         try:
             return decode(payload)
         except UNREADABLE:
-            raise gr.Error(f"{what} is not an image this page can read (PNG, JPEG, WebP, BMP, GIF ...)") from None
+            raise gr.Error(f"{what} is not an image this page can read (PNG, JPEG, WebP, BMP ...)") from None
 
     component.preprocess = preprocess
     return component
@@ -159,7 +161,13 @@ def label_of(model, label) -> int | None:
     return label
 
 
+def seed_of(value) -> int:
+    return bounded(value, 0, 2**63 - 1, "the seed")
+
+
 def bounded(value, low, high, name) -> int:
+    if value is None:
+        raise gr.Error(f"{name} is missing")
     value = int(value)
     if not low <= value <= high:
         raise gr.Error(f"{name} must be between {low} and {high}, got {value}")
@@ -185,46 +193,12 @@ def user_errors(fn):
 
 # ---- per-pixel likelihood ---------------------------------------------------------------------------
 
-def pixel_bits(model, image: torch.Tensor) -> torch.Tensor | None:
-    """Bits of each value (C, S, S) given what the model conditions it on (fractalgen.pixel_bits)."""
-    if not hasattr(fractalgen, "pixel_bits"):
-        return None
-    return fractalgen.pixel_bits(model, image[None])[0].float().cpu()
-
-
-HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
-
-
-def heat_colours(values: np.ndarray, top: float) -> np.ndarray:
-    """(H, W) floats in [0, top] -> (H, W, 3) uint8 along a dark-to-bright ramp (an inferno-like map)."""
-    t = np.clip(values / max(top, 1e-9), 0, 1) * (len(HEAT) - 1)
-    low = np.floor(t).astype(int).clip(0, len(HEAT) - 2)
-    frac = (t - low)[..., None]
-    return ((1 - frac) * HEAT[low] + frac * HEAT[low + 1]).round().astype(np.uint8)
-
-
-def heat_map_picture(image: torch.Tensor, bits: torch.Tensor) -> Image.Image:
-    """The image and its per-pixel bits side by side, with a colour bar labelled in bits."""
-    per_pixel = bits.sum(0).numpy()  # (S, S): bits of all channels of a pixel
-    top = float(max(per_pixel.max(), 1e-3))
-    s = per_pixel.shape[0]
-    scale = max(1, -(-DISPLAY_CELL * 2 // s))
-    side, gap, bar = s * scale, 12, 16
-    canvas = Image.new("RGB", (2 * side + 3 * gap + bar + 56, side + 2 * gap), "white")
-    picture = to_pil(image).convert("RGB").resize((side, side), Image.NEAREST)
-    canvas.paste(picture, (gap, gap))
-    canvas.paste(Image.fromarray(heat_colours(per_pixel, top)).resize((side, side), Image.NEAREST),
-                 (2 * gap + side, gap))
-    ramp = np.linspace(top, 0, side)[:, None].repeat(bar, 1)
-    x0 = 3 * gap + 2 * side
-    canvas.paste(Image.fromarray(heat_colours(ramp, top)), (x0, gap))
-    draw = ImageDraw.Draw(canvas)
-    for frac in (0.0, 0.5, 1.0):
-        y = gap + round((1 - frac) * (side - 1))
-        draw.line([(x0 + bar, y), (x0 + bar + 4, y)], fill="black")
-        draw.text((x0 + bar + 6, y - 5), f"{frac * top:.1f}", fill="black")
-    draw.text((x0, 0), "bits", fill="black")
-    return canvas
+def likelihood_map(model, image: torch.Tensor) -> Image.Image:
+    """The image beside its per-pixel bits (fractalgen.pixel_bits: what the model and the codec spend on
+    each value, in the order the model generates), with a colour bar in bits."""
+    bits = fractalgen.pixel_bits(model, image[None])[0]
+    scale = max(1, -(-DISPLAY_CELL * 2 // model.config.img_size))
+    return heatmap_picture(image, bits, scale=scale)
 
 
 def png_bytes(image: Image.Image) -> int:
@@ -248,7 +222,7 @@ class Demo:
         """One image at the model's size (the exact pixels)."""
         model = self.models.sampler
         labels = None if label_of(model, label) is None else [label_of(model, label)]
-        images = fractalgen.sample(model, labels=labels, n=None if labels else 1, seed=int(seed),
+        images = fractalgen.sample(model, labels=labels, n=None if labels else 1, seed=seed_of(seed),
                                    **settings(model, guidance, temperature).to_dict())
         return to_pil(images[0])
 
@@ -262,13 +236,13 @@ class Demo:
         nrow = min(count, 4)
         scale = max(1, -(-DISPLAY_CELL // model.config.img_size))
         recorder = GenerationRecorder(nrow, scale)  # one frame per level-0 step
-        images = fractalgen.sample(model, labels=labels, n=None if labels else count, seed=int(seed),
+        images = fractalgen.sample(model, labels=labels, n=None if labels else count, seed=seed_of(seed),
                                    on_step=recorder, **used.to_dict())
         gif = Path(tempfile.mkdtemp(dir=self.workdir)) / "generation.gif"
         recorder.save(gif)
         what = "unconditional" if chosen is None else f"class {chosen}"
         caption = (f"{count} {what} sample(s), guidance {used.cfg:g} ({used.cfg_schedule}), "
-                   f"temperature {used.temperature:g}, seed {int(seed)}")
+                   f"temperature {used.temperature:g}, seed {seed_of(seed)}")
         return grid(images, nrow, padding=2, scale=scale), gif, caption
 
     # -- Inpaint --
@@ -278,12 +252,12 @@ class Demo:
         completions = bounded(completions, 1, MAX_COMPLETIONS, "completions")
         pixels, _ = to_model_image(open_bounded(image), model)
         known = to_model_mask(open_bounded(mask), model.config.img_size)
-        out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=int(seed),
+        out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=seed_of(seed),
                                  samples=completions)
         return to_pil(torch.cat(list(out), dim=-1))
 
     def inpaint_page(self, editor, label, completions, seed):
-        """The editor's picture and painted layers -> a strip: input (unknown tinted), then the completions."""
+        """The editor's picture and painted layers -> a strip: the input (unknown tinted), the completions."""
         model = self.models.inpainter
         completions = bounded(completions, 1, MAX_COMPLETIONS, "completions")
         if not editor or editor.get("background") is None:
@@ -299,12 +273,12 @@ class Demo:
         if not painted.any():
             raise gr.Error("nothing painted: brush over the part to regenerate, or press a preset")
         known = to_model_mask(Image.fromarray(painted.astype(np.uint8) * 255), model.config.img_size)
-        out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=int(seed),
+        out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=seed_of(seed),
                                  samples=completions)
-        rgb = out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out  # one strip: input in colour, completions
+        rgb = out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out  # one strip: all in colour
         strip = rows_figure([torch.cat([show_mask(pixels[None], known[None]), rgb])], min_cell=DISPLAY_CELL)
         unknown = int((~known).sum())
-        notes.append(f"{unknown} of {known.numel()} pixels regenerated; every other pixel is the input's, unchanged")
+        notes.append(f"{unknown} of {known.numel()} pixels regenerated; every other pixel is the input's")
         return strip, "; ".join(notes)
 
     def preset_layer(self, editor, preset):
@@ -347,29 +321,23 @@ class Demo:
         """bits/dim (what `fractalgen nll` reports for this image file) and the per-pixel map."""
         model = self.models.sampler
         pixels, _ = to_model_image(open_bounded(image), model)
-        bpd = self.bits_per_dim(model, pixels)
-        bits = pixel_bits(model, pixels)
-        return bpd, None if bits is None else heat_map_picture(pixels, bits)
+        return self.bits_per_dim(model, pixels), likelihood_map(model, pixels)
 
     def likelihood_page(self, image):
         model = self.models.sampler
         pixels, notes = to_model_image(open_bounded(image), model)
         bpd = self.bits_per_dim(model, pixels)
-        bits = pixel_bits(model, pixels)
         dims = pixels.numel()
         exact = "exact: AR levels" if set(model.config.kinds) == {"ar"} else "estimate: MAR levels"
         lines = [(f"**{bpd:.4f} bits/dim**: the model needs about {bpd * dims / 8:.0f} bytes for these "
                   f"{dims} values ({exact})")]
         png = png_bytes(to_pil(pixels))
-        if hasattr(fractalgen, "compress"):
-            coded = len(fractalgen.compress(model, pixels[None]))
-            lines.append(f"compressed with the model: **{coded} bytes**; optimised PNG: {png} bytes "
-                         f"({png / coded:.1f}x larger)")
-        else:
-            lines.append(f"optimised PNG: {png} bytes")
+        coded = len(fractalgen.compress(model, pixels[None]))  # a complete file: header and checksum included
+        lines.append(f"compressed with the model (`fractalgen compress`): **{coded} bytes** as a complete file "
+                     f"(header included); optimised PNG: {png} bytes ({png / coded:.1f}x larger)")
         if notes:
             lines.append("input " + "; ".join(notes))
-        return bpd, None if bits is None else heat_map_picture(pixels, bits), "\n\n".join(lines)
+        return bpd, likelihood_map(model, pixels), "\n\n".join(lines)
 
     @staticmethod
     def bits_per_dim(model, pixels: torch.Tensor) -> float:
@@ -387,7 +355,9 @@ THEME_FONTS = ["system-ui", "sans-serif"]  # system fonts: nothing to fetch
 def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int = 4) -> gr.Blocks:
     demo_state = Demo(models, workdir)
     sampler, inpainter = models.sampler, models.inpainter
-    is_mnist = sampler.config.img_size == 28 and sampler.config.channels == 1
+
+    def takes_digits(model):  # the held-out MNIST digits fit this model: offer them
+        return model.config.img_size == 28 and model.config.channels == 1
     busy = {"concurrency_id": "model", "concurrency_limit": workers}  # every model call shares one limit
     shown = {"format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}  # outputs: lossless
 
@@ -404,7 +374,8 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
                         "draws the pixels.")
             with gr.Row():
                 with gr.Column():
-                    s_label = gr.Dropdown(class_choices(sampler), value=-1 if not sampler.config.num_classes else 0,
+                    first_class = 0 if sampler.config.num_classes else -1
+                    s_label = gr.Dropdown(class_choices(sampler), value=first_class,
                                           label="class")
                     s_count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="how many images")
                     s_cfg = gr.Slider(1.0, 20.0, value=rec.cfg, step=0.5,
@@ -417,8 +388,8 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
                     s_grid = gr.Image(label="samples", elem_id="sample-grid", **shown)
                     s_gif = gr.Image(label="how they were generated", **{**shown, "format": "gif"})
                     s_text = gr.Markdown()
-            s_go.click(demo_state.sample_page, [s_label, s_count, s_cfg, s_temp, s_seed], [s_grid, s_gif, s_text],
-                       api_visibility="private", **busy)
+            s_go.click(user_errors(demo_state.sample_page), [s_label, s_count, s_cfg, s_temp, s_seed],
+                       [s_grid, s_gif, s_text], api_visibility="private", **busy)
 
         with gr.Tab("Inpaint / edit"):
             gr.Markdown("Paint over the part of the image to regenerate (the brush marks what is **replaced**); "
@@ -432,7 +403,7 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
                         type="pil", image_mode="RGBA", label="image: paint what to regenerate", brush=brush,
                         canvas_size=(inpainter.config.img_size,) * 2, transforms=(), format="png",
                         elem_id="inpaint-editor"), "the picture in the editor")
-                    if is_mnist and inpainter.config.img_size == 28:
+                    if takes_digits(inpainter):
                         with gr.Row():
                             i_index = gr.Number(0, precision=0, label="held-out digit (0..499)")
                             i_pick = gr.Button("Load this digit")
@@ -440,15 +411,18 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
                         presets = [gr.Button(name, size="sm") for name in
                                    ("lower half", "edit (lower three quarters)", "outpaint (keep the left half)",
                                     "uncrop (keep the centre)")]
-                    i_label = gr.Dropdown(class_choices(inpainter), value=-1, label="class")
+                    i_label = gr.Dropdown(class_choices(inpainter), value=-1, label="class",
+                                          elem_id="inpaint-class")
                     i_count = gr.Slider(1, MAX_COMPLETIONS, value=4, step=1, label="completions")
                     i_seed = gr.Number(0, precision=0, label="seed")
                     i_go = gr.Button("Regenerate", variant="primary", elem_id="inpaint-button")
                 with gr.Column():
-                    i_out = gr.Image(label="input (regenerated part tinted), then the completions", **shown)
+                    i_out = gr.Image(label="input (regenerated part tinted), then the completions",
+                                     elem_id="inpaint-result", **shown)
                     i_text = gr.Markdown()
-            if is_mnist and inpainter.config.img_size == 28:
-                i_pick.click(demo_state.digit_for_editor, [i_index], [editor, i_label], api_visibility="private")
+            if takes_digits(inpainter):
+                i_pick.click(demo_state.digit_for_editor, [i_index], [editor, i_label],
+                             api_visibility="private")
             for button in presets:
                 button.click(demo_state.preset_layer, [editor, button], [editor], api_visibility="private")
             i_go.click(user_errors(demo_state.inpaint_page), [editor, i_label, i_count, i_seed], [i_out, i_text],
@@ -459,19 +433,20 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
                         "Images are read as `fractalgen nll` reads image files.")
             with gr.Row():
                 with gr.Column():
-                    l_image = readable_uploads(gr.Image(type="filepath", label="image", format="png",
+                    l_image = readable_uploads(gr.Image(type="filepath", label="image", format="png", height=260,
                                                         elem_id="likelihood-image"), "the upload")
-                    if is_mnist:
+                    if takes_digits(sampler):
                         with gr.Row():
                             l_index = gr.Number(0, precision=0, label="held-out digit (0..499)")
                             l_pick = gr.Button("Load this digit")
                     l_go = gr.Button("Measure", variant="primary", elem_id="likelihood-button")
                 with gr.Column():
                     l_bpd = gr.Number(label="bits/dim", interactive=False)
-                    l_map = gr.Image(label="bits per pixel", **shown)
+                    l_map = gr.Image(label="bits per pixel", show_label=False, **shown)  # the picture says it
                     l_text = gr.Markdown()
-            if is_mnist:
-                l_pick.click(lambda i: demo_state.heldout_digit(i)[0], [l_index], [l_image], api_visibility="private")
+            if takes_digits(sampler):
+                l_pick.click(lambda i: demo_state.heldout_digit(i)[0], [l_index], [l_image],
+                             api_visibility="private")
             l_go.click(user_errors(demo_state.likelihood_page), [l_image], [l_bpd, l_map, l_text],
                        api_visibility="private", **busy)
 
@@ -506,8 +481,8 @@ def theme():
 
 def serve(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 7860, preset: str | None = None,
           workers: int = 1, queue_size: int = 4, device=None, block: bool = True):
-    """Load the models, build the page and serve it; prints the local URL. Returns the Blocks when not blocking."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # Blocks(analytics_enabled=False) too; this also covers launch
+    """Load the models, build the page, serve it and print its local URL (returns the Blocks unless blocking)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # besides Blocks(analytics_enabled=False): launch reads it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     models = load_models(checkpoint, preset, device)
