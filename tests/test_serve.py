@@ -278,7 +278,7 @@ def test_uploads_are_read_as_the_nll_command_reads_files():
 
 def test_inpainting_model_is_chosen_in_one_place():
     assert app.inpaint_checkpoint("runs/mine") == "runs/mine"
-    assert app.inpaint_checkpoint(None) == ("mnist_mar" if "mnist_mar" in app.BUNDLED else "mnist")
+    assert app.inpaint_checkpoint(None) == "mnist_mar"  # the bundled MAR model: sees both sides of a hole
 
 
 def test_readme_client_example_runs(server, capsys):

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 import fractalgen
 
-from .checkpoint import BUNDLED
+from .checkpoint import BUNDLED, DEFAULT_INPAINT_CHECKPOINT
 from .conditional import centre_box
 from .data import center_crop_adm, mnist_split, pil_mode, to_pil_mode
 from .errors import UserError
@@ -57,7 +57,7 @@ def inpaint_checkpoint(named: str | None) -> str:
     what comes before it in raster order); else the bundled `mnist`."""
     if named:
         return named
-    return "mnist_mar" if "mnist_mar" in BUNDLED else "mnist"
+    return DEFAULT_INPAINT_CHECKPOINT if DEFAULT_INPAINT_CHECKPOINT in BUNDLED else "mnist"
 
 
 @dataclass
