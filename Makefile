@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo serve bench setup browser clean mutants
+.PHONY: test demo serve bench numbers setup browser clean mutants
 
 # The venv and PyTorch, shared by every target; then the package with the extras a target needs.
 TORCH_STAMP := $(VENV)/.installed-torch
@@ -42,6 +42,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.speed
+
+# Re-measures the bundled models' README figures and prints each beside the README's (slow: minutes).
+numbers: $(STAMP)
+	$(PY) -m benchmarks.numbers
 
 # Opt-in and slow (not part of `make test`): mutation testing of sampling.py, levels/ and model.py
 # (configuration in pyproject.toml, [tool.mutmut]); survivors are listed at the end.

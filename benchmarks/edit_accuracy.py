@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -38,10 +37,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="skip the own-label reference run")
-    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the numbers as the last line")
     args = parser.parse_args(argv)
-    if args.json and Path(args.json).exists():
-        parser.error(f"{args.json} already exists (results are never written over a file)")
     torch.set_num_threads(args.threads)
 
     model = fractalgen.load(args.checkpoint, device=args.device)
@@ -88,8 +85,7 @@ def main(argv=None):
                                      f"{100 * result['own_label_accuracy']:.1f}%"))
     print("per target class: " + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in result["per_target"].items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

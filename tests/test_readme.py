@@ -13,3 +13,11 @@ def test_readme_python_snippets_run():
     torch.set_num_threads(1)
     for code in snippets:
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+
+
+def test_the_figures_benchmarks_numbers_remeasures_are_the_readmes():
+    from benchmarks.numbers import ENTRIES
+
+    text = README.read_text()
+    missing = [entry.name for entry in ENTRIES if entry.readme not in text]
+    assert not missing, f"README lacks the figures of {missing}"

@@ -99,8 +99,8 @@ class TrainOptions:
 # are made for ImageNet batches (blr 5e-5 gives 6.25e-6 at batch 32, and digits barely learn), so these
 # presets start from their recipe instead; flags given, and a resumed run's stored options, override it.
 PRESET_RECIPES = {
-    "mnist_ar": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False},
-    "mnist_mar": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False},
+    "mnist_ar": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 40, "flip": False},
+    "mnist_mar": {"steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False},
 }
 
 
