@@ -75,6 +75,18 @@ def test_filter_raises_unlikely_unconditional_logits():
     assert torch.allclose(unfiltered, torch.tensor([[20.0, 9.0, 10.0]]))  # u + 2 (c - u) = 2c - u
 
 
+def test_guidance_and_filter_work_row_by_row():
+    """A batch of rows guides each row on its own (the filter's maxima are per row)."""
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(3, 6, generator=g) * torch.tensor([[1.0], [8.0], [3.0]])  # rows of different scale
+    uncond = torch.randn(3, 6, generator=g) * 4
+    scales = torch.tensor([2.0, 3.0, 5.0])
+    batched = guide(torch.cat([cond, uncond]), scales, filter_threshold=0.05)
+    one_by_one = torch.cat([guide(torch.stack([cond[i], uncond[i]]), scales[i:i + 1], 0.05) for i in range(3)])
+    assert torch.equal(batched, one_by_one)
+    assert not torch.equal(batched, guide(torch.cat([cond, uncond]), scales, 0.0))  # the filter acted
+
+
 def test_cfg_schedules():
     progress = torch.tensor([0.0, 0.25, 1.0])
     assert torch.equal(linear_cfg(5.0, progress), torch.tensor([1.0, 2.0, 5.0]))

@@ -101,9 +101,6 @@ class Known:
     values: torch.Tensor  # (B, C, S, S) float
     mask: torch.Tensor  # (B, C, S, S) bool
 
-    def rows(self, index: torch.Tensor) -> "Known":
-        return Known(self.values[index], self.mask[index])
-
 
 class ValueCoder:
     """Chooses each value in place of `draw`: `code(logits (B, V), given (B,) or None) -> ids, logp`.
