@@ -39,7 +39,7 @@ TRAIN_FLAGS = ["--data", "mnist", "--batch-size", "32", "--lr", "2e-3", "--warmu
 def run(args: list[str]) -> tuple[str, float]:
     """Run `fractalgen ARGS` in a child process; (stdout, CPU seconds it used)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-m", "fractalgen", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fractalgen", *args], capture_output=True, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"fractalgen {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -83,7 +83,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    print(f"\n| variant | steps | training CPU s | held-out bits/dim | samples recognised |")
+    print("\n| variant | steps | training CPU s | held-out bits/dim | samples recognised |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['steps']} | {r['train_cpu_seconds']} | {r['bits_per_dim']:.3f} +- "
