@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 from scipy import stats
+from test_conditional import ALPHA, N_SAMPLES, chi_square_p
 
 import fractalgen
 from fractalgen.config import ModelConfig
@@ -138,22 +139,6 @@ def test_mar_reveals_the_cosine_counts_step_by_step():
 
 
 # ---- end to end: a guided, tempered, filtered sampler against enumeration ----------------------------
-
-N_SAMPLES = 20000
-ALPHA = 1e-3
-
-
-def chi_square_p(values: torch.Tensor, probs: torch.Tensor) -> float:
-    counts = torch.bincount(values.long(), minlength=256).double()
-    expected = probs.double() * counts.sum()
-    big = expected >= 5
-    obs = torch.cat([counts[big], counts[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    exp = exp * obs.sum() / exp.sum()
-    return stats.chisquare(obs.numpy(), exp.numpy()).pvalue
-
 
 def authors_probs(cond_logits, uncond_logits, temperature, cfg, threshold):
     """The authors' chain for one pixel, written out: temperature, filter, guidance, softmax."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import CFG_SCHEDULES, ConfigError, ModelConfig, get_config
-from .files import atomic_write
+from .files import atomic_write, read_json_object
 from .model import FractalModel
 
 FORMAT_VERSION = "1"
@@ -348,14 +348,7 @@ def load_ours(path, config=None) -> FractalModel:
 
 def read_config(path: Path) -> tuple[ModelConfig, dict]:
     """config.json -> (ModelConfig, recommended sampling settings); the config carries them as its presets."""
-    try:
-        fields = json.loads(path.read_text())
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(fields, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+    fields = read_json_object(path, str(path), CheckpointError)
     sampling = fields.pop("sampling", None) or {}
     # Two official constructor arguments that do not describe the trained model.
     fields.pop("grad_checkpointing", None)  # a training switch

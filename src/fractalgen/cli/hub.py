@@ -4,10 +4,8 @@
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..errors import UserError
+from ..files import read_json_object
 from .options import add_checkpoint, add_json, add_runtime, apply_runtime, emit_json
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
@@ -40,15 +38,7 @@ def add_export(sub):
 def read_card(path: str | None) -> dict:
     if path is None:
         return {}
-    try:
-        card = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"cannot read --card {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--card {path} is not valid JSON: {e}") from None
-    if not isinstance(card, dict):
-        raise UserError(f"--card {path} must hold a JSON object")
-    return card
+    return read_json_object(path, f"--card {path}")
 
 
 def run_export(args) -> int:
