@@ -147,8 +147,8 @@ def test_export_from_training_files_official_pth_and_bundled(tmp_path):
     assert torch.equal(draw(fractalgen.load(a)), draw(model))
 
     bundled = fractalgen.export("mnist", tmp_path / "mnist", card={"dataset": "mnist"})
-    assert json.loads((bundled / "config.json").read_text())["sampling"]["cfg"] == 10.0
     original, exported = fractalgen.load("mnist"), fractalgen.load(bundled)
+    assert json.loads((bundled / "config.json").read_text())["sampling"]["cfg"] == original.recommended["cfg"]
     assert torch.equal(fractalgen.sample(original, labels=[3], cfg=4.0, seed=0),
                        fractalgen.sample(exported, labels=[3], cfg=4.0, seed=0))
     with pytest.raises(CheckpointError, match="say which model"):

@@ -127,3 +127,36 @@ def test_small_presets_train_with_their_own_recipe_unless_told_otherwise():
     assert by_epochs.steps is None and by_epochs.epochs == 2.0
     official = run_options({"out": "x"}, preset="fractalar_in64")
     assert official.lr is None and official.blr == TrainOptions(out="x").blr
+
+
+def test_random_shift_moves_each_image_within_the_limit_and_fills_with_zero():
+    from fractalgen.train import random_shift
+
+    images = torch.randint(1, 256, (64, 1, 8, 8), dtype=torch.uint8)  # no zeros: the fill is visible
+    out = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    seen = set()
+    for x, y in zip(images, out):
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(torch.roll(x, (dy, dx), (1, 2))[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)],
+                                y[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)])]
+        assert len(match) == 1, match
+        dy, dx = match[0]
+        seen.add((dy, dx))
+        assert int((y == 0).sum()) == 8 * 8 - (8 - abs(dy)) * (8 - abs(dx))  # exactly the uncovered pixels
+    assert len(seen) > 15  # all 25 shifts are drawn, not a fixed one
+    assert torch.equal(out, random_shift(images, 2, torch.Generator().manual_seed(0)))
+
+
+def test_resume_with_shift_continues_exactly(tmp_path):
+    data = tiny_data(tmp_path / "d.npz")
+    train(tiny_config(), options(tmp_path / "a", data, steps=4, shift=1))
+    straight = read_checkpoint(tmp_path / "a" / "run")
+    train(tiny_config(), options(tmp_path / "b", data, steps=2, shift=1))
+    train(None, options(tmp_path / "b", data, steps=4, shift=1, resume=str(tmp_path / "b" / "run")))
+    resumed = read_checkpoint(tmp_path / "b" / "run")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    train(tiny_config(), options(tmp_path / "c", data, steps=4))
+    plain = read_checkpoint(tmp_path / "c" / "run")["model"]
+    assert any(not torch.equal(plain[k], straight["model"][k]) for k in plain)  # the shift did something

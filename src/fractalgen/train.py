@@ -1,7 +1,6 @@
 """Training: one loop, single process or data-parallel under torchrun.
 
-    fractalgen train --preset mnist_ar --data mnist --out runs/mnist --steps 1300 --batch-size 32 --lr 2e-3 \
-        --warmup-steps 40 --no-flip --threads 1
+    fractalgen train --preset mnist_ar --data mnist --out runs/mnist      # the preset's own recipe
     torchrun --nproc_per_node=8 -m fractalgen train --preset fractalmar_in64 --data /imagenet --out runs/in64
 
 A run directory holds `checkpoint.pt` (everything needed to resume: model, optimizer, step,
@@ -58,6 +57,7 @@ class TrainOptions:
     warmup_epochs: float = 40 / 800 * 10  # the official 40-of-800 ratio over a 10-epoch default
     grad_clip: float = 3.0
     flip: bool = True
+    shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
     seed: int = 0
     grad_checkpointing: bool = False
     save_every: int = 500
@@ -88,7 +88,8 @@ class TrainOptions:
                  "warmup_steps": (count(0), "an integer >= 0"), "warmup_epochs": (non_negative, "a finite number >= 0"),
                  "grad_clip": (positive, "a finite number > 0"), "seed": (count(0), "an integer >= 0"),
                  "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
-                 "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1")}
+                 "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1"),
+                 "shift": (count(0), "an integer >= 0")}
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
             if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):
@@ -99,8 +100,8 @@ class TrainOptions:
 # are made for ImageNet batches (blr 5e-5 gives 6.25e-6 at batch 32, and digits barely learn), so these
 # presets start from their recipe instead; flags given, and a resumed run's stored options, override it.
 PRESET_RECIPES = {
-    "mnist_ar": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 40, "flip": False},
-    "mnist_mar": {"steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False},
+    "mnist_ar": {"steps": 5500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
+    "mnist_mar": {"steps": 6000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False},
 }
 
 
@@ -458,6 +459,9 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         while step < total:
             images, labels = next(data)
             images = images.to(device, non_blocking=True)
+            if options.shift:  # drawn from (seed, rank, step): a resumed run replays the same shifts
+                g = torch.Generator().manual_seed((options.seed + d.rank) * 1_000_003 + step)
+                images = random_shift(images, options.shift, g)
             labels = labels.to(device) if labelled else None
             lr = lr_at(step, base_lr, warmup, total)
             for group in optimizer.param_groups:
@@ -520,6 +524,14 @@ def tensorboard_writer(out: Path):
         print("note: tensorboard is not installed; scalars are not logged")
         return None
     return SummaryWriter(str(out / "tensorboard"))
+
+
+def random_shift(images: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image (N, C, H, W) moved by its own (dy, dx), each in [-limit, limit]; uncovered pixels are 0."""
+    n, _, h, w = images.shape
+    padded = nn.functional.pad(images, (limit, limit, limit, limit))
+    offsets = torch.randint(0, 2 * limit + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def write_samples(model: FractalModel, path: Path, seed: int):

@@ -27,13 +27,15 @@ OPTION_FLAGS = {
     "sample_every": "write a sample grid every N steps (0: never)",
     "num_workers": "data loading worker processes",
     "log_every": "steps per line of OUT/metrics.jsonl (loss, lr, grad norm, speed, memory; fractalgen plot draws it)",
+    "shift": "random translation of each training image by up to N pixels in each direction, filled with 0 "
+             "(black: for digits and other images on a black background; 0 = off)",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {
     "steps": integer(1), "epochs": number(above=0), "batch_size": integer(1), "lr": number(above=0),
     "blr": number(above=0), "weight_decay": number(minimum=0), "warmup_steps": integer(0),
     "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
-    "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1),
+    "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1), "shift": integer(0, 64),
 }
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
