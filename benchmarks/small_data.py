@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
+
+from .threads import children_cpu
 
 # The two variables: generator kind and number of generator levels (28 = 7x7 patches of 4x4; with
 # three levels each 4x4 patch is a 2x2 grid of 2x2 patches). Widths and depths: a 0.40M-parameter shape
@@ -39,12 +40,11 @@ TRAIN_FLAGS = ["--data", "mnist", "--batch-size", "32", "--lr", "2e-3", "--warmu
 
 def run(args: list[str]) -> tuple[str, float]:
     """Run `fractalgen ARGS` in a child process; (stdout, CPU seconds it used)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu()
     done = subprocess.run([sys.executable, "-m", "fractalgen", *args], capture_output=True, text=True, check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"fractalgen {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return done.stdout, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return done.stdout, children_cpu() - before
 
 
 def last_json(stdout: str) -> dict:

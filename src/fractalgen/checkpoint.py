@@ -219,6 +219,13 @@ def save_official(model: FractalModel, path, **extra):
 
 # ---- our format -----------------------------------------------------------------------------
 
+def stored_tensors(state: dict, dtype: torch.dtype | None = None) -> dict:
+    """A state dict as safetensors stores it: detached, on the CPU, contiguous; floating-point
+    tensors in `dtype` when given (e.g. torch.bfloat16 halves the file)."""
+    return {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+            .cpu().contiguous() for k, v in state.items()}
+
+
 def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
     """Safetensors weights with the config and the recommended sampling settings as metadata.
 
@@ -228,8 +235,7 @@ def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: 
     sampling = model.recommended if sampling is None else sampling
     from safetensors.torch import save as st_save
 
-    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-               .cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = stored_tensors(model.state_dict(), dtype)
     meta = {"format": "fractalgen", "version": FORMAT_VERSION, "config": model.config.to_json()}
     if sampling:
         meta["sampling"] = json.dumps(sampling)

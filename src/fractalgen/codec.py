@@ -202,12 +202,16 @@ def one_cpu_thread():
         torch.set_num_threads(before)
 
 
+def _log_prob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Natural log-probability of ids (B,) under (B, V) logits."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, ids[:, None]).squeeze(1)
+
+
 class ImageValues(ValueCoder):
     """The image's own values and their log-probabilities, no stream (pixel_bits)."""
 
     def code(self, logits, given):
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return given, logp.gather(1, given[:, None]).squeeze(1)
+        return given, _log_prob(logits, given)
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -249,8 +253,7 @@ class RangeDecoding(ValueCoder):
     def code(self, logits, given):
         ids = torch.from_numpy(self.stream.decode(self.family, _probabilities(logits)).astype(np.int64))
         ids = ids.to(logits.device)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return ids, logp.gather(1, ids[:, None]).squeeze(1)
+        return ids, _log_prob(logits, ids)
 
     def read_labels(self, count: int, num_classes: int) -> torch.Tensor:
         if num_classes <= 1:

@@ -5,11 +5,13 @@ lossless codec) spends on each pixel. Bright pixels surprised the model.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .files import to_hwc
+from .files import save_image, to_hwc
 
 # A dark-to-bright ramp (sampled from matplotlib's perceptually uniform "inferno"): black is "expected".
 RAMP = np.array([(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
@@ -29,6 +31,11 @@ def nice_vmax(bits_max: float) -> float:
     and above 4 bits to a multiple of 4, so the five ticks fall on whole numbers."""
     top = max(1, int(np.ceil(bits_max - 1e-6)))
     return float(top if top <= 4 else -(-top // 4) * 4)
+
+
+def shared_vmax(bits: torch.Tensor) -> float:
+    """One colour scale for a batch of maps (N, C, H, W): nice_vmax of the largest pixel's bits."""
+    return nice_vmax(float(bits.double().sum(1).max()))
 
 
 def heatmap_picture(image: torch.Tensor, bits: torch.Tensor, vmax: float | None = None, scale: int = 8,
@@ -72,7 +79,7 @@ def maps_figure(images: torch.Tensor, bits: torch.Tensor, vmax: float | None = N
                 titles: list[str] | None = None) -> Image.Image:
     """One heatmap_picture per image, stacked top to bottom on one colour scale (the largest map's)."""
     if vmax is None:
-        vmax = nice_vmax(float(bits.double().sum(1).max()))
+        vmax = shared_vmax(bits)
     pictures = [heatmap_picture(image, b, vmax, scale, None if titles is None else titles[i])
                 for i, (image, b) in enumerate(zip(images, bits))]
     canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
@@ -85,12 +92,8 @@ def maps_figure(images: torch.Tensor, bits: torch.Tensor, vmax: float | None = N
 
 def save_maps(images: torch.Tensor, bits: torch.Tensor, folder, names: list[str], vmax: float | None = None):
     """One picture per image into `folder`, on a shared colour scale; returns the paths."""
-    from pathlib import Path
-
-    from .files import save_image
-
     if vmax is None:
-        vmax = nice_vmax(float(bits.double().sum(1).max()))
+        vmax = shared_vmax(bits)
     return [save_image(heatmap_picture(image, b, vmax), Path(folder) / name)
             for image, b, name in zip(images, bits, names)]
 

@@ -78,8 +78,7 @@ def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None =
         raise UserError(f"{folder} exists and is not a folder")
     settings = sampling_recommendation(model, sampling)
     config = folder_config(model, settings)
-    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-               .cpu().contiguous() for k, v in ckpt.official_state_dict(model).items()}
+    tensors = ckpt.stored_tensors(ckpt.official_state_dict(model), dtype)
     weights = safetensors_bytes(tensors, metadata={"format": "pt"})  # the Hub's convention for PyTorch weights
     stored_dtype = str(dtype or next(iter(tensors.values())).dtype).replace("torch.", "")
     card_text = model_card(model, settings, facts, stored_dtype=stored_dtype)

@@ -81,7 +81,6 @@ class SampleContext:
     # the stream (decoder); every value is visited, known or not. See ValueCoder.
     coder: "ValueCoder | None" = None
 
-
     # Guided batches: every tensor of the B rows being generated goes through the transformers
     # twice, once with the conditions (rows :B) and once with the unconditional ones (rows B:).
 

@@ -44,6 +44,7 @@ def read_card(path: str | None) -> dict:
 def run_export(args) -> int:
     import torch
 
+    from ..checkpoint import FOLDER_FILES
     from ..hub import export
 
     if args.checkpoint is None:
@@ -54,7 +55,7 @@ def run_export(args) -> int:
         card["repo_id"] = args.repo_id
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
     folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype, overwrite=args.force)
-    files = {name: str(folder / name) for name in ("config.json", "model.safetensors", "README.md")}
+    files = {name: str(folder / name) for name in FOLDER_FILES}
     print(f"model folder: {folder} ({', '.join(files)}); load it with fractalgen.load({str(folder)!r})")
     emit_json(args, {"out": str(folder), **files})
     return 0

@@ -289,8 +289,11 @@ def run_demo(args) -> int:
     if args.examples:
         val = load_dataset("mnist", "val", model.config.img_size, model.config.channels)
         try:
-            args.checkpoint = named or DEFAULT_INPAINT_CHECKPOINT
-            for path in demo_examples(load_model(args), out, data=stack(val, 8), seed=args.seed):
+            painter = model  # a model the user named does everything; else the bundled MAR model inpaints
+            if named is None:
+                args.checkpoint = DEFAULT_INPAINT_CHECKPOINT
+                painter = load_model(args)
+            for path in demo_examples(painter, out, data=stack(val, 8), seed=args.seed):
                 print(f"{DEMO_DESCRIPTIONS[path.name]}: {path}")
         except Exception as e:  # the optional part must not hide the files already written
             print(f"fractalgen demo: inpainting/editing example failed: {type(e).__name__}: {e}", file=sys.stderr)
