@@ -246,6 +246,20 @@ def test_likelihood_mask_takes_one_uniform_count_for_the_batch():
     assert observed.sum() == draws and stats.chisquare(observed.numpy()).pvalue > ALPHA  # uniform over 1..n
 
 
+def test_uniform_training_mask_draws_a_uniform_count_per_row():
+    from fractalgen.levels.mar import uniform_training_mask
+
+    n, rows = 8, 16000
+    mask = uniform_training_mask(rows, n, "cpu", torch.Generator().manual_seed(0))
+    counts = mask.sum(1)
+    assert len(set(counts[:50].tolist())) > 1  # one count per row, not per batch
+    observed = torch.bincount(counts, minlength=n + 1).double()
+    assert observed[0] == 0 and stats.chisquare(observed[1:].numpy()).pvalue > ALPHA  # uniform over 1..n
+    per_position = mask.double().mean(0)
+    assert (per_position - per_position.mean()).abs().max() < 0.02  # no position favoured
+    assert torch.equal(mask, uniform_training_mask(rows, n, "cpu", torch.Generator().manual_seed(0)))
+
+
 # ---- training and likelihood modes of the model -------------------------------------------------------
 
 def mar_model(**changes):
@@ -292,6 +306,12 @@ def test_each_mode_draws_its_own_masks(monkeypatch):
         model.nll(images)
         model.loss(images, None, train=False)
     assert calls == ["likelihood_mask"] * 4
+    calls.clear()
+    uniform = []
+    monkeypatch.setattr(mar, "uniform_training_mask",
+                        lambda *a, _f=mar.uniform_training_mask, **k: uniform.append(1) or _f(*a, **k))
+    model.loss(images, torch.tensor([1, 2]), masks=["uniform", "uniform"])  # TrainOptions(mar_masks="uniform")
+    assert calls == [] and len(uniform) == 2
 
 
 def test_per_image_mean_and_image_checks():

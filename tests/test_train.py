@@ -129,6 +129,19 @@ def test_small_presets_train_with_their_own_recipe_unless_told_otherwise():
     assert official.lr is None and official.blr == TrainOptions(out="x").blr
 
 
+def test_mar_masks_option_reaches_the_loss_and_is_checked(tmp_path):
+    from fractalgen.train import LossModule
+
+    with pytest.raises(UserError, match="mar_masks"):
+        TrainOptions(out="x", mar_masks="cosine")
+    model = fractalgen.build(tiny_config())
+    assert LossModule(model).masks == ["train"] * len(model.levels)
+    assert LossModule(model, "uniform").masks == ["uniform"] * len(model.levels)
+    data = tiny_data(tmp_path / "d.npz")
+    train(tiny_config(kinds=["mar", "mar"]), options(tmp_path / "u", data, steps=2, mar_masks="uniform"))
+    assert json.loads(read_checkpoint(tmp_path / "u" / "run")["options"])["mar_masks"] == "uniform"
+
+
 def test_random_shift_moves_each_image_within_the_limit_and_fills_with_zero():
     from fractalgen.train import random_shift
 

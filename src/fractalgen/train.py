@@ -41,6 +41,7 @@ from .runtime import Dist, setup_distributed
 from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
+MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
 
 
 @dataclasses.dataclass
@@ -58,6 +59,7 @@ class TrainOptions:
     grad_clip: float = 3.0
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
+    mar_masks: str = "official"  # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
     seed: int = 0
     grad_checkpointing: bool = False
     save_every: int = 500
@@ -90,6 +92,7 @@ class TrainOptions:
                  "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
                  "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1"),
                  "shift": (count(0), "an integer >= 0")}
+        rules["mar_masks"] = (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}")
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
             if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):
@@ -135,12 +138,13 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
 class LossModule(nn.Module):
     """DistributedDataParallel synchronises gradients around forward(): route the loss through it."""
 
-    def __init__(self, model: FractalModel):
+    def __init__(self, model: FractalModel, mar_masks: str = "official"):
         super().__init__()
         self.model = model
+        self.masks = [MAR_MASKS[mar_masks]] * len(model.levels)  # AR levels ignore their mask spec
 
     def forward(self, images, labels):
-        return self.model.loss(images, labels)
+        return self.model.loss(images, labels, masks=self.masks)
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -414,7 +418,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     if options.fsdp and not d.enabled and d.main:
         print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
               file=sys.stderr)
-    loss_module = LossModule(model)
+    loss_module = LossModule(model, options.mar_masks)
     if resume is not None:  # every rank loads the full weights; FSDP then keeps its shard
         fit_checkpoint(lambda: model.load_state_dict(resume["model"]), options.resume)
     if sharded:

@@ -29,6 +29,8 @@ OPTION_FLAGS = {
     "log_every": "steps per line of OUT/metrics.jsonl (loss, lr, grad norm, speed, memory; fractalgen plot draws it)",
     "shift": "random translation of each training image by up to N pixels in each direction, filled with 0 "
              "(black: for digits and other images on a black background; 0 = off)",
+    "mar_masks": "MAR levels' training masks: official (mask ratio ~ N(1, 0.25), mostly nearly all masked) or "
+                 "uniform (masked count uniform over 1..N: every generation stage trained equally often)",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {
@@ -37,6 +39,7 @@ FLAG_TYPES = {
     "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
     "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1), "shift": integer(0, 64),
 }
+FLAG_CHOICES = {"mar_masks": ("official", "uniform")}
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
     "keep_checkpoints": "also keep checkpoint-STEP.pt copies",
@@ -62,7 +65,7 @@ def register(subparsers):
         default = getattr(defaults, dest)
         kind = FLAG_TYPES.get(dest, str)
         shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
-        p.add_argument("--" + dest.replace("_", "-"), type=kind, help=text + shown)
+        p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=FLAG_CHOICES.get(dest), help=text + shown)
     p.add_argument("--label-drop", type=number(minimum=0, below=1), help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no random horizontal flips (e.g. for digits)")

@@ -67,7 +67,7 @@ class Level(nn.Module):
                       weighted: bool = True, guide_target: torch.Tensor | None = None) -> "LevelOutput":
         """x (B, C, S, S) raw values, conds list of (B, cond_width) -> what goes to the next level.
 
-        mask_spec (MAR levels): "train", "eval", "all" or a bool (B, N) tensor, True = masked.
+        mask_spec (MAR levels): "train", "uniform", "eval", "all" or a bool (B, N) tensor, True = masked.
         weighted: training loss weights (False: the plain likelihood-mode mean).
         guide_target (levels with a guiding pixel, tests): its targets (B, C) instead of drawn ones.
         """

@@ -30,6 +30,14 @@ def training_mask(batch: int, seq_len: int, device, generator=None) -> torch.Ten
     return mask_first_in_order(random_orders(batch, seq_len, device, generator), num_masked)
 
 
+def uniform_training_mask(batch: int, seq_len: int, device, generator=None) -> torch.Tensor:
+    """Per row, k ~ U{1..N} random tokens masked: every stage of random-order generation is trained
+    as often as any other (the official schedule above almost never masks fewer than half the
+    tokens, yet generation's last steps, and inpainting with much known, predict exactly there)."""
+    k = torch.randint(1, seq_len + 1, (batch,), device=device, generator=generator).float()
+    return mask_first_in_order(random_orders(batch, seq_len, device, generator), k)
+
+
 def likelihood_mask(batch: int, seq_len: int, device, generator=None) -> torch.Tensor:
     """One count k ~ U{1..N} for the whole batch, random positions per row (unbiased random-order NLL)."""
     k = torch.randint(1, seq_len + 1, (1,), device=device, generator=generator).float().expand(batch)
@@ -143,7 +151,7 @@ class MARLevel(Level):
     # ---- training and likelihood ---------------------------------------------------
 
     def forward_train(self, x, conds, mask_spec="train", weighted=True, guide_target=None) -> LevelOutput:
-        """x (B, C, S, S) raw; mask_spec: "train", "eval", "all" or a bool tensor (B, N), True = masked.
+        """x (B, C, S, S) raw; mask_spec: "train", "uniform", "eval", "all" or a bool tensor (B, N), True = masked.
 
         guide_target (tests): the guiding pixel's integer targets (B, C), instead of drawing them.
         """
@@ -175,6 +183,8 @@ class MARLevel(Level):
             return spec.to(device=device, dtype=torch.bool)
         if spec == "train":
             return training_mask(batch, n, device)
+        if spec == "uniform":
+            return uniform_training_mask(batch, n, device)
         if spec == "eval":
             return likelihood_mask(batch, n, device)
         if spec == "all":
