@@ -29,6 +29,7 @@ from fractalgen.sampling import (
     apply_temperature,
     constant_cfg,
     cosine_masked_after,
+    falling_cfg,
     guide,
     linear_cfg,
 )
@@ -92,6 +93,7 @@ def test_cfg_schedules():
     progress = torch.tensor([0.0, 0.25, 1.0])
     assert torch.equal(linear_cfg(5.0, progress), torch.tensor([1.0, 2.0, 5.0]))
     assert torch.equal(constant_cfg(5.0, progress), torch.tensor([5.0, 5.0, 5.0]))
+    assert torch.equal(falling_cfg(5.0, progress), torch.tensor([5.0, 4.0, 1.0]))
 
 
 # Tokens still masked after each step, floor(N * cos(pi/2 * (s+1) / num_iter)), worked out by hand.

@@ -17,7 +17,7 @@ from pathlib import Path
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
-CFG_SCHEDULES = ("linear", "constant")
+CFG_SCHEDULES = ("linear", "constant", "falling")
 
 # Fixed by the official code (SPEC 5): the guiding-pixel head is a small pixel head.
 GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0

@@ -57,9 +57,16 @@ def constant_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:
     return torch.full_like(progress, cfg)
 
 
+def falling_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:
+    """Guidance falls from cfg to 1: strongest while the layout is drawn, none for the last details.
+    (For class edits with a MAR model, benchmarks/edit_accuracy.py measures it against the others.)"""
+    return 1.0 + (cfg - 1.0) * (1.0 - progress)
+
+
 CFG_SCHEDULES: dict[str, Callable[[float, torch.Tensor], torch.Tensor]] = {
     "linear": linear_cfg,
     "constant": constant_cfg,
+    "falling": falling_cfg,
 }
 
 

@@ -25,7 +25,7 @@ class SettingsError(UserError, ValueError):
 @dataclass(frozen=True)
 class SamplingSettings:
     cfg: float  # guidance scale; 1.0 = no guidance
-    cfg_schedule: str  # "linear" (ramps 1 -> cfg as generation progresses) or "constant"
+    cfg_schedule: str  # "linear" (ramps 1 -> cfg as generation progresses), "constant" or "falling" (cfg -> 1)
     temperature: float  # multiplies the logits (the authors' convention: 1.1 sharpens)
     filter_threshold: float  # guidance leaves values whose conditional probability is below it alone
     num_iter: tuple[int, ...]  # steps per level (MAR levels; AR levels always take one step per patch)

@@ -7,6 +7,7 @@ import math
 
 from tqdm import tqdm
 
+from ..config import CFG_SCHEDULES
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
 from ..runtime import pick_device, rank, set_threads
@@ -143,7 +144,8 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     --batch-size unless `batch_size` is None."""
     p.add_argument("--cfg", type=number(minimum=-SETTING_MAX, maximum=SETTING_MAX),
                    help="guidance scale (default: the checkpoint's recommendation, else the preset's)")
-    p.add_argument("--cfg-schedule", choices=["linear", "constant"], help="guidance schedule (default: as --cfg)")
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES,
+                   help="guidance schedule: linear ramps 1 -> cfg, falling cfg -> 1, or constant (default: as --cfg)")
     p.add_argument("--temperature", type=number(above=0, maximum=SETTING_MAX),
                    help="logit temperature, multiplies the logits (default: as --cfg)")
     p.add_argument("--filter-threshold", type=number(minimum=0, maximum=1),
