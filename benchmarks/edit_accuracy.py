@@ -57,6 +57,9 @@ def main(argv=None):
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended)")
     parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="default: the model's recommended")
     parser.add_argument("--temperature", type=float, help="default: the model's recommended")
+    parser.add_argument("--filter-threshold", type=float, help="default: the model's recommended")
+    parser.add_argument("--num-iter", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        help="MAR steps per level, e.g. 16,8 (default: the model's recommended)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
@@ -80,7 +83,8 @@ def main(argv=None):
         for i in range(0, n, args.batch):
             out.append(fractalgen.edit(model, images[i:i + args.batch], goal[i:i + args.batch], known=known,
                                        cfg=args.cfg, cfg_schedule=args.cfg_schedule,
-                                       temperature=args.temperature, seed=args.seed + i))
+                                       temperature=args.temperature, filter_threshold=args.filter_threshold,
+                                       num_iter=args.num_iter, seed=args.seed + i))
         return torch.cat(out)
 
     start = time.perf_counter()
@@ -89,11 +93,12 @@ def main(argv=None):
     read = predict(edited, classifier)
     same = None if args.quick else predict(edit_all(labels), classifier)  # regenerated under the own label
     settings = fractalgen.resolve_settings(model, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
-                                           temperature=args.temperature)
+                                           temperature=args.temperature, filter_threshold=args.filter_threshold,
+                                           num_iter=args.num_iter)
     result = {
         "checkpoint": str(args.checkpoint), "digits": n, "kept_rows": int(known[:, 0].sum()),
         "cfg": settings.cfg, "cfg_schedule": settings.cfg_schedule, "temperature": settings.temperature,
-        "seed": args.seed,
+        "filter_threshold": settings.filter_threshold, "num_iter": list(settings.num_iter), "seed": args.seed,
         "edit_accuracy": (read == targets).float().mean().item(),
         "still_original": (read == labels).float().mean().item(),
         "own_label_accuracy": None if same is None else (same == labels).float().mean().item(),
@@ -103,7 +108,7 @@ def main(argv=None):
         "seconds_editing": round(seconds, 1),
     }
     print(f"edited {n} held-out digits (top {result['kept_rows']} rows kept) with cfg {result['cfg']} "
-          f"({result['cfg_schedule']}), temperature {result['temperature']}: "
+          f"({result['cfg_schedule']}), temperature {result['temperature']}, filter {result['filter_threshold']:g}: "
           f"{100 * result['edit_accuracy']:.1f}% recognised as the target class "
           f"({100 * result['still_original']:.1f}% still read as the original digit)")
     print(f"reference: classifier on the unedited digits {100 * result['classifier_accuracy_unedited']:.1f}%"

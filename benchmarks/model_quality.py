@@ -22,6 +22,7 @@ import torch
 
 import fractalgen
 from fractalgen.classifier import features, load_mnist_classifier, predict
+from fractalgen.config import CFG_SCHEDULES
 from fractalgen.data import mnist_split
 from fractalgen.metrics.fid import fid_from_statistics, statistics
 
@@ -33,15 +34,16 @@ def held_out_bits(model, passes: int, seed: int) -> tuple[float, float]:
     return float(per_image.mean()), float(per_image.std() / math.sqrt(per_image.numel()))
 
 
-def sample_scores(model, cfg: float, per_class: int, seed: int, classifier, reference) -> dict:
+def sample_scores(model, cfg: float, per_class: int, seed: int, classifier, reference, cfg_schedule=None) -> dict:
     """Accuracy and classifier FID of `per_class` samples of each digit at guidance `cfg`."""
     labels = torch.arange(10).repeat_interleave(per_class)
     started = time.perf_counter()
-    images = fractalgen.sample(model, labels=labels.tolist(), cfg=cfg, seed=seed)
+    images = fractalgen.sample(model, labels=labels.tolist(), cfg=cfg, cfg_schedule=cfg_schedule, seed=seed)
     seconds = time.perf_counter() - started
     accuracy = float((predict(images, classifier) == labels).float().mean())
     fid = fid_from_statistics(statistics(features(images, classifier).numpy()), reference)
-    return {"cfg": cfg, "accuracy": round(accuracy, 4), "classifier_fid": round(fid, 2),
+    return {"cfg": cfg, "cfg_schedule": fractalgen.resolve_settings(model, cfg_schedule=cfg_schedule).cfg_schedule,
+            "accuracy": round(accuracy, 4), "classifier_fid": round(fid, 2),
             "samples": len(labels), "seconds": round(seconds, 1)}
 
 
@@ -49,6 +51,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="mnist")
     parser.add_argument("--cfg", type=float, nargs="*", help="guidance scales (default: the recommended one)")
+    parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="default: the model's recommended")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--passes", type=int, help="likelihood passes (default: 1 for AR, 8 for MAR)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,9 +76,9 @@ def main(argv=None):
     for cfg in scales:
         if cfg is None:
             cfg = fractalgen.resolve_settings(model).cfg
-        row = sample_scores(model, cfg, args.per_class, args.seed, classifier, reference)
+        row = sample_scores(model, cfg, args.per_class, args.seed, classifier, reference, args.cfg_schedule)
         curve.append(row)
-        print(f"cfg {cfg:g}: {100 * row['accuracy']:.1f}% recognised, classifier FID {row['classifier_fid']:.1f} "
+        print(f"cfg {cfg:g} ({row['cfg_schedule']}): {100 * row['accuracy']:.1f}% recognised, classifier FID {row['classifier_fid']:.1f} "
               f"({row['samples']} samples, {row['seconds']} s)", flush=True)
     result["curve"] = curve
     if args.json:
