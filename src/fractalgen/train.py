@@ -104,7 +104,8 @@ class TrainOptions:
 # presets start from their recipe instead; flags given, and a resumed run's stored options, override it.
 PRESET_RECIPES = {
     "mnist_ar": {"steps": 5500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
-    "mnist_mar": {"steps": 8000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
+    "mnist_mar": {"steps": 18000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1,
+                  "mar_masks": "uniform"},
 }
 
 
