@@ -253,3 +253,16 @@ def test_cli_nll_writes_likelihood_maps(tmp_path, capsys):
                              "--threads", "1")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["00000_map.png", "00001_map.png"]
+
+
+def test_cli_nll_refuses_an_unwritable_maps_folder_before_measuring(tmp_path, capsys, monkeypatch):
+    import fractalgen.likelihood
+
+    measured = []
+    monkeypatch.setattr(fractalgen.likelihood, "measure", lambda *a, **k: measured.append(1))
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run_cli(capsys, "nll", "--limit", "2", "--maps", tmp_path / "file" / "maps", "--device", "cpu",
+                           "--threads", "1")
+    assert code == 2 and "cannot write to output folder" in err and len(err.strip().splitlines()) == 1
+    assert measured == []  # refused before the likelihood pass
+    assert (tmp_path / "file").read_text() == "not a folder"

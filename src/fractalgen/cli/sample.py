@@ -150,6 +150,7 @@ def run_nll(args) -> int:
     from ..likelihood import measure
 
     model = load_model(args)
+    maps = maps_target(model, args) if args.maps else None  # a bad --maps folder fails before the long pass
     with progress_bar(None, "likelihood") as bar:
         result = measure(model, args.data, args.split, args.passes, args.limit, args.batch_size, args.seed,
                          progress=bar.update)
@@ -157,24 +158,30 @@ def run_nll(args) -> int:
               else "(one image: no standard error; ")
     print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {args.data}/{args.split}, "
           f"{result['passes']} pass(es))")
-    if args.maps:
-        result["maps"] = write_maps(model, args)
+    if maps is not None:
+        result["maps"] = write_maps(model, args, *maps)
     emit_json(args, result)
     return 0
 
 
-def write_maps(model, args) -> str:
-    """Likelihood maps of the images `nll` measured: {index:05d}_map.png in --maps."""
+def maps_target(model, args):
+    """The images `nll` measures, the maps' file names ({index:05d}_map.png) and their folder (checked writable)."""
     from ..data import load_dataset, stack
     from ..files import check_writable
-    from ..heatmap import save_maps
-    from ..likelihood import pixel_bits
 
     c = model.config
     images, _ = stack(load_dataset(args.data, args.split, c.img_size, c.channels), args.limit)
     names = [f"{i:05d}_map.png" for i in range(images.shape[0])]
     out = output_folder(Path(args.maps), names, args.overwrite)
-    check_writable(out)  # before the long part
+    check_writable(out)
+    return images, names, out
+
+
+def write_maps(model, args, images, names, out: Path) -> str:
+    """Likelihood maps of the images `nll` measured, one per image, into `out` (see maps_target)."""
+    from ..heatmap import save_maps
+    from ..likelihood import pixel_bits
+
     bits = pixel_bits(model, images, batch_size=args.batch_size)
     save_maps(images, bits, out, names)
     print(f"likelihood maps: {out}/{names[0]} ... {names[-1]} (bits per pixel; the codec's cost per pixel)")
