@@ -25,6 +25,7 @@ import torch
 
 import fractalgen
 from fractalgen.classifier import load_mnist_classifier, predict
+from fractalgen.cli.options import integer_list
 from fractalgen.conditional import top_rows_known
 from fractalgen.config import CFG_SCHEDULES
 from fractalgen.data import mnist_split
@@ -58,7 +59,7 @@ def main(argv=None):
     parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="default: the model's recommended")
     parser.add_argument("--temperature", type=float, help="default: the model's recommended")
     parser.add_argument("--filter-threshold", type=float, help="default: the model's recommended")
-    parser.add_argument("--num-iter", type=lambda v: tuple(int(x) for x in v.split(",")),
+    parser.add_argument("--num-iter", type=integer_list,
                         help="MAR steps per level, e.g. 16,8 (default: the model's recommended)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=100)

@@ -91,8 +91,8 @@ class TrainOptions:
                  "grad_clip": (positive, "a finite number > 0"), "seed": (count(0), "an integer >= 0"),
                  "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
                  "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1"),
-                 "shift": (count(0), "an integer >= 0")}
-        rules["mar_masks"] = (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}")
+                 "shift": (count(0), "an integer >= 0"),
+                 "mar_masks": (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}")}
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
             if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):

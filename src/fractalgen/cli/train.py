@@ -39,7 +39,6 @@ FLAG_TYPES = {
     "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
     "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1), "shift": integer(0, 64),
 }
-FLAG_CHOICES = {"mar_masks": ("official", "uniform")}
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
     "keep_checkpoints": "also keep checkpoint-STEP.pt copies",
@@ -50,7 +49,9 @@ SWITCHES = {
 
 
 def register(subparsers):
-    from ..train import TrainOptions
+    from ..train import MAR_MASKS, TrainOptions
+
+    choices = {"mar_masks": tuple(MAR_MASKS)}  # string flags with a fixed set of values
 
     defaults = TrainOptions(out="")
     p = subparsers.add_parser("train", help="train a model (single process, or data-parallel under torchrun)",
@@ -65,7 +66,7 @@ def register(subparsers):
         default = getattr(defaults, dest)
         kind = FLAG_TYPES.get(dest, str)
         shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
-        p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=FLAG_CHOICES.get(dest), help=text + shown)
+        p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=choices.get(dest), help=text + shown)
     p.add_argument("--label-drop", type=number(minimum=0, below=1), help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no random horizontal flips (e.g. for digits)")
