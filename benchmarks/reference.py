@@ -76,12 +76,17 @@ def _install_shims():
 
 
 @contextlib.contextmanager
-def patched_cuda():
-    """Inside: `.cuda()` is the identity and `torch.cuda.amp.autocast` does nothing (CPU runs of their code)."""
+def patched_cuda(bf16: bool = False):
+    """Inside: `.cuda()` is the identity and `torch.cuda.amp.autocast` does nothing (CPU runs of their
+    code), or with bf16 is CPU bf16 autocast with the same arguments (their fp32 islands disable it)."""
     saved = (torch.Tensor.cuda, nn.Module.cuda, torch.cuda.amp.autocast)
     torch.Tensor.cuda = lambda self, *a, **k: self
     nn.Module.cuda = lambda self, *a, **k: self
-    torch.cuda.amp.autocast = lambda *a, **k: contextlib.nullcontext()
+    if bf16:
+        torch.cuda.amp.autocast = lambda enabled=True, **k: torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                           enabled=enabled)
+    else:
+        torch.cuda.amp.autocast = lambda *a, **k: contextlib.nullcontext()
     try:
         yield
     finally:

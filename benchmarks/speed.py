@@ -11,7 +11,8 @@ configuration and gets exactly our weights through the official checkpoint layou
 the same images with the same MAR masks (likelihood mode, and training mode with dropout
 off), and the benchmark stops if they differ: the comparison is like for like.
 
-Tasks: one AdamW training step (loss, backward, clip 3.0, step) at batch 32, dropout on;
+Tasks: one AdamW training step (loss, backward, clip 3.0, step) at batch 32, dropout on, with
+one fixed draw of the MAR training masks given to both (the work per step depends on it);
 sampling 16 images (labels 0..9,0..5, cfg 2.0 linear, temperature 1.0, filter 1e-4,
 iterations 16,16), reported per image. Runs of the two implementations alternate (the
 order flips every repetition) and each time is the best of `--reps`: on a shared machine
@@ -207,19 +208,21 @@ def check_same_loss(name, ours, theirs, reference, batch: int = 4) -> str:
 
 # ---- the two tasks, for each implementation --------------------------------------------------------
 
-def train_step_ours(model, images, labels):
+def train_step_ours(model, images, labels, masks, bf16: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
 
     def step():
         model.train()
         opt.zero_grad(set_to_none=True)
-        model.loss(images, labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as `train --precision bf16`
+            loss = model.loss(images, labels, masks=masks)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
     return step
 
 
-def train_step_theirs(model, images, labels, config):
+def train_step_theirs(model, images, labels, masks, config, bf16: bool):
     from .reference import patched_cuda
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
@@ -227,31 +230,35 @@ def train_step_theirs(model, images, labels, config):
 
     def step():
         model.train()
-        with patched_cuda():
+        with patched_cuda(bf16), their_masks(model, masks):
             opt.zero_grad(set_to_none=True)
-            model(x, labels).backward()
+            with torch.cuda.amp.autocast():  # as their training loop (engine_fractalgen.py) wraps the forward
+                loss = model(x, labels)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
             opt.step()
     return step
 
 
-def sample_ours(model, labels, num_iter):
+def sample_ours(model, labels, num_iter, bf16: bool):
     def run(count=None):
         count = count or len(labels)
         torch.manual_seed(0)
         model.eval()
-        fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, **SAMPLING)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, **SAMPLING)
     return run
 
 
-def sample_theirs(model, labels, num_iter, config):
+def sample_theirs(model, labels, num_iter, config, bf16: bool):
     from .reference import patched_cuda
 
     def run(count=None):
         count = count or len(labels)
         torch.manual_seed(0)
         model.eval()
-        with torch.no_grad(), patched_cuda():
+        # As their evaluation loop: sampling under (their) autocast.
+        with torch.no_grad(), patched_cuda(bf16), torch.cuda.amp.autocast():
             y = torch.tensor(labels[:count])
             cond = torch.cat([model.class_emb(y), model.fake_latent.repeat(count, 1)])  # cfg != 1: doubled
             model.sample(cond_list=[cond] * config.num_conds, num_iter_list=list(num_iter),
@@ -270,15 +277,19 @@ def measure(models, tasks, args, threads):
         num_iter = (args.num_iter,) * config.num_levels
         if "train" in tasks:
             images, labels = inputs(config, args.batch)
-            runs = {"ours": train_step_ours(ours, images, labels)}
+            # The same MAR training masks for both and for every step: the work per step depends on how
+            # many patches are masked, and fresh draws would make it differ from run to run.
+            masks = mar_masks(config, args.batch, train=True, seed=2)
+            runs = {"ours": train_step_ours(ours, images, labels, masks, args.ours_precision == "bf16")}
             if theirs is not None:
-                runs["theirs"] = train_step_theirs(theirs, images, labels, config)
+                runs["theirs"] = train_step_theirs(theirs, images, labels, masks, config,
+                                                   args.theirs_precision == "bf16")
             cells[name, "train"] = {k: (Timing(per=1), fn) for k, fn in runs.items()}
         if "sample" in tasks:
             labels = [i % config.num_classes for i in range(args.images)]
-            runs = {"ours": sample_ours(ours, labels, num_iter)}
+            runs = {"ours": sample_ours(ours, labels, num_iter, args.ours_precision == "bf16")}
             if theirs is not None:
-                runs["theirs"] = sample_theirs(theirs, labels, num_iter, config)
+                runs["theirs"] = sample_theirs(theirs, labels, num_iter, config, args.theirs_precision == "bf16")
             cells[name, "sample"] = {k: (Timing(per=args.images), fn) for k, fn in runs.items()}
     # Warm-up and FLOPs (untimed). Sampling FLOPs are linear in the batch: count one image.
     for (name, task), runs in cells.items():
@@ -337,6 +348,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--images", type=int, default=16, help="images sampled per run")
     p.add_argument("--num-iter", type=int, default=16, help="sampling iterations at every level")
+    p.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: ours under CPU bf16 autocast (as `fractalgen train --precision bf16`)")
+    p.add_argument("--theirs-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: their torch.cuda.amp.autocast mapped to CPU bf16 autocast; fp32: a no-op, as on a "
+                        "CPU their code runs")
     return p.parse_args(argv)
 
 
@@ -378,7 +394,9 @@ def main(argv=None):
     print("fp32 matmul peak (2048^3, best of the start and end of each block): "
           + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in peaks.items()))
     print(f"training batch {args.batch}; sampling {args.images} images, cfg 2.0 linear, temperature 1.0, "
-          f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs\n")
+          f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs")
+    print(f"precision: authors' code {args.theirs_precision}, fractalgen {args.ours_precision}"
+          + ("" if args.ours_precision == args.theirs_precision else " (NOT the same precision)") + "\n")
     print(table(results, peaks, args.batch))
     return 0
 

@@ -340,3 +340,26 @@ def test_bf16_autocast_runs(name):
         out = fractalgen.sample(model, labels=[1, 2], cfg=2.0, seed=0, num_iter=(2,) * model.config.num_levels)
     assert loss.dtype == torch.float32 and abs(loss.item() - reference.item()) < 0.05 * reference.item()
     assert out.shape == images.shape
+
+
+def test_tied_cross_entropy_equals_the_plain_one():
+    """The chunked cross-entropy of the pixel heads: values and gradients of the plain computation,
+    with chunks that do not divide the rows (double precision: any difference is a bug, not rounding)."""
+    from fractalgen.nn.cross_entropy import tied_cross_entropy
+
+    torch.manual_seed(0)
+    T, M, V, W = 3, 37, 11, 5
+    h = torch.randn(T, M, W, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(T, V, W, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(T, 1, V, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, V, (T, M))
+    weights = torch.rand(T, M, dtype=torch.float64)  # an uneven incoming gradient
+
+    logits = torch.baddbmm(bias, h, table.transpose(1, 2))
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(T, M)
+    expected = torch.autograd.grad((plain * weights).sum(), (h, table, bias))
+    fused = tied_cross_entropy(h, table, bias, targets, chunk=8)
+    got = torch.autograd.grad((fused * weights).sum(), (h, table, bias))
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

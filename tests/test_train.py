@@ -173,3 +173,18 @@ def test_resume_with_shift_continues_exactly(tmp_path):
     train(tiny_config(), options(tmp_path / "c", data, steps=4))
     plain = read_checkpoint(tmp_path / "c" / "run")["model"]
     assert any(not torch.equal(plain[k], straight["model"][k]) for k in plain)  # the shift did something
+
+
+def test_precision_option_sets_autocast_on_cpu_and_is_checked(tmp_path):
+    """bf16 reaches the loss (a different first loss from the same seed and data, close to fp32's);
+    auto on a CPU is fp32 (the very same loss); the choice is stored with the run."""
+    with pytest.raises(UserError, match="precision"):
+        TrainOptions(out="x", precision="fp16")
+    data = tiny_data(tmp_path / "d.npz")
+    first = {}
+    for precision in ("fp32", "auto", "bf16"):
+        out = train(tiny_config(), options(tmp_path / precision, data, steps=1, precision=precision))
+        first[precision] = out["loss"]
+        assert json.loads(read_checkpoint(tmp_path / precision / "run")["options"])["precision"] == precision
+    assert first["auto"] == first["fp32"]
+    assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.02)

@@ -42,6 +42,7 @@ from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
+PRECISIONS = ("auto", "fp32", "bf16")  # TrainOptions.precision; auto: bf16 on CUDA, fp32 on CPU
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class TrainOptions:
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
     mar_masks: str = "official"  # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
+    precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: bf16 on CUDA only
     seed: int = 0
     grad_checkpointing: bool = False
     save_every: int = 500
@@ -92,7 +94,8 @@ class TrainOptions:
                  "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
                  "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1"),
                  "shift": (count(0), "an integer >= 0"),
-                 "mar_masks": (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}")}
+                 "mar_masks": (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}"),
+                 "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")}
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
             if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):
@@ -444,9 +447,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # Mixed precision on GPUs only: CPU bf16 autocast is slow and changes the numbers.
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    # bf16 autocast by default on GPUs only: on CPUs it is opt-in (1.8x faster steps on one with
+    # avx512_bf16, benchmarks/RESULTS.md) because it changes the numbers the fp32 recipe gives.
+    bf16 = options.precision == "bf16" or (options.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
     log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 

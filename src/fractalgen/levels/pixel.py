@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..config import PixelHeadConfig
 from ..nn import KVCache, ViTBlock
+from ..nn.cross_entropy import tied_cross_entropy
 from ..sampling import SampleContext, apply_temperature, draw, guide
 
 NUM_VALUES = 256
@@ -32,13 +33,12 @@ class PixelHead(nn.Module):
         self.logit_bias = nn.ParameterList([nn.Parameter(torch.zeros(1, NUM_VALUES))
                                             for _ in range(config.channels)])
 
-    def _channel_logits(self, h: torch.Tensor, first: int) -> torch.Tensor:
-        """h (M, T, W) hidden states predicting channels first..first+T-1 -> fp32 logits (M, T, 256)."""
-        T = h.shape[1]
+    def _tied_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32."""
         # fp32 island: 256-way logits against the tied tables, as the checkpoints expect.
-        table = torch.stack([cb.weight for cb in self.codebooks[first:first + T]]).float()  # (T, 256, W)
-        bias = torch.cat(list(self.logit_bias[first:first + T])).float()  # (T, 256)
-        return torch.einsum("mtw,tvw->mtv", h.float(), table) + bias
+        table = torch.stack([cb.weight for cb in self.codebooks]).float()
+        bias = torch.stack(list(self.logit_bias)).float()
+        return table, bias
 
     def _next_channel_logits(self, h: torch.Tensor, c: int) -> torch.Tensor:
         """h (R, W) predicting channel c -> fp32 logits (R, 256) (the fp32 island above, for one channel)."""
@@ -47,24 +47,28 @@ class PixelHead(nn.Module):
 
     def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
+        table, bias = self._tied_tables()
+        return torch.baddbmm(bias, self._hidden(cond, values), table.transpose(1, 2)).transpose(0, 1)
+
+    def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The states that predict each channel, channel-major: (C, M, W) in fp32."""
         tokens = [self.cond_proj(cond)[:, None]]
         # The last channel's embedding is never needed: causal attention keeps it from every output.
         tokens += [self.codebooks[c](values[:, c])[:, None] for c in range(self.channels - 1)]
         x = self.embed_norm(torch.cat(tokens, dim=1))  # (M, C, W)
         for block in self.blocks:
             x = block(x, causal=True)
-        return self._channel_logits(self.norm(x), 0)
+        return self.norm(x).float().transpose(0, 1)
 
     def nll(self, cond: torch.Tensor, values: torch.Tensor, weighted: bool) -> torch.Tensor:
         """Per-row loss (M,) in nats. Training weights channel 0 by `red_weight`; evaluation is the plain mean."""
-        logits = self.logits(cond, values)
-        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), values.flatten(), reduction="none")
-        ce = ce.view(values.shape)  # (M, C)
+        table, bias = self._tied_tables()
+        ce = tied_cross_entropy(self._hidden(cond, values), table, bias, values.t())  # (C, M)
         if not weighted:
-            return ce.mean(1)
-        weights = torch.ones(self.channels, device=ce.device)
+            return ce.mean(0)
+        weights = torch.ones(self.channels, 1, device=ce.device)
         weights[0] = self.red_weight
-        return (ce * weights).sum(1) / weights.sum()
+        return (ce * weights).sum(0) / weights.sum()
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, guidance: torch.Tensor, ctx: SampleContext,
