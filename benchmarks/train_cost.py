@@ -1,6 +1,7 @@
 """Training cost of the small presets on this machine: steps/s, images/s and peak memory.
 
     python -m benchmarks.train_cost --steps 40 --batch-size 32 --threads 1
+    python -m benchmarks.train_cost --steps 40 --threads 1 --precision bf16    # train --precision bf16
 
 Each preset trains in a fresh process (`fractalgen train ...`, so the peak memory is that process's
 own; MNIST presets on the embedded digits, the others on random images of their size) and the
@@ -40,12 +41,13 @@ def data_for(preset: str, folder: Path) -> str:
     return str(path)
 
 
-def measure(preset: str, steps: int, batch_size: int, threads: int, folder: Path) -> dict:
+def measure(preset: str, steps: int, batch_size: int, threads: int, folder: Path, precision: str = "auto") -> dict:
     out = folder / preset
     data = data_for(preset, folder)
     command = [sys.executable, "-m", "fractalgen", "train", "--preset", preset, "--data", data, "--out", str(out),
                "--steps", str(steps), "--batch-size", str(batch_size), "--lr", "1e-3", "--warmup-steps", "5",
-               "--sample-every", "0", "--save-every", str(steps), "--threads", str(threads), "--device", "cpu"]
+               "--sample-every", "0", "--save-every", str(steps), "--threads", str(threads), "--device", "cpu",
+               "--precision", precision]
     proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode:
@@ -65,18 +67,21 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="fractalgen train --precision (auto: fp32 on the CPU)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object per preset")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for preset in args.presets.split(","):
             before = os.getloadavg()[0]
-            row = measure(preset, args.steps, args.batch_size, args.threads, Path(folder))
+            row = measure(preset, args.steps, args.batch_size, args.threads, Path(folder), args.precision)
             row["load_average"] = (before + os.getloadavg()[0]) / 2
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
-    print(f"{args.steps} steps per preset, {args.threads} torch thread(s), {os.cpu_count()} CPUs\n")
+    print(f"{args.steps} steps per preset, {args.threads} torch thread(s), precision {args.precision}, "
+          f"{os.cpu_count()} CPUs\n")
     print("| preset | data | batch | steps/s | images/s | peak memory (MiB, whole process) | load average |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -363,3 +363,29 @@ def test_tied_cross_entropy_equals_the_plain_one():
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fp32_islands_hold_under_autocast(monkeypatch):
+    """Autocast lists SDPA among its bf16 ops: the attention (and the pixel logits) must run with it
+    switched off, on the fp32 tensors they are handed, or the fp32 islands are silently bf16."""
+    import fractalgen.nn.attention as attention
+
+    seen = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), q.dtype))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    model = seeded_model("tiny_mar_gp4").train()
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(images, torch.tensor([1, 2]), masks=["all"] * model.config.num_levels)
+    loss.backward()
+    assert seen and all(state == (False, torch.float32) for state in seen)
+    head = model.pixel_head
+    h = torch.randn(4, head.cond_proj.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert head.logits(h, torch.zeros(4, 3, dtype=torch.long)).dtype == torch.float32
+        assert head._next_channel_logits(torch.randn(4, head.config.width), 0).dtype == torch.float32

@@ -447,7 +447,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # bf16 autocast by default on GPUs only: on CPUs it is opt-in (1.8x faster steps on one with
+    # bf16 autocast by default on GPUs only: on CPUs it is opt-in (1.5-1.7x faster steps on one with
     # avx512_bf16, benchmarks/RESULTS.md) because it changes the numbers the fp32 recipe gives.
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

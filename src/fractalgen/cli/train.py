@@ -32,7 +32,7 @@ OPTION_FLAGS = {
     "mar_masks": "MAR levels' training masks: official (mask ratio ~ N(1, 0.25), mostly nearly all masked) or "
                  "uniform (masked count uniform over 1..N: every generation stage trained equally often)",
     "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), on CPUs with "
-                 "bf16 instructions about 1.8x faster steps; fp32; auto: bf16 on CUDA, fp32 on CPU",
+                 "bf16 instructions 1.5-1.7x faster steps (benchmarks/RESULTS.md); fp32; auto: bf16 on CUDA, fp32 on CPU",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {

@@ -11,8 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..config import PixelHeadConfig
-from ..nn import KVCache, ViTBlock
-from ..nn.cross_entropy import tied_cross_entropy
+from ..nn import KVCache, ViTBlock, fp32_island, tied_cross_entropy
 from ..sampling import SampleContext, apply_temperature, draw, guide
 
 NUM_VALUES = 256
@@ -43,12 +42,15 @@ class PixelHead(nn.Module):
     def _next_channel_logits(self, h: torch.Tensor, c: int) -> torch.Tensor:
         """h (R, W) predicting channel c -> fp32 logits (R, 256) (the fp32 island above, for one channel)."""
         # One addmm: slicing the ModuleLists and stacking every table per draw cost more than the matmul.
-        return torch.addmm(self.logit_bias[c].float(), h.float(), self.codebooks[c].weight.float().t())
+        with fp32_island(h.device.type):
+            return torch.addmm(self.logit_bias[c].float(), h.float(), self.codebooks[c].weight.float().t())
 
     def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
         table, bias = self._tied_tables()
-        return torch.baddbmm(bias, self._hidden(cond, values), table.transpose(1, 2)).transpose(0, 1)
+        h = self._hidden(cond, values)
+        with fp32_island(h.device.type):
+            return torch.baddbmm(bias, h, table.transpose(1, 2)).transpose(0, 1)
 
     def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The states that predict each channel, channel-major: (C, M, W) in fp32."""
