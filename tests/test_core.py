@@ -342,17 +342,22 @@ def test_bf16_autocast_runs(name):
     assert out.shape == images.shape
 
 
-def test_tied_cross_entropy_equals_the_plain_one():
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_tied_cross_entropy_equals_the_plain_one(layout):
     """The chunked cross-entropy of the pixel heads: values and gradients of the plain computation,
-    with chunks that do not divide the rows (double precision: any difference is a bug, not rounding)."""
-    from fractalgen.nn.cross_entropy import tied_cross_entropy
+    with chunks that do not divide the rows, for the transposed (channel-major view) states and
+    targets the pixel head hands it (double precision: any difference is a bug, not rounding)."""
+    from fractalgen.nn import tied_cross_entropy
 
     torch.manual_seed(0)
     T, M, V, W = 3, 37, 11, 5
-    h = torch.randn(T, M, W, dtype=torch.float64, requires_grad=True)
+    if layout == "contiguous":
+        h = torch.randn(T, M, W, dtype=torch.float64, requires_grad=True)
+    else:
+        h = torch.randn(M, T, W, dtype=torch.float64).transpose(0, 1).requires_grad_()
     table = torch.randn(T, V, W, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(T, 1, V, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(0, V, (T, M))
+    targets = torch.randint(0, V, (T, M)) if layout == "contiguous" else torch.randint(0, V, (M, T)).t()
     weights = torch.rand(T, M, dtype=torch.float64)  # an uneven incoming gradient
 
     logits = torch.baddbmm(bias, h, table.transpose(1, 2))
@@ -368,7 +373,7 @@ def test_tied_cross_entropy_equals_the_plain_one():
 def test_fp32_islands_hold_under_autocast(monkeypatch):
     """Autocast lists SDPA among its bf16 ops: the attention (and the pixel logits) must run with it
     switched off, on the fp32 tensors they are handed, or the fp32 islands are silently bf16."""
-    import fractalgen.nn.attention as attention
+    from fractalgen.nn import attention
 
     seen = []
     sdpa = attention.F.scaled_dot_product_attention

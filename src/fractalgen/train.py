@@ -61,7 +61,7 @@ class TrainOptions:
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
     mar_masks: str = "official"  # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
-    precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: bf16 on CUDA only
+    precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: bf16 on CUDA, fp32 elsewhere
     seed: int = 0
     grad_checkpointing: bool = False
     save_every: int = 500
@@ -447,8 +447,9 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # bf16 autocast by default on GPUs only: on CPUs it is opt-in (1.5-1.7x faster steps on one with
-    # avx512_bf16, benchmarks/RESULTS.md) because it changes the numbers the fp32 recipe gives.
+    # bf16 autocast by default on GPUs only: elsewhere it is opt-in, because it changes the numbers
+    # the fp32 recipe gives and is slower on CPUs without bf16 instructions (1.2-1.7x faster steps
+    # on this project's, which has avx512_bf16: benchmarks/RESULTS.md).
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
@@ -459,7 +460,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         parallel = f" ({dist.get_backend()}, {'FSDP' if sharded else 'DDP'})" if d.enabled else ""
         print(f"training {config.name} ({n_params / 1e6:.2f}M parameters) on {len(dataset)} images from "
               f"{options.data}: steps {step}->{total}, global batch {global_batch} over {d.world} process(es)"
-              f"{parallel}, lr {base_lr:.3g}, warm-up {warmup}, device {device}", flush=True)
+              f"{parallel}, lr {base_lr:.3g}, warm-up {warmup}, device {device}{', bf16 autocast' if bf16 else ''}",
+              flush=True)
     bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, mininterval=2.0)
     model.train()
     started, seen, loss_value, interrupted = time.time(), 0, float("nan"), None

@@ -31,8 +31,9 @@ OPTION_FLAGS = {
              "(black: for digits and other images on a black background; 0 = off)",
     "mar_masks": "MAR levels' training masks: official (mask ratio ~ N(1, 0.25), mostly nearly all masked) or "
                  "uniform (masked count uniform over 1..N: every generation stage trained equally often)",
-    "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), on CPUs with "
-                 "bf16 instructions 1.5-1.7x faster steps (benchmarks/RESULTS.md); fp32; auto: bf16 on CUDA, fp32 on CPU",
+    "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), on CPUs "
+                 "with bf16 instructions (avx512_bf16, AMX) 1.2-1.7x faster steps in benchmarks/RESULTS.md, "
+                 "slower on CPUs without them; fp32; auto: bf16 on CUDA, fp32 elsewhere",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {

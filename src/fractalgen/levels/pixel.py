@@ -33,8 +33,8 @@ class PixelHead(nn.Module):
                                             for _ in range(config.channels)])
 
     def _tied_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32."""
-        # fp32 island: 256-way logits against the tied tables, as the checkpoints expect.
+        """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32
+        (the 256-way logits against them are an fp32 island, as the checkpoints expect)."""
         table = torch.stack([cb.weight for cb in self.codebooks]).float()
         bias = torch.stack(list(self.logit_bias)).float()
         return table, bias
@@ -45,13 +45,6 @@ class PixelHead(nn.Module):
         with fp32_island(h.device.type):
             return torch.addmm(self.logit_bias[c].float(), h.float(), self.codebooks[c].weight.float().t())
 
-    def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
-        table, bias = self._tied_tables()
-        h = self._hidden(cond, values)
-        with fp32_island(h.device.type):
-            return torch.baddbmm(bias, h, table.transpose(1, 2)).transpose(0, 1)
-
     def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The states that predict each channel, channel-major: (C, M, W) in fp32."""
         tokens = [self.cond_proj(cond)[:, None]]
@@ -61,6 +54,13 @@ class PixelHead(nn.Module):
         for block in self.blocks:
             x = block(x, causal=True)
         return self.norm(x).float().transpose(0, 1)
+
+    def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
+        table, bias = self._tied_tables()
+        h = self._hidden(cond, values)
+        with fp32_island(h.device.type):
+            return torch.baddbmm(bias, h, table.transpose(1, 2)).transpose(0, 1)
 
     def nll(self, cond: torch.Tensor, values: torch.Tensor, weighted: bool) -> torch.Tensor:
         """Per-row loss (M,) in nats. Training weights channel 0 by `red_weight`; evaluation is the plain mean."""

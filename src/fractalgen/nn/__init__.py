@@ -1,8 +1,9 @@
 """Transformer pieces shared by every level: attention with a KV cache, the two block styles, rotary embedding,
 the pixel heads' fused cross-entropy, and the fp32 islands kept under autocast."""
-from .attention import Attention, KVCache, fp32_island, select_tokens
+from .attention import Attention, KVCache, select_tokens
 from .blocks import LlamaBlock, ViTBlock
 from .cross_entropy import tied_cross_entropy
+from .precision import fp32_island
 from .rotary import apply_rotary, rotary_table_2d
 
 __all__ = ["Attention", "KVCache", "LlamaBlock", "ViTBlock", "apply_rotary", "fp32_island", "rotary_table_2d",

@@ -1,10 +1,9 @@
 """Multi-head attention through PyTorch's fused SDPA, with an optional key/value cache."""
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import fp32_island
 from .rotary import apply_rotary
 
 
@@ -66,14 +65,6 @@ class Attention(nn.Module):
                 dropout_p=self.attn_dropout if self.training else 0.0,
             ).to(x.dtype)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D)))
-
-
-def fp32_island(device_type: str):
-    """Keeps autocast from lowering what runs inside to bf16 (it lists SDPA among its bf16 ops: the
-    cast would undo the fp32 island above, and CPU's bf16 attention backward is 5x slower than fp32's)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def select_tokens(x: torch.Tensor, queries) -> torch.Tensor:

@@ -3,13 +3,14 @@
 The pixel heads score every pixel that reaches them against 256 values per channel: at batch 32
 that is a (3, 32768, 256) logit tensor, its softmax and its gradient, 100 MB each, written once
 and read once. Here each chunk of rows is scored and its gradient formed while it is still in
-cache; the forward keeps only the log-normaliser per row and the backward recomputes the chunk's
-logits (one extra matmul, a few percent of the head's work).
+cache; the forward keeps its inputs and the log-normaliser per row, not the logits, and the backward
+recomputes each chunk's logits (one extra matmul, a few percent of the head's work). First-order
+gradients only (once_differentiable): nothing in the project differentiates twice.
 """
 import torch
 from torch.autograd.function import once_differentiable
 
-from .attention import fp32_island
+from .precision import fp32_island
 
 CHUNK_ROWS = 1024  # rows per chunk: 3 x 1024 x 256 fp32 logits, 3 MB
 
