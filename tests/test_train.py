@@ -188,3 +188,13 @@ def test_precision_option_sets_autocast_on_cpu_and_is_checked(tmp_path):
         assert json.loads(read_checkpoint(tmp_path / precision / "run")["options"])["precision"] == precision
     assert first["auto"] == first["fp32"]
     assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.02)
+
+
+def test_runs_stored_before_the_precision_option_resume_with_auto(monkeypatch):
+    """A run folder saved before `precision` existed has no such key: it resumes with auto (the old behaviour)."""
+    import fractalgen.train as train_module
+
+    stored = {"steps": 5, "mar_masks": "uniform", "out": "elsewhere"}
+    monkeypatch.setattr(train_module, "read_checkpoint", lambda path: {"options": json.dumps(stored)})
+    resumed = train_module.run_options({"resume": "runs/old"})
+    assert resumed.precision == "auto" and resumed.mar_masks == "uniform" and resumed.out == "runs/old"
