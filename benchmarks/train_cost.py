@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fractalgen.config import get_config
+from fractalgen.train import PRECISIONS
 from fractalgen.trainlog import read_metrics
 
 SMALL_PRESETS = ["mnist_ar", "mnist_mar", "tiny_ar", "tiny_mar", "tiny_mar_gp4"]
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="fractalgen train --precision (auto: fp32 on the CPU)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object per preset")
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
-PRECISIONS = ("auto", "fp32", "bf16")  # TrainOptions.precision; auto: bf16 on CUDA, fp32 on CPU
+PRECISIONS = ("auto", "fp32", "bf16")  # TrainOptions.precision; auto: bf16 on CUDA, fp32 elsewhere
 
 
 @dataclasses.dataclass
