@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fractalgen
 from fractalgen.levels.mar import likelihood_mask, training_mask
+from fractalgen.nn import precision_context
 
 TARGETS = {"train": 2.0, "sample": 3.0}  # issue 16: speed-up over the authors' code
 SAMPLING = {"cfg": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "filter_threshold": 1e-4}
@@ -208,13 +209,13 @@ def check_same_loss(name, ours, theirs, reference, batch: int = 4) -> str:
 
 # ---- the two tasks, for each implementation --------------------------------------------------------
 
-def train_step_ours(model, images, labels, masks, bf16: bool):
+def train_step_ours(model, images, labels, masks, precision: str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
 
     def step():
         model.train()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as `train --precision bf16`
+        with precision_context(precision, "cpu"):  # as `train --precision`
             loss = model.loss(images, labels, masks=masks)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -240,13 +241,12 @@ def train_step_theirs(model, images, labels, masks, config, bf16: bool):
     return step
 
 
-def sample_ours(model, labels, num_iter, bf16: bool):
+def sample_ours(model, labels, num_iter, precision: str):
     def run(count=None):
         count = count or len(labels)
         torch.manual_seed(0)
         model.eval()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, **SAMPLING)
+        fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, precision=precision, **SAMPLING)
     return run
 
 
@@ -280,14 +280,14 @@ def measure(models, tasks, args, threads):
             # The same MAR training masks for both and for every step: the work per step depends on how
             # many patches are masked, and fresh draws would make it differ from run to run.
             masks = mar_masks(config, args.batch, train=True, seed=2)
-            runs = {"ours": train_step_ours(ours, images, labels, masks, args.ours_precision == "bf16")}
+            runs = {"ours": train_step_ours(ours, images, labels, masks, args.ours_precision)}
             if theirs is not None:
                 runs["theirs"] = train_step_theirs(theirs, images, labels, masks, config,
                                                    args.theirs_precision == "bf16")
             cells[name, "train"] = {k: (Timing(per=1), fn) for k, fn in runs.items()}
         if "sample" in tasks:
             labels = [i % config.num_classes for i in range(args.images)]
-            runs = {"ours": sample_ours(ours, labels, num_iter, args.ours_precision == "bf16")}
+            runs = {"ours": sample_ours(ours, labels, num_iter, args.ours_precision)}
             if theirs is not None:
                 runs["theirs"] = sample_theirs(theirs, labels, num_iter, config, args.theirs_precision == "bf16")
             cells[name, "sample"] = {k: (Timing(per=args.images), fn) for k, fn in runs.items()}
@@ -349,7 +349,7 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=16, help="images sampled per run")
     p.add_argument("--num-iter", type=int, default=16, help="sampling iterations at every level")
     p.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: ours under CPU bf16 autocast (as `fractalgen train --precision bf16`)")
+                   help="bf16: ours with precision bf16 (as `fractalgen train/sample --precision bf16`)")
     p.add_argument("--theirs-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: their torch.cuda.amp.autocast mapped to CPU bf16 autocast; fp32: a no-op, as on a "
                         "CPU their code runs")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fractalgen.config import get_config
-from fractalgen.train import PRECISIONS
+from fractalgen.nn import PRECISIONS
 from fractalgen.trainlog import read_metrics
 
 SMALL_PRESETS = ["mnist_ar", "mnist_mar", "tiny_ar", "tiny_mar", "tiny_mar_gp4"]

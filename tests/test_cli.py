@@ -81,6 +81,31 @@ def test_train_resume_continues_to_more_steps(tiny_run, tmp_path, capsys):
     assert code == 2 and "already holds a training run" in err  # never trains over an existing run
 
 
+def test_sample_precision_flag(tiny_run, tmp_path, capsys, monkeypatch):
+    """--precision reaches the sampler (bf16 autocast on around the model; auto is fp32 on a CPU) and is
+    reported; an unknown name is one error line before any work."""
+    autocast_seen = []
+    generate = fractalgen.FractalModel.generate
+
+    def recording(self, *args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(fractalgen.FractalModel, "generate", recording)
+    for precision in ("auto", "fp32", "bf16"):
+        autocast_seen.clear()
+        code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "8", "--out",
+                           tmp_path / precision, "--precision", precision, "--device", "cpu", "--json")
+        assert code == 0 and last_json(out)["precision"] == ("fp32" if precision == "auto" else precision)
+        assert f"num_iter 16,4, {last_json(out)['precision']}" in out
+        assert autocast_seen == [precision == "bf16"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--checkpoint", str(tiny_run / "run"), "--precision", "fp16", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--precision" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path, capsys):
     out_dir = tmp_path / "samples"
     code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--classes", "0,1", "--per-class", "2",

@@ -370,6 +370,39 @@ def test_tied_cross_entropy_equals_the_plain_one(layout):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
+    """precision bf16 runs the levels under bf16 autocast (a linear's output is bf16) and the inpainting
+    path too; auto on a CPU is fp32, the very same images; fp32 holds even inside a caller's autocast;
+    an unknown name fails before any work."""
+    from fractalgen.nn import resolve_precision
+
+    model = seeded_model("tiny_mar_gp4")
+    seen = []
+    model.levels[0].blocks[0].mlp.fc1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+
+    def draw(precision, **kwargs):
+        seen.clear()
+        images = fractalgen.sample(model, labels=[1, 2], seed=0, num_iter=(2, 2, 2), precision=precision, **kwargs)
+        return images, set(seen)
+
+    fp32, dtypes = draw("fp32")
+    assert dtypes == {torch.float32}
+    assert torch.equal(draw("auto")[0], fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, dtypes = draw("fp32")
+    assert torch.equal(inside, fp32) and dtypes == {torch.float32}
+    bf16, dtypes = draw("bf16")
+    assert dtypes == {torch.bfloat16} and bf16.shape == fp32.shape and bf16.dtype == torch.uint8
+    seen.clear()
+    known = torch.zeros(16, 16, dtype=torch.bool)
+    known[:8] = True
+    fractalgen.inpaint(model, fp32, known, labels=[1, 2], seed=0, num_iter=(2, 2, 2), precision="bf16")
+    assert set(seen) == {torch.bfloat16}
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        draw("fp16")
+    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
+
+
 def test_fp32_islands_hold_under_autocast(monkeypatch):
     """Autocast lists SDPA among its bf16 ops: the attention (and the pixel logits) must run with it
     switched off, on the fp32 tensors they are handed, or the fp32 islands are silently bf16."""

@@ -37,6 +37,7 @@ from .errors import UserError
 from .files import save_image
 from .generation import make_generator, step_callback, to_uint8
 from .model import FractalModel, eval_mode
+from .nn import precision_context
 from .sampling import Known
 from .visualize import rows_figure, show_mask
 
@@ -49,7 +50,8 @@ class ConditionalInputError(UserError, ValueError):
 
 @eval_mode
 def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
-            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None, progress=None) -> torch.Tensor:
+            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None, progress=None,
+            precision: str = "auto") -> torch.Tensor:
     """Regenerate the unknown pixels of `images` conditioned on the known ones.
 
     images: uint8 (N, C, H, W) (or one image (C, H, W)) at the model's size.
@@ -58,6 +60,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     labels: None (unconditional), one class for all images, or one per image.
     cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
         recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
+    precision: fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere), as `sample` takes it.
     Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
     `progress(k)`: called after every level-0 step with the (fractional) number of rows done.
     Images with no unknown pixel come back unchanged without running the model. With nothing
@@ -65,6 +68,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     (in one batch).
     """
     images = _as_images(model, images)
+    autocast = precision_context(precision, model.device.type)  # an unknown name fails before any work
     N = images.shape[0]
     mask = _as_known(known, images.shape)
     labels = _as_labels(model, labels, N)
@@ -79,12 +83,13 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
         return out
 
     device = model.device
-    values, _ = model.generate(
-        labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
-        cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
-        num_iter=num_iter, generator=make_generator(model, seed), on_step=step_callback(None, progress, 0, len(todo)),
-        known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
-    )
+    with autocast:
+        values, _ = model.generate(
+            labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
+            cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
+            num_iter=num_iter, generator=make_generator(model, seed), on_step=step_callback(None, progress, 0, len(todo)),
+            known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
+        )
     out[todo] = to_uint8(values).to(out.device)
     return out
 

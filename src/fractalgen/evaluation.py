@@ -21,6 +21,7 @@ from .errors import UserError
 from .files import atomic_write, image_name, save_image, to_pil, write_text
 from .generation import sample
 from .metrics import FeatureNet, ImageSet, Scores, Statistics, reference_statistics, score_images
+from .nn import resolve_precision
 from .runtime import barrier, setup_distributed, sum_over_ranks
 from .settings import SamplingSettings
 
@@ -72,7 +73,7 @@ class Generation:
 
 def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int, settings: SamplingSettings,
                     batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                    on_images: Callable[[int], None] | None = None) -> Generation:
+                    on_images: Callable[[int], None] | None = None, precision: str = "auto") -> Generation:
     """Write image i as out/{i:05d}_class{label}.png for every i whose file is missing.
 
     The missing indices are dealt round-robin to the ranks; each batch is seeded from `seed`
@@ -87,7 +88,7 @@ def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int
         batch_labels = None if labels is None else labels[indices].tolist()
         t0 = time.perf_counter()
         images = sample(model, labels=batch_labels, n=len(indices), seed=seed * 1_000_003 + indices[0],
-                        batch_size=None, **vars(settings)).cpu()  # (B, C, H, W) uint8; .cpu() waits for the device
+                        batch_size=None, precision=precision, **vars(settings)).cpu()  # (B, C, H, W) uint8; .cpu() waits for the device
         seconds += time.perf_counter() - t0
         for i, image in zip(indices, images):
             save_image(to_pil(image), files[i])
@@ -114,7 +115,7 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
                    reference: Statistics | None = None, ref_images: ImageSet | None = None,
                    batch_size: int = 64, feature_batch_size: int = 100, seed: int = 0, npz: Path | None = None,
                    splits: int = 10, k: int = 3, pr_images: int = 10000, manifest: dict | None = None,
-                   progress=None) -> tuple[Scores | None, Generation]:
+                   progress=None, precision: str = "auto") -> tuple[Scores | None, Generation]:
     """Sample the missing images of the run (all ranks), then score them on rank 0 (others get None).
 
     `progress` is one tqdm-like bar for the whole run: sampling, reference features, features.
@@ -126,8 +127,11 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     labels = class_schedule(num_images, model.config.num_classes)
     if npz is not None and npz.exists():
         raise UserError(f"{npz} exists: not overwriting it (choose another --npz)")
+    manifest = {**(manifest or {}), **settings.to_dict(), "num_images": num_images, "seed": seed}
+    if resolve_precision(precision, model.device.type) == "bf16":  # fp32 folders keep the manifest they always had
+        manifest["precision"] = "bf16"
     if rank == 0:
-        claim_folder(out, {**(manifest or {}), **settings.to_dict(), "num_images": num_images, "seed": seed})
+        claim_folder(out, manifest)
     barrier()
 
     todo = sum(not (out / image_name(i, None if labels is None else int(labels[i]))).is_file()
@@ -135,7 +139,7 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     progress.total = todo + num_images + (len(ref_images) if ref_images is not None else 0)
     progress.set_description("sampling")
     generation = generate_images(model, out, labels, num_images, settings, batch_size, seed, rank, world,
-                                 on_images=lambda n: progress.update(n * world))  # rank 0 speaks for all
+                                 on_images=lambda n: progress.update(n * world), precision=precision)  # rank 0 speaks for all
     barrier()
     if world > 1:
         dist.destroy_process_group()  # scoring happens on rank 0 alone

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .model import FractalModel, as_labels, eval_mode
+from .nn import precision_context
 
 DEFAULT_BATCH_SIZE = 100
 
@@ -45,7 +46,8 @@ def count_and_labels(labels, n) -> tuple[int, list | None]:
 def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | None = None,
            cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
            num_iter=None, seed: int | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
-           on_step: Callable | None = None, progress: Callable[[float], None] | None = None) -> torch.Tensor:
+           on_step: Callable | None = None, progress: Callable[[float], None] | None = None,
+           precision: str = "auto") -> torch.Tensor:
     """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally.
 
     Settings left None take the checkpoint's recommendation (`model.recommended`), else the
@@ -53,9 +55,12 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     per patch). Temperature multiplies the logits (the authors' convention). Batch i of
     `batch_size` images (None: one batch) is seeded `seed + i`. `on_step` follows level 0 of
     the first batch (see visualize.GenerationRecorder); `progress(images_done)` is called after
-    every level-0 step with the (fractional) number of images generated so far.
+    every level-0 step with the (fractional) number of images generated so far. `precision`: fp32,
+    bf16 (autocast; faster on GPUs and on CPUs with bf16 instructions, other images than fp32) or
+    auto (bf16 on CUDA, fp32 elsewhere; see nn/precision.py).
     """
     total, labels = count_and_labels(labels, n)
+    autocast = precision_context(precision, model.device.type)
     batch_size = batch_size or max(total, 1)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -63,10 +68,11 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     for i, start in enumerate(range(0, total, batch_size)):
         count = min(batch_size, total - start)
         chunk = labels[start:start + count] if labels is not None else None
-        values, _ = model.generate(labels=chunk, n=count, cfg=cfg, cfg_schedule=cfg_schedule,
-                                   temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
-                                   generator=make_generator(model, None if seed is None else seed + i),
-                                   on_step=step_callback(on_step if i == 0 else None, progress, start, count))
+        with autocast:
+            values, _ = model.generate(labels=chunk, n=count, cfg=cfg, cfg_schedule=cfg_schedule,
+                                       temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
+                                       generator=make_generator(model, None if seed is None else seed + i),
+                                       on_step=step_callback(on_step if i == 0 else None, progress, start, count))
         out.append(to_uint8(values))
     if not out:
         c, s = model.config.channels, model.config.img_size

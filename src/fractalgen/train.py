@@ -11,7 +11,6 @@ are written atomically (temporary file, fsync, rename), so a crash never leaves 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -36,13 +35,13 @@ from .errors import UserError, WriteError
 from .files import atomic_write, check_writable, save_grid
 from .generation import sample
 from .model import FractalModel
+from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
 from .runtime import Dist, setup_distributed
 from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
-PRECISIONS = ("auto", "fp32", "bf16")  # TrainOptions.precision; auto: bf16 on CUDA, fp32 elsewhere
 
 
 @dataclasses.dataclass
@@ -447,11 +446,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # bf16 autocast by default on GPUs only: elsewhere it is opt-in, because it changes the numbers
-    # the fp32 recipe gives and is slower on CPUs without bf16 instructions (1.2-1.7x faster steps
-    # on this project's, which has avx512_bf16: benchmarks/RESULTS.md).
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    # auto: bf16 autocast on GPUs only (nn/precision.py says why; 1.2-1.7x faster steps on this
+    # project's CPU, which has avx512_bf16: benchmarks/RESULTS.md).
+    bf16 = resolve_precision(options.precision, device.type) == "bf16"
+    autocast = precision_context(options.precision, device.type)
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
     log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 

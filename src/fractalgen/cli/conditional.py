@@ -93,7 +93,8 @@ def run(args) -> int:
     if known.all():
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
               file=sys.stderr)
-    settings = {**vars(settings_from(args, model)), "seed": args.seed, "samples": args.samples}
+    settings = {**vars(settings_from(args, model)), "seed": args.seed, "samples": args.samples,
+                "precision": args.precision}
     with progress_bar(args.samples, args.command) as bar:
         if args.command == "edit":
             completions = conditional.edit(model, image[None], args.label, known=known[None],

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import check_writable
+from ..nn import resolve_precision
 from ..runtime import pick_device, rank, set_threads, setup_distributed
 from .options import add_checkpoint, add_json, add_runtime, add_sampling, emit_json, integer, settings_from
 
@@ -99,11 +100,12 @@ def run_evaluate(args) -> int:
         scores, generation = evaluate_model(
             model, Path(args.out), args.num_images, settings, net, reference, ref_images, args.batch_size,
             args.feature_batch_size, args.seed, Path(args.npz) if args.npz else None, args.splits, k=3,
-            pr_images=args.pr_images, manifest=manifest, progress=bar)
+            pr_images=args.pr_images, manifest=manifest, progress=bar, precision=args.precision)
     if scores is None:  # not rank 0
         return 0
     result = {**_result(scores), "sampling_seconds_per_image": generation.seconds_per_image,
-              "generated": generation.generated, "out": args.out, **settings.to_dict()}
+              "generated": generation.generated, "out": args.out, **settings.to_dict(),
+              "sampling_precision": resolve_precision(args.precision, device.type)}  # "precision" is the metric
     _report(result, scores.notes, args)
     return 0
 

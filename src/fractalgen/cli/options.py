@@ -10,6 +10,7 @@ from tqdm import tqdm
 from ..config import CFG_SCHEDULES
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
+from ..nn import PRECISIONS, resolve_precision
 from ..runtime import pick_device, rank, set_threads
 from ..settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
 
@@ -140,8 +141,8 @@ def add_checkpoint(p, default: str | None = "mnist"):
 
 
 def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
-    """The sampling settings (None: the checkpoint's recommendation, else the preset's), --seed, and
-    --batch-size unless `batch_size` is None."""
+    """The sampling settings (None: the checkpoint's recommendation, else the preset's), --seed,
+    --precision, and --batch-size unless `batch_size` is None."""
     p.add_argument("--cfg", type=number(minimum=-SETTING_MAX, maximum=SETTING_MAX),
                    help="guidance scale (default: the checkpoint's recommendation, else the preset's)")
     p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES,
@@ -153,9 +154,18 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     p.add_argument("--num-iter", type=integer_list,
                    help="steps per level, comma-separated, e.g. 64,16 (default: as --cfg)")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16: bf16 autocast (attention and pixel logits stay fp32), other images than fp32; "
+                   "faster on GPUs and for MAR models on CPUs with bf16 instructions (benchmarks/RESULTS.md); "
+                   "auto: bf16 on CUDA, fp32 elsewhere")
     if batch_size is not None:
         p.add_argument("--batch-size", type=integer(1), default=batch_size, help="images sampled at once (a batch "
                        "shares one random stream: another batch size draws other images)")
+
+
+def precision_used(args, model) -> str:
+    """What --precision resolves to on the model's device: "fp32" or "bf16"."""
+    return resolve_precision(args.precision, model.device.type)
 
 
 def add_json(p):

@@ -20,6 +20,7 @@ from .options import (
     emit_json,
     integer,
     load_model,
+    precision_used,
     progress_bar,
     seed,
     settings_from,
@@ -58,7 +59,7 @@ def draw(model, labels, n, settings, args, on_step=None):
 
     with progress_bar(n, "sampling") as bar:
         return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
-                      progress=advance_to(bar), **vars(settings)).cpu()
+                      progress=advance_to(bar), precision=args.precision, **vars(settings)).cpu()
 
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -101,13 +102,15 @@ def run_sample(args) -> int:
     seconds = time.time() - started
     save_grid(images, out / "grid.png", nrow=nrow)
     save_each(images, labels, out)
-    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}")
+    precision = precision_used(args, model)
+    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}, {precision}")
     print(f"grid: {out / 'grid.png'}")
     print(f"images: {out}/{names[1]} ... {names[-1]}")
     if recorder is not None:
         recorder.save(args.gif)
         print(f"gif: {args.gif}")
-    emit_json(args, {"images": n, "seconds": round(seconds, 3), "out": str(out), **settings.to_dict()})
+    emit_json(args, {"images": n, "seconds": round(seconds, 3), "out": str(out), **settings.to_dict(),
+                     "precision": precision})
     return 0
 
 
@@ -218,7 +221,8 @@ def run_eval_samples(args) -> int:
         settings = settings_from(args, model)
         started = time.time()
         images = draw(model, label_list, n, settings, args)
-        print(f"sampled {n} digits in {time.time() - started:.1f} s with {settings.describe()}")
+        print(f"sampled {n} digits in {time.time() - started:.1f} s with {settings.describe()}, "
+              f"{precision_used(args, model)}")
         labels, source = torch.tensor(label_list), args.checkpoint
     classifier = load_mnist_classifier()
     predicted = predict(images, classifier)

@@ -52,7 +52,8 @@ SWITCHES = {
 
 
 def register(subparsers):
-    from ..train import MAR_MASKS, PRECISIONS, TrainOptions
+    from ..nn import PRECISIONS
+    from ..train import MAR_MASKS, TrainOptions
 
     choices = {"mar_masks": tuple(MAR_MASKS), "precision": PRECISIONS}  # string flags with a fixed set of values
 

@@ -1,4 +1,9 @@
-"""fp32 islands that autocast cannot lower.
+"""Precision: the one policy (`PRECISIONS`, `precision_context`) and the fp32 islands it cannot lower.
+
+Training and sampling take `precision`: "fp32", "bf16" (bf16 autocast: weights stay fp32, the
+islands below stay fp32) or "auto" (bf16 on CUDA, as the authors train and sample; fp32
+elsewhere, because bf16 changes the numbers the fp32 recipe gives and is slower on CPUs without
+bf16 instructions).
 
 The checkpoints were trained with fp32 attention logits and fp32 pixel logits (SPEC). Autocast
 lists SDPA and the batched matmuls among its reduced-precision ops, so an explicit `.float()` in
@@ -9,6 +14,23 @@ the bf16 flash-attention backward, several times slower than the fp32 one.)
 import contextlib
 
 import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """"fp32" or "bf16": what `precision` means on `device_type` (ValueError for an unknown name)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def precision_context(precision: str, device_type: str):
+    """The autocast context that runs code at `precision` (fp32: autocast off, whatever the caller had)."""
+    bf16 = resolve_precision(precision, device_type) == "bf16"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def fp32_island(device_type: str):
