@@ -1,5 +1,5 @@
 """Transformer pieces shared by every level: attention with a KV cache, the two block styles, rotary embedding,
-the pixel heads' fused cross-entropy, and the fp32 islands kept under autocast."""
+the pixel heads' fused cross-entropy, the precision policy and the fp32 islands it keeps."""
 from .attention import Attention, KVCache, select_tokens
 from .blocks import LlamaBlock, ViTBlock
 from .cross_entropy import tied_cross_entropy
