@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fractalgen
 from fractalgen.levels.mar import likelihood_mask, training_mask
-from fractalgen.nn import precision_context
+from fractalgen.nn import LlamaBlock, ViTBlock, precision_context
 
 TARGETS = {"train": 2.0, "sample": 3.0}  # issue 16: speed-up over the authors' code
 SAMPLING = {"cfg": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "filter_threshold": 1e-4}
@@ -300,6 +300,8 @@ def measure(models, tasks, args, threads):
             else:
                 timing.flops = count_flops(lambda fn=fn: fn(1)) * timing.per
             print(f"  {threads} thread(s): {name} {task} {who}: {timing.flops / 1e9:.1f} GFLOP per run", flush=True)
+            if who == "ours" and args.ours_compile:
+                fn()  # compiles the graphs of the timed shapes (the FLOP count ran other ones, or eagerly)
     for rep in range(args.reps):
         for (name, task), runs in cells.items():
             order = list(runs.items()) if rep % 2 == 0 else list(runs.items())[::-1]
@@ -350,6 +352,9 @@ def parse_args(argv=None):
     p.add_argument("--num-iter", type=int, default=16, help="sampling iterations at every level")
     p.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: ours with precision bf16 (as `fractalgen train/sample --precision bf16`)")
+    p.add_argument("--ours-compile", action="store_true",
+                   help="torch.compile every transformer block of ours (a candidate measured for issue 16; "
+                   "compilation happens in untimed warm-up runs)")
     p.add_argument("--theirs-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: their torch.cuda.amp.autocast mapped to CPU bf16 autocast; fp32: a no-op, as on a "
                         "CPU their code runs")
@@ -373,6 +378,10 @@ def main(argv=None):
 
             theirs = build(ours, reference)
             print(check_same_loss(f"cifar_{kind}", ours, theirs, reference), flush=True)
+        if args.ours_compile:
+            for module in ours.modules():
+                if isinstance(module, (LlamaBlock, ViTBlock)):
+                    module.compile()
         models.append((f"cifar_{kind}", ours, theirs))
     np.random.seed(0)  # their MAR training masks come from numpy
 
@@ -396,7 +405,8 @@ def main(argv=None):
     print(f"training batch {args.batch}; sampling {args.images} images, cfg 2.0 linear, temperature 1.0, "
           f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs")
     print(f"precision: authors' code {args.theirs_precision}, fractalgen {args.ours_precision}"
-          + ("" if args.ours_precision == args.theirs_precision else " (NOT the same precision)") + "\n")
+          + ("" if args.ours_precision == args.theirs_precision else " (NOT the same precision)")
+          + ("; fractalgen's blocks under torch.compile" if args.ours_compile else "") + "\n")
     print(table(results, peaks, args.batch))
     return 0
 
