@@ -425,9 +425,12 @@ def test_cli_evaluate_end_to_end_and_resume(tmp_path, capsys):
     assert json.loads(stdout.splitlines()[-1])["generated"] == 2
     assert all((out / n).read_bytes() == b for n, b in kept.items() if n not in names[3:5])
 
-    # Other settings in the same folder are refused; the images stay.
+    # Other settings in the same folder are refused, another precision too; the images stay.
     code, _, err = run_cli(args + ["--cfg", "3.0"], capsys)
     assert code == 2 and "other settings" in err and len(list(out.glob("*.png"))) == 12
+    code, _, err = run_cli(args + ["--precision", "bf16"], capsys)
+    assert code == 2 and "(precision differ)" in err and len(list(out.glob("*.png"))) == 12
+    assert first["sampling_precision"] == "fp32"
 
 
 def test_evaluate_writes_npz_and_scores_it_the_same(tmp_path, capsys):
