@@ -400,7 +400,21 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
     assert set(seen) == {torch.bfloat16}
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
         draw("fp16")
-    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
+    """auto: bf16 from compute capability 8.0 (Ampere) on, fp32 on older GPUs (bf16 emulated there);
+    bf16 asked of a GPU that cannot run it is one error, not autocast's RuntimeError."""
+    from fractalgen.errors import UserError
+    from fractalgen.nn import resolve_precision
+
+    for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", "cuda") == expected
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(UserError, match="cannot run bf16"):
+        resolve_precision("bf16", "cuda")
 
 
 def test_fp32_islands_hold_under_autocast(monkeypatch):

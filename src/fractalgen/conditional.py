@@ -60,7 +60,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     labels: None (unconditional), one class for all images, or one per image.
     cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
         recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
-    precision: fp32, bf16 or auto (bf16 on CUDA, fp32 elsewhere), as `sample` takes it.
+    precision: fp32, bf16 or auto (bf16 on GPUs with native bf16, fp32 elsewhere), as `sample` takes it.
     Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
     `progress(k)`: called after every level-0 step with the (fractional) number of rows done.
     Images with no unknown pixel come back unchanged without running the model. With nothing

@@ -57,7 +57,7 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     the first batch (see visualize.GenerationRecorder); `progress(images_done)` is called after
     every level-0 step with the (fractional) number of images generated so far. `precision`: fp32,
     bf16 (autocast; faster on GPUs and on CPUs with bf16 instructions, other images than fp32) or
-    auto (bf16 on CUDA, fp32 elsewhere; see nn/precision.py).
+    auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py).
     """
     total, labels = count_and_labels(labels, n)
     autocast = precision_context(precision, model.device.type)

@@ -60,7 +60,7 @@ class TrainOptions:
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
     mar_masks: str = "official"  # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
-    precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: bf16 on CUDA, fp32 elsewhere
+    precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: nn/precision.py
     seed: int = 0
     grad_checkpointing: bool = False
     save_every: int = 500

@@ -157,7 +157,7 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="bf16: bf16 autocast (attention and pixel logits stay fp32), other images than fp32; "
                    "faster on GPUs and for MAR models on CPUs with bf16 instructions (benchmarks/RESULTS.md); "
-                   "auto: bf16 on CUDA, fp32 elsewhere")
+                   "auto: bf16 on GPUs with native bf16 (compute capability 8.0+), fp32 elsewhere")
     if batch_size is not None:
         p.add_argument("--batch-size", type=integer(1), default=batch_size, help="images sampled at once (a batch "
                        "shares one random stream: another batch size draws other images)")

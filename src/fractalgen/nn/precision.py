@@ -1,9 +1,9 @@
 """Precision: the one policy (`PRECISIONS`, `precision_context`) and the fp32 islands it cannot lower.
 
 Training and sampling take `precision`: "fp32", "bf16" (bf16 autocast: weights stay fp32, the
-islands below stay fp32) or "auto" (bf16 on CUDA, as the authors train and sample; fp32
-elsewhere, because bf16 changes the numbers the fp32 recipe gives and is slower on CPUs without
-bf16 instructions).
+islands below stay fp32) or "auto" (bf16 on CUDA GPUs that compute it natively, compute
+capability 8.0 on, as the authors train and sample; fp32 elsewhere, because bf16 changes the
+numbers the fp32 recipe gives and is slow where it is emulated, as on CPUs without bf16 instructions).
 
 The checkpoints were trained with fp32 attention logits and fp32 pixel logits (SPEC). Autocast
 lists SDPA and the batched matmuls among its reduced-precision ops, so an explicit `.float()` in
@@ -15,15 +15,24 @@ import contextlib
 
 import torch
 
+from ..errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+class PrecisionError(UserError, ValueError):
+    """An unknown precision, or bf16 asked of a GPU without it."""
+
+
 def resolve_precision(precision: str, device_type: str) -> str:
-    """"fp32" or "bf16": what `precision` means on `device_type` (ValueError for an unknown name)."""
+    """"fp32" or "bf16": what `precision` means on `device_type` (the current device of that type)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
+        native = device_type == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PrecisionError("this GPU cannot run bf16: use precision fp32 (--precision fp32)")
     return precision
 
 
