@@ -416,10 +416,23 @@ def test_cli_inpaint_end_to_end(tmp_path, checkpoint, capsys):
 
 @pytest.mark.parametrize("command, extra", [("outpaint", ["--box", "2,2,6,6"]), ("uncrop", []),
                                             ("edit", ["--label", "5"])])
-def test_cli_other_commands(tmp_path, checkpoint, command, extra):
+def test_cli_other_commands(tmp_path, checkpoint, command, extra, monkeypatch):
+    """Each command runs; --precision reaches the model (bf16 autocast on around it, off by default)."""
+    autocast_seen = []
+    generate = fractalgen.FractalModel.generate
+
+    def recording(self, *args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(fractalgen.FractalModel, "generate", recording)
     image = write_png(tmp_path / "x.png", np.full((8, 8), 128))
-    rc = main([command, "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(tmp_path / "o")] + extra)
-    assert rc == 0 and (tmp_path / "o" / f"x_{command}_strip.png").is_file()
+    for precision in ("auto", "bf16"):
+        out = tmp_path / precision
+        rc = main([command, "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out),
+                   "--precision", precision] + extra)
+        assert rc == 0 and (out / f"x_{command}_strip.png").is_file()
+    assert autocast_seen == [False, True]
 
 
 def test_cli_says_when_a_colour_picture_is_made_gray(tmp_path, checkpoint, capsys):

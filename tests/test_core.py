@@ -390,7 +390,8 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
     assert torch.equal(draw("auto")[0], fp32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside, dtypes = draw("fp32")
-    assert torch.equal(inside, fp32) and dtypes == {torch.float32}
+        assert torch.equal(inside, fp32) and dtypes == {torch.float32}
+        assert draw("auto")[1] == {torch.bfloat16}  # auto keeps the caller's autocast
     bf16, dtypes = draw("bf16")
     assert dtypes == {torch.bfloat16} and bf16.shape == fp32.shape and bf16.dtype == torch.uint8
     seen.clear()
@@ -398,8 +399,10 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
     known[:8] = True
     fractalgen.inpaint(model, fp32, known, labels=[1, 2], seed=0, num_iter=(2, 2, 2), precision="bf16")
     assert set(seen) == {torch.bfloat16}
+    seen.clear()
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
-        draw("fp16")
+        fractalgen.sample(model, labels=[1, 2], seed=0, num_iter=(2, 2, 2), precision="fp16")
+    assert seen == []  # refused before any work
     assert resolve_precision("auto", "cpu") == "fp32"
 
 

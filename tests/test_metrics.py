@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fractalgen
 from fractalgen.cli import main
 from fractalgen.errors import UserError
-from fractalgen.evaluation import class_schedule
+from fractalgen.evaluation import SETTINGS_FILE, class_schedule
 from fractalgen.files import image_name
 from fractalgen.metrics import (
     FunctionFeatureNet,
@@ -431,6 +431,11 @@ def test_cli_evaluate_end_to_end_and_resume(tmp_path, capsys):
     code, _, err = run_cli(args + ["--precision", "bf16"], capsys)
     assert code == 2 and "(precision differ)" in err and len(list(out.glob("*.png"))) == 12
     assert first["sampling_precision"] == "fp32"
+    # bf16 in a folder of its own: recorded with the images, so a resume must say bf16 again.
+    bf16_args = [str(out.parent / "bf16") if a == str(out) else a for a in args] + ["--precision", "bf16"]
+    code, stdout, _ = run_cli(bf16_args, capsys)
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["sampling_precision"] == "bf16"
+    assert json.loads((out.parent / "bf16" / SETTINGS_FILE).read_text())["precision"] == "bf16"
 
 
 def test_evaluate_writes_npz_and_scores_it_the_same(tmp_path, capsys):

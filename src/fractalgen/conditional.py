@@ -68,7 +68,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     (in one batch).
     """
     images = _as_images(model, images)
-    autocast = precision_context(precision, model.device.type)  # an unknown name fails before any work
+    autocast = precision_context(precision, model.device)  # an unknown name fails before any work
     N = images.shape[0]
     mask = _as_known(known, images.shape)
     labels = _as_labels(model, labels, N)
@@ -87,7 +87,8 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
         values, _ = model.generate(
             labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
             cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
-            num_iter=num_iter, generator=make_generator(model, seed), on_step=step_callback(None, progress, 0, len(todo)),
+            num_iter=num_iter, generator=make_generator(model, seed),
+            on_step=step_callback(None, progress, 0, len(todo)),
             known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
         )
     out[todo] = to_uint8(values).to(out.device)

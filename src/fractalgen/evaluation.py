@@ -52,8 +52,10 @@ def claim_folder(out: Path, manifest: dict) -> None:
             raise UserError(f"{path} is unreadable: use another --out") from None
         changed = sorted(k for k in set(manifest) | set(previous) if previous.get(k) != manifest.get(k))
         if changed:
+            hint = ", or the --precision they were made with (fp32 when the folder names none)" \
+                if "precision" in changed else ""
             raise UserError(f"{out} holds images made with other settings ({', '.join(changed)} differ): "
-                            f"use another --out to keep both")
+                            f"use another --out to keep both{hint}")
         return
     write_text(json.dumps(manifest, indent=1) + "\n", path)
 
@@ -87,8 +89,9 @@ def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int
         indices = missing[start:start + batch_size]
         batch_labels = None if labels is None else labels[indices].tolist()
         t0 = time.perf_counter()
+        # (B, C, H, W) uint8; .cpu() waits for the device
         images = sample(model, labels=batch_labels, n=len(indices), seed=seed * 1_000_003 + indices[0],
-                        batch_size=None, precision=precision, **vars(settings)).cpu()  # (B, C, H, W) uint8; .cpu() waits for the device
+                        batch_size=None, precision=precision, **vars(settings)).cpu()
         seconds += time.perf_counter() - t0
         for i, image in zip(indices, images):
             save_image(to_pil(image), files[i])
@@ -128,7 +131,7 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     if npz is not None and npz.exists():
         raise UserError(f"{npz} exists: not overwriting it (choose another --npz)")
     manifest = {**(manifest or {}), **settings.to_dict(), "num_images": num_images, "seed": seed}
-    if resolve_precision(precision, model.device.type) == "bf16":  # fp32 folders keep the manifest they always had
+    if resolve_precision(precision, model.device) == "bf16":  # fp32 folders keep the manifest they always had
         manifest["precision"] = "bf16"
     if rank == 0:
         claim_folder(out, manifest)
@@ -139,7 +142,8 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     progress.total = todo + num_images + (len(ref_images) if ref_images is not None else 0)
     progress.set_description("sampling")
     generation = generate_images(model, out, labels, num_images, settings, batch_size, seed, rank, world,
-                                 on_images=lambda n: progress.update(n * world), precision=precision)  # rank 0 speaks for all
+                                 on_images=lambda n: progress.update(n * world),  # rank 0 speaks for all
+                                 precision=precision)
     barrier()
     if world > 1:
         dist.destroy_process_group()  # scoring happens on rank 0 alone

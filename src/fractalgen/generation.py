@@ -60,7 +60,7 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py).
     """
     total, labels = count_and_labels(labels, n)
-    autocast = precision_context(precision, model.device.type)
+    autocast = precision_context(precision, model.device)
     batch_size = batch_size or max(total, 1)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

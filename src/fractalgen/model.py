@@ -117,7 +117,7 @@ class FractalModel(nn.Module):
 
     # ---- sampling -----------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()  # not just no_grad: no view or version tracking, 15% off AR sampling (RESULTS)
     def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
                  num_iter=None, generator=None, known: Known | None = None, on_step=None, coder=None):
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value

@@ -448,17 +448,18 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
     # auto: bf16 autocast on GPUs only (nn/precision.py says why; 1.2-1.7x faster steps on this
     # project's CPU, which has avx512_bf16: benchmarks/RESULTS.md).
-    bf16 = resolve_precision(options.precision, device.type) == "bf16"
-    autocast = precision_context(options.precision, device.type)
+    precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
+    autocast = precision_context(precision, device)
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
     log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 
     if d.main:
         n_params = sum(p.numel() for p in model.parameters())
         parallel = f" ({dist.get_backend()}, {'FSDP' if sharded else 'DDP'})" if d.enabled else ""
+        autocast_note = ", bf16 autocast" if precision == "bf16" else ""
         print(f"training {config.name} ({n_params / 1e6:.2f}M parameters) on {len(dataset)} images from "
               f"{options.data}: steps {step}->{total}, global batch {global_batch} over {d.world} process(es)"
-              f"{parallel}, lr {base_lr:.3g}, warm-up {warmup}, device {device}{', bf16 autocast' if bf16 else ''}",
+              f"{parallel}, lr {base_lr:.3g}, warm-up {warmup}, device {device}{autocast_note}",
               flush=True)
     bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, mininterval=2.0)
     model.train()
@@ -508,7 +509,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 break
             # Sampling would need the whole model on rank 0: sharded runs sample from model.safetensors afterwards.
             if options.sample_every and not sharded and (step % options.sample_every == 0 or step == total) and d.main:
-                write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed)
+                write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed, precision)
     if writer is not None:
         writer.close()
     if dist.is_initialized():
@@ -543,8 +544,9 @@ def random_shift(images: torch.Tensor, limit: int, generator: torch.Generator) -
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def write_samples(model: FractalModel, path: Path, seed: int):
-    """A small preview grid (one row per class, up to 10 classes) with the model's resolved settings."""
+def write_samples(model: FractalModel, path: Path, seed: int, precision: str):
+    """A small preview grid (one row per class, up to 10 classes) with the model's resolved settings,
+    at the training's precision."""
     classes = min(model.config.num_classes, 10)
     labels = [c for c in range(classes) for _ in range(4)] if classes else None
-    save_grid(sample(model, labels=labels, n=None if labels else 16, seed=seed), path, nrow=4)
+    save_grid(sample(model, labels=labels, n=None if labels else 16, seed=seed, precision=precision), path, nrow=4)

@@ -29,6 +29,7 @@ from .options import (
     integer,
     load_model,
     number,
+    precision_used,
     progress_bar,
     settings_from,
 )
@@ -67,6 +68,7 @@ def register(subparsers):
 
 def run(args) -> int:
     model = load_model(args)
+    precision_used(args, model)  # a GPU without bf16 is refused before any file is touched
     size, channels = model.config.img_size, model.config.channels
     if args.label is not None and not 0 <= args.label < model.config.num_classes:
         k = model.config.num_classes

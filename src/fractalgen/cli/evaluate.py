@@ -105,7 +105,7 @@ def run_evaluate(args) -> int:
         return 0
     result = {**_result(scores), "sampling_seconds_per_image": generation.seconds_per_image,
               "generated": generation.generated, "out": args.out, **settings.to_dict(),
-              "sampling_precision": resolve_precision(args.precision, device.type)}  # "precision" is the metric
+              "sampling_precision": resolve_precision(args.precision, device)}  # "precision" is the metric
     _report(result, scores.notes, args)
     return 0
 

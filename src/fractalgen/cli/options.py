@@ -165,7 +165,7 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
 
 def precision_used(args, model) -> str:
     """What --precision resolves to on the model's device: "fp32" or "bf16"."""
-    return resolve_precision(args.precision, model.device.type)
+    return resolve_precision(args.precision, model.device)
 
 
 def add_json(p):

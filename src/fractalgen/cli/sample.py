@@ -88,6 +88,7 @@ def run_sample(args) -> int:
     model = load_model(args)
     labels, n = labels_for(model, args.classes, args.per_class, args.n)
     settings = settings_from(args, model)
+    precision = precision_used(args, model)  # a GPU without bf16 is refused before any file is touched
     names = ["grid.png"] + [image_name(i, None if labels is None else labels[i]) for i in range(n)]
     out = output_folder(Path(args.out), names, args.overwrite)
     if args.gif and Path(args.gif).exists() and not args.overwrite:
@@ -102,7 +103,6 @@ def run_sample(args) -> int:
     seconds = time.time() - started
     save_grid(images, out / "grid.png", nrow=nrow)
     save_each(images, labels, out)
-    precision = precision_used(args, model)
     print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}, {precision}")
     print(f"grid: {out / 'grid.png'}")
     print(f"images: {out}/{names[1]} ... {names[-1]}")

@@ -33,7 +33,8 @@ OPTION_FLAGS = {
                  "uniform (masked count uniform over 1..N: every generation stage trained equally often)",
     "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), on CPUs "
                  "with bf16 instructions (avx512_bf16, AMX) 1.2-1.7x faster steps in benchmarks/RESULTS.md, "
-                 "slower on CPUs without them; fp32; auto: bf16 on GPUs with native bf16 (compute capability 8.0+), fp32 elsewhere",
+                 "slower on CPUs without them; fp32; auto: bf16 on GPUs with native bf16 (compute capability "
+                 "8.0+), fp32 elsewhere",
 }
 # What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
 FLAG_TYPES = {

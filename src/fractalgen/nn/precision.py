@@ -3,7 +3,8 @@
 Training and sampling take `precision`: "fp32", "bf16" (bf16 autocast: weights stay fp32, the
 islands below stay fp32) or "auto" (bf16 on CUDA GPUs that compute it natively, compute
 capability 8.0 on, as the authors train and sample; fp32 elsewhere, because bf16 changes the
-numbers the fp32 recipe gives and is slow where it is emulated, as on CPUs without bf16 instructions).
+numbers the fp32 recipe gives and is slow where it is emulated, as on CPUs without bf16
+instructions; inside a caller's own autocast, auto keeps it).
 
 The checkpoints were trained with fp32 attention logits and fp32 pixel logits (SPEC). Autocast
 lists SDPA and the batched matmuls among its reduced-precision ops, so an explicit `.float()` in
@@ -24,21 +25,26 @@ class PrecisionError(UserError, ValueError):
     """An unknown precision, or bf16 asked of a GPU without it."""
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """"fp32" or "bf16": what `precision` means on `device_type` (the current device of that type)."""
+def resolve_precision(precision: str, device) -> str:
+    """"fp32" or "bf16": what `precision` means on `device` (a torch.device or its name)."""
+    device = torch.device(device)
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        native = device_type == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+        native = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         return "bf16" if native else "fp32"
-    if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PrecisionError("this GPU cannot run bf16: use precision fp32 (--precision fp32)")
     return precision
 
 
-def precision_context(precision: str, device_type: str):
-    """The autocast context that runs code at `precision` (fp32: autocast off, whatever the caller had)."""
-    bf16 = resolve_precision(precision, device_type) == "bf16"
+def precision_context(precision: str, device):
+    """The autocast context that runs code at `precision` on `device`. fp32 and bf16 hold whatever
+    the caller had on; auto inside a caller's own autocast keeps it (their dtype, e.g. fp16)."""
+    device_type = torch.device(device).type
+    if precision == "auto" and torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    bf16 = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
