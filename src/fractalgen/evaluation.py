@@ -21,7 +21,7 @@ from .errors import UserError
 from .files import atomic_write, image_name, save_image, to_pil, write_text
 from .generation import sample
 from .metrics import FeatureNet, ImageSet, Scores, Statistics, reference_statistics, score_images
-from .nn import resolve_precision
+from .nn import precision_in_effect
 from .runtime import barrier, setup_distributed, sum_over_ranks
 from .settings import SamplingSettings
 
@@ -131,8 +131,9 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     if npz is not None and npz.exists():
         raise UserError(f"{npz} exists: not overwriting it (choose another --npz)")
     manifest = {**(manifest or {}), **settings.to_dict(), "num_images": num_images, "seed": seed}
-    if resolve_precision(precision, model.device) == "bf16":  # fp32 folders keep the manifest they always had
-        manifest["precision"] = "bf16"
+    in_effect = precision_in_effect(precision, model.device)
+    if in_effect != "fp32":  # fp32 folders keep the manifest they always had
+        manifest["precision"] = in_effect
     if rank == 0:
         claim_folder(out, manifest)
     barrier()

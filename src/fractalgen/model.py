@@ -117,7 +117,7 @@ class FractalModel(nn.Module):
 
     # ---- sampling -----------------------------------------------------------------------
 
-    @torch.inference_mode()  # not just no_grad: no view or version tracking, 15% off AR sampling (RESULTS)
+    @torch.inference_mode()  # not no_grad: no view/version tracking; AR sampling 20-45% faster (RESULTS)
     def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
                  num_iter=None, generator=None, known: Known | None = None, on_step=None, coder=None):
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
@@ -127,6 +127,7 @@ class FractalModel(nn.Module):
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
         to the pixel heads (classifier-free guidance). Settings left None are resolved by
         `settings.resolve_settings`: the checkpoint's recommendation, else the config's presets.
+        Runs under inference mode: the tensors returned cannot be changed in place outside it (clone them).
         """
         settings = resolve_settings(self, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
                                     filter_threshold=filter_threshold, num_iter=num_iter)

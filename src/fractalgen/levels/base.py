@@ -45,8 +45,9 @@ class Normalize(nn.Module):
         k = x.shape[-1] // C  # values per channel (p*p for patches, 1 for pixels)
         # Built once per shape and device: the samplers normalise one patch per step.
         if (k, x.device) not in self._tables:
-            self._tables[k, x.device] = (torch.tensor(self.mean, device=x.device).repeat_interleave(k),
-                                         torch.tensor(self.std, device=x.device).repeat_interleave(k))
+            with torch.inference_mode(False):  # kept for training too: never inference tensors from a sampler
+                self._tables[k, x.device] = (torch.tensor(self.mean, device=x.device).repeat_interleave(k),
+                                             torch.tensor(self.std, device=x.device).repeat_interleave(k))
         mean, std = self._tables[k, x.device]
         return (x / 255.0 - mean) / std
 

@@ -38,6 +38,15 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+def precision_in_effect(precision: str, device) -> str:
+    """What `precision_context` runs: "fp32", "bf16", or the caller's own autocast dtype ("bf16", "fp16")
+    when auto keeps it. For records and reports."""
+    device_type = torch.device(device).type
+    if precision == "auto" and torch.is_autocast_enabled(device_type):
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(torch.get_autocast_dtype(device_type), "other")
+    return resolve_precision(precision, device)
+
+
 def precision_context(precision: str, device):
     """The autocast context that runs code at `precision` on `device`. fp32 and bf16 hold whatever
     the caller had on; auto inside a caller's own autocast keeps it (their dtype, e.g. fp16)."""
