@@ -374,7 +374,7 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
     """precision bf16 runs the levels under bf16 autocast (a linear's output is bf16) and the inpainting
     path too; auto on a CPU is fp32, the very same images; fp32 holds even inside a caller's autocast;
     an unknown name fails before any work."""
-    from fractalgen.nn import resolve_precision
+    from fractalgen.nn import precision_in_effect, resolve_precision
 
     model = seeded_model("tiny_mar_gp4")
     seen = []
@@ -392,6 +392,8 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
         inside, dtypes = draw("fp32")
         assert torch.equal(inside, fp32) and dtypes == {torch.float32}
         assert draw("auto")[1] == {torch.bfloat16}  # auto keeps the caller's autocast
+        assert precision_in_effect("auto", "cpu") == "bf16" and precision_in_effect("fp32", "cpu") == "fp32"
+    assert precision_in_effect("auto", "cpu") == "fp32"
     bf16, dtypes = draw("bf16")
     assert dtypes == {torch.bfloat16} and bf16.shape == fp32.shape and bf16.dtype == torch.uint8
     seen.clear()
@@ -404,6 +406,18 @@ def test_sampling_precision_reaches_the_model_and_fp32_is_the_cpu_default():
         fractalgen.sample(model, labels=[1, 2], seed=0, num_iter=(2, 2, 2), precision="fp16")
     assert seen == []  # refused before any work
     assert resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_sampling_leaves_no_inference_tensor_in_the_model():
+    """Sampling runs under inference mode; what a module keeps from it (Normalize's tables) must
+    still serve training, whose inputs may require grad."""
+    model = seeded_model("tiny_ar")
+    fractalgen.sample(model, labels=[0], seed=0)
+    level = model.levels[0]
+    assert level.normalize._tables and not any(t.is_inference() for pair in level.normalize._tables.values()
+                                               for t in pair)
+    patch = torch.rand(1, len(level.normalize.mean) * level.config.patch_size ** 2, requires_grad=True)
+    level.normalize(patch * 255).sum().backward()  # the sampler's table; raised "Inference tensors ..." before
 
 
 def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
