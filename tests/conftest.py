@@ -2,6 +2,9 @@
 import os
 
 import pytest
+import torch
+
+import fractalgen
 
 
 def pytest_addoption(parser):
@@ -15,3 +18,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def autocast_seen(monkeypatch):
+    """A list that gets, for each `FractalModel.generate` call, whether CPU autocast was on around it."""
+    seen = []
+    generate = fractalgen.FractalModel.generate
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(fractalgen.FractalModel, "generate", recording)
+    return seen

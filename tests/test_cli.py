@@ -81,17 +81,9 @@ def test_train_resume_continues_to_more_steps(tiny_run, tmp_path, capsys):
     assert code == 2 and "already holds a training run" in err  # never trains over an existing run
 
 
-def test_sample_precision_flag(tiny_run, tmp_path, capsys, monkeypatch):
+def test_sample_precision_flag(tiny_run, tmp_path, capsys, autocast_seen):
     """--precision reaches the sampler (bf16 autocast on around the model; auto is fp32 on a CPU) and is
     reported; an unknown name is one error line before any work."""
-    autocast_seen = []
-    generate = fractalgen.FractalModel.generate
-
-    def recording(self, *args, **kwargs):
-        autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(fractalgen.FractalModel, "generate", recording)
     for precision in ("auto", "fp32", "bf16"):
         autocast_seen.clear()
         code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "8", "--out",

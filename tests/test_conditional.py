@@ -416,16 +416,8 @@ def test_cli_inpaint_end_to_end(tmp_path, checkpoint, capsys):
 
 @pytest.mark.parametrize("command, extra", [("outpaint", ["--box", "2,2,6,6"]), ("uncrop", []),
                                             ("edit", ["--label", "5"])])
-def test_cli_other_commands(tmp_path, checkpoint, command, extra, monkeypatch):
+def test_cli_other_commands(tmp_path, checkpoint, command, extra, autocast_seen):
     """Each command runs; --precision reaches the model (bf16 autocast on around it, off by default)."""
-    autocast_seen = []
-    generate = fractalgen.FractalModel.generate
-
-    def recording(self, *args, **kwargs):
-        autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(fractalgen.FractalModel, "generate", recording)
     image = write_png(tmp_path / "x.png", np.full((8, 8), 128))
     for precision in ("auto", "bf16"):
         out = tmp_path / precision
