@@ -103,7 +103,8 @@ def run_sample(args) -> int:
     seconds = time.time() - started
     save_grid(images, out / "grid.png", nrow=nrow)
     save_each(images, labels, out)
-    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}, {precision}")
+    print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}, "
+          f"{precision}")
     print(f"grid: {out / 'grid.png'}")
     print(f"images: {out}/{names[1]} ... {names[-1]}")
     if recorder is not None:
