@@ -21,9 +21,17 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import check_writable
-from ..nn import resolve_precision
 from ..runtime import pick_device, rank, set_threads, setup_distributed
-from .options import add_checkpoint, add_json, add_runtime, add_sampling, emit_json, integer, settings_from
+from .options import (
+    add_checkpoint,
+    add_json,
+    add_runtime,
+    add_sampling,
+    emit_json,
+    integer,
+    precision_used,
+    settings_from,
+)
 
 FEATURE_NETS = ("inception", "mnist-classifier")
 
@@ -105,7 +113,7 @@ def run_evaluate(args) -> int:
         return 0
     result = {**_result(scores), "sampling_seconds_per_image": generation.seconds_per_image,
               "generated": generation.generated, "out": args.out, **settings.to_dict(),
-              "sampling_precision": resolve_precision(args.precision, device)}  # "precision" is the metric
+              "sampling_precision": precision_used(args, model)}  # "precision" is the metric
     _report(result, scores.notes, args)
     return 0
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..config import CFG_SCHEDULES
 from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
-from ..nn import PRECISIONS, resolve_precision
+from ..nn import PRECISIONS, precision_in_effect
 from ..runtime import pick_device, rank, set_threads
 from ..settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
 
@@ -164,8 +164,8 @@ def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
 
 
 def precision_used(args, model) -> str:
-    """What --precision resolves to on the model's device: "fp32" or "bf16"."""
-    return resolve_precision(args.precision, model.device)
+    """What --precision runs on the model's device: "fp32" or "bf16" (as the evaluate folder records it)."""
+    return precision_in_effect(args.precision, model.device)
 
 
 def add_json(p):

@@ -38,20 +38,25 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+def _keeps_callers_autocast(precision: str, device_type: str) -> bool:
+    """auto inside a caller's own autocast leaves it as it is (their dtype, e.g. fp16)."""
+    return precision == "auto" and torch.is_autocast_enabled(device_type)
+
+
 def precision_in_effect(precision: str, device) -> str:
     """What `precision_context` runs: "fp32", "bf16", or the caller's own autocast dtype ("bf16", "fp16")
     when auto keeps it. For records and reports."""
     device_type = torch.device(device).type
-    if precision == "auto" and torch.is_autocast_enabled(device_type):
+    if _keeps_callers_autocast(precision, device_type):
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(torch.get_autocast_dtype(device_type), "other")
     return resolve_precision(precision, device)
 
 
 def precision_context(precision: str, device):
     """The autocast context that runs code at `precision` on `device`. fp32 and bf16 hold whatever
-    the caller had on; auto inside a caller's own autocast keeps it (their dtype, e.g. fp16)."""
+    the caller had on; auto keeps a caller's own autocast."""
     device_type = torch.device(device).type
-    if precision == "auto" and torch.is_autocast_enabled(device_type):
+    if _keeps_callers_autocast(precision, device_type):
         return contextlib.nullcontext()
     bf16 = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
