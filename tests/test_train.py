@@ -198,3 +198,39 @@ def test_runs_stored_before_the_precision_option_resume_with_auto(monkeypatch):
     monkeypatch.setattr(train_module, "read_checkpoint", lambda path: {"options": json.dumps(stored)})
     resumed = train_module.run_options({"resume": "runs/old"})
     assert resumed.precision == "auto" and resumed.mar_masks == "uniform" and resumed.out == "runs/old"
+
+
+class FirstStep(Exception):
+    """Raised at a training run's first step by cuda_seed_at_first_step."""
+
+
+def cuda_seed_at_first_step(monkeypatch, tmp_path, rank: int, world: int = 4) -> int:
+    """The CUDA seed in effect when rank `rank` of a `world`-process run takes its first step.
+
+    No GPU needed: torch.manual_seed seeds the CUDA generators through torch.cuda.manual_seed_all
+    whether or not CUDA is present, so recording those calls shows what a GPU rank would draw from
+    (MAR masks, label dropout, guiding-pixel jitter)."""
+    import fractalgen.train as train_module
+    from fractalgen.runtime import Dist
+
+    seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeds.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeds.append)
+    monkeypatch.setattr(train_module, "setup_distributed",
+                        lambda device: (Dist(rank, world, rank), torch.device("cpu")))
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **kwargs: module)
+
+    def first_step(loss, stop, d):
+        raise FirstStep(seeds[-1])
+
+    monkeypatch.setattr(train_module, "reduce_status", first_step)
+    data = tiny_data(tmp_path / f"d{rank}.npz")
+    with pytest.raises(FirstStep) as caught:
+        train(tiny_config(kinds=["mar", "mar"]), options(tmp_path / f"r{rank}", data, batch_size=world))
+    return caught.value.args[0]
+
+
+def test_every_rank_draws_from_its_own_cuda_stream(monkeypatch, tmp_path):
+    """Identical initial weights on every rank must not leave every rank on the same CUDA stream."""
+    seeds = {rank: cuda_seed_at_first_step(monkeypatch, tmp_path, rank) for rank in (1, 3)}
+    assert seeds[1] != seeds[3], seeds

@@ -413,7 +413,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     base_lr = options.lr if options.lr is not None else options.blr * global_batch / 256
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)  # the same initial weights on every rank: FSDP does not broadcast them
+        # The same initial weights on every rank (FSDP does not broadcast them), drawn on the CPU. Only the
+        # CPU generator is re-seeded: torch.manual_seed would also re-seed every GPU's generator, which
+        # fork_rng(devices=[]) does not restore, leaving all ranks on one GPU stream.
+        torch.default_generator.manual_seed(options.seed)
         model = FractalModel(config).to(device)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
