@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from datetime import timedelta
 
 import torch
@@ -64,6 +65,29 @@ def choose_threads(option: str | int) -> int:
 def set_threads(option: str | int) -> None:
     """Apply --threads (the command line's business: it changes the whole process)."""
     torch.set_num_threads(choose_threads(option))
+
+
+# ---- torch versions ------------------------------------------------------------------------------
+
+# Optional code paths that need a newer torch than the package's minimum (pyproject.toml), by the
+# import they make. Each is checked by `require_torch` before the path runs.
+NEWER_TORCH = {
+    "torch.distributed.fsdp.fully_shard": (2, 6),  # --fsdp: public from 2.6 (private before)
+}
+
+
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the torch running now."""
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()
+    return int(major), int(minor)
+
+
+def require_torch(name: str, purpose: str) -> None:
+    """One clear line when `purpose` (e.g. a flag) needs the import `name`, which this torch lacks."""
+    needed = NEWER_TORCH[name]
+    if torch_version() < needed:
+        raise UserError(f"{purpose} needs torch >= {needed[0]}.{needed[1]} ({name}); "
+                        f"this is torch {torch.__version__}")
 
 
 # ---- processes (torchrun) ------------------------------------------------------------------------

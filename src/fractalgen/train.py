@@ -37,7 +37,7 @@ from .generation import sample
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
-from .runtime import Dist, setup_distributed
+from .runtime import Dist, require_torch, setup_distributed
 from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -420,6 +420,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         model = FractalModel(config).to(device)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
+    if options.fsdp:
+        require_torch("torch.distributed.fsdp.fully_shard", "--fsdp")
     sharded = options.fsdp and d.enabled
     if options.fsdp and not d.enabled and d.main:
         print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
