@@ -3,9 +3,32 @@ import pytest
 import torch
 
 import fractalgen
-from benchmarks import gpu_huge
+from benchmarks import gpu_check, gpu_huge
 
 torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
+
+
+def test_gpu_check_dry_run_runs_every_row_and_every_row_passes():
+    rows = gpu_check.main(["--dry-run", "--budget", "1000"])
+    whats = " | ".join(r.what for r in rows)
+    for part in ("seeded sampling repeats", "bf16 autocast forward+backward", "sampling (cpu)", "inpainting",
+                 "codec, CPU encode -> cpu decode", "training steps", "sampling, batch", "compiled",
+                 "torch.compile every block", "profile of one training step"):
+        assert part in whats, part
+    failed = [r for r in rows if r.result.startswith(("FAIL", "error", "skipped"))]
+    assert not failed, failed
+    assert all(r.seconds >= 0 for r in rows)
+
+
+def test_gpu_check_reports_a_failing_row_and_goes_on():
+    check = gpu_check.Check(torch.device("cpu"), budget=1000)
+    check.row("raises", lambda: 1 / 0)
+    check.row("after it", lambda: "pass")
+    assert check.rows[0].result.startswith("error: ZeroDivisionError")
+    assert check.rows[1].result == "pass"
+    assert "raises" in check.table() and "after it" in check.table()
+    out_of_time = gpu_check.Check(torch.device("cpu"), budget=0)
+    assert out_of_time.row("late", lambda: "pass").result.startswith("skipped")
 
 
 def test_gpu_huge_samples_in_batches_of_batch_and_takes_zero_reps(monkeypatch):
