@@ -239,8 +239,9 @@ def speed_rows(check: Check, plan: Plan):
             # What a row needs: this mode's first batch scaled by batch size, else the eager row of this batch.
             needs = (seconds[(mode, first)] * batch / first if (mode, first) in seconds
                      else seconds.get(("eager", batch), 0.0))
+            # A warm-up runs a few level-0 steps; compiling them costs about what a whole timed row does.
             check.row(f"{plan.speed}: warm-up, batch {batch}, {mode}", lambda labels=labels: warm(labels),
-                      needs=needs / 4)
+                      needs=needs if mode == "compiled" else needs / 4)
             row = check.row(f"{plan.speed}: sampling, batch {batch}, {mode}",
                             lambda batch=batch: timing(batch, plan.timed_steps), needs=needs)
             if not row.result.startswith("skipped"):
