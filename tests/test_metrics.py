@@ -497,3 +497,31 @@ def test_classifier_fid_on_the_held_out_digits(tmp_path, capsys):
     code, _, err = run_cli(["fid", "mnist", "--ref-stats", stats, "--features", "inception",
                             "--inception", scripted(Pool3Stand(), tmp_path / "net.pt")], capsys)
     assert code == 2 and "mnist-classifier features" in err
+
+
+def test_inception_features_run_in_plain_fp32_and_the_settings_come_back(tmp_path):
+    """No TF32 (cuDNN allows it for convolutions by default) and no caller's autocast inside the
+    network; the caller's settings are as they were afterwards. Flags readable without a GPU."""
+    net = InceptionNet(scripted(Pool3Stand(), tmp_path / "pool3.pt"))
+    scripted_module, seen = net.module, []
+
+    def recording(x):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+                     torch.is_autocast_enabled("cpu")))
+        return scripted_module(x)
+
+    net.module = recording
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features, _ = net(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+        assert seen == [("ieee", "ieee", False)] and features.dtype == torch.float32
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+        net.module = lambda x: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            net(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # restored on an error too
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv

@@ -23,6 +23,7 @@ three channels.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -79,6 +80,27 @@ def find_inception(path: str | os.PathLike | None = None) -> Path:
     raise UserError(HOW_TO_GET)
 
 
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """Plain fp32 inside, as the reference statistics were computed: no TF32 in CUDA matmuls and
+    convolutions (cuDNN allows TF32 convolutions by default on Ampere and later, which moves the
+    features), and no caller's autocast. The settings are restored on the way out."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: reading the legacy flags after this API errs
+        settings = [(matmul, "fp32_precision", "ieee"), (conv.conv, "fp32_precision", "ieee")]
+    else:
+        settings = [(matmul, "allow_tf32", False), (conv, "allow_tf32", False)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 class InceptionNet(FeatureNet):
     name = "inception-2015-12-05"
 
@@ -107,6 +129,10 @@ class InceptionNet(FeatureNet):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, with_logits: bool = True):
+        with exact_fp32(self.device):
+            return self._features(images, with_logits)
+
+    def _features(self, images: torch.Tensor, with_logits: bool):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grayscale -> RGB
         if images.shape[1] != 3:
