@@ -234,3 +234,17 @@ def test_every_rank_draws_from_its_own_cuda_stream(monkeypatch, tmp_path):
     """Identical initial weights on every rank must not leave every rank on the same CUDA stream."""
     seeds = {rank: cuda_seed_at_first_step(monkeypatch, tmp_path, rank) for rank in (1, 3)}
     assert seeds[1] != seeds[3], seeds
+
+
+def test_data_loader_workers_default_to_none_on_a_cpu_and_several_on_a_gpu(monkeypatch):
+    import fractalgen.runtime as runtime
+    from fractalgen.runtime import loader_workers
+
+    assert TrainOptions(out="x").num_workers is None  # auto unless asked
+    with pytest.raises(UserError, match="num_workers"):
+        TrainOptions(out="x", num_workers=-1)
+    for cpus, on_gpu in ((2, 2), (64, runtime.LOADER_WORKERS_CUDA)):
+        monkeypatch.setattr(runtime, "usable_cpus", lambda cpus=cpus: cpus)
+        assert loader_workers(None, torch.device("cpu")) == 0
+        assert loader_workers(None, torch.device("cuda", 1)) == on_gpu
+        assert loader_workers(3, torch.device("cpu")) == loader_workers(3, torch.device("cuda")) == 3

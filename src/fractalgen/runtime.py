@@ -62,6 +62,18 @@ def choose_threads(option: str | int) -> int:
     return threads
 
 
+LOADER_WORKERS_CUDA = 8  # data loading processes feeding a GPU under auto, at most (one per usable CPU)
+
+
+def loader_workers(option: int | None, device: torch.device) -> int:
+    """DataLoader worker processes: the number asked for, or auto (None): none on the CPU, where workers
+    would take cores from the training itself, and up to LOADER_WORKERS_CUDA on a GPU, which waits
+    on data otherwise."""
+    if option is not None:
+        return option
+    return min(LOADER_WORKERS_CUDA, usable_cpus()) if torch.device(device).type == "cuda" else 0
+
+
 def set_threads(option: str | int) -> None:
     """Apply --threads (the command line's business: it changes the whole process)."""
     torch.set_num_threads(choose_threads(option))

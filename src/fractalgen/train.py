@@ -37,7 +37,7 @@ from .generation import sample
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
-from .runtime import Dist, require_torch, setup_distributed
+from .runtime import Dist, loader_workers, require_torch, setup_distributed
 from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -67,7 +67,7 @@ class TrainOptions:
     sample_every: int = 1000
     keep_checkpoints: bool = False  # also keep checkpoint-{step}.pt copies
     tensorboard: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # data loading processes; None = auto (runtime.loader_workers)
     device: str = "auto"
     resume: str | None = None
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
@@ -97,7 +97,7 @@ class TrainOptions:
                  "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")}
         for name, (ok, wanted) in rules.items():
             value = getattr(self, name)
-            if not (value is None and name in ("steps", "lr", "warmup_steps")) and not ok(value):
+            if not (value is None and name in ("steps", "lr", "warmup_steps", "num_workers")) and not ok(value):
                 raise UserError(f"training option {name} must be {wanted}, got {value!r}")
 
 
@@ -449,7 +449,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=options.num_workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
+                                         num_workers=loader_workers(options.num_workers, device),
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
     # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; --precision bf16 gave
     # 1.2-1.7x faster steps on this project's CPU, which has avx512_bf16: benchmarks/RESULTS.md).

@@ -25,7 +25,7 @@ OPTION_FLAGS = {
     "seed": "random seed (rank r uses seed + r)",
     "save_every": "write a checkpoint every N steps (and at the end)",
     "sample_every": "write a sample grid every N steps (0: never)",
-    "num_workers": "data loading worker processes",
+    "num_workers": "data loading worker processes (default: none on a CPU, one per CPU up to a few on a GPU)",
     "log_every": "steps per line of OUT/metrics.jsonl (loss, lr, grad norm, speed, memory; fractalgen plot draws it)",
     "shift": "random translation of each training image by up to N pixels in each direction, filled with 0 "
              "(black: for digits and other images on a black background; 0 = off)",
