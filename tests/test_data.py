@@ -1,4 +1,6 @@
 """Datasets: the embedded MNIST split, .npz files, image folders, ADM crop, and the resumable data order."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,39 @@ def test_epoch_batches_resume_and_ranks():
     assert next(iter(ranks[0])) + next(iter(ranks[1])) == first[0]
     with pytest.raises(UserError, match="larger than the dataset"):
         EpochBatches(3, 4, 0, 1, 0, False)
+
+
+def _mapped_ranges(path) -> list[tuple[int, int]]:
+    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(str(path)):
+                start, end = line.split()[0].split("-")
+                ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_an_uncompressed_npz_is_mapped_not_copied(tmp_path):
+    """np.savez stores members uncompressed: the training images are the file's pages, not a copy of
+    them; a compressed archive still loads (read into memory). Both give the same pixels."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(64) % 4
+    np.savez(tmp_path / "plain.npz", images=images, labels=labels)
+    np.savez_compressed(tmp_path / "packed.npz", images=images, labels=labels)
+    plain = load_dataset(str(tmp_path / "plain.npz"), "train", 8, 3)
+    packed = load_dataset(str(tmp_path / "packed.npz"), "train", 8, 3)
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2)
+    assert torch.equal(plain.images, expected) and torch.equal(packed.images, expected)
+    assert torch.equal(plain.labels, torch.from_numpy(labels))
+    pointer = plain.images.data_ptr()
+    assert any(start <= pointer < end for start, end in _mapped_ranges(tmp_path / "plain.npz"))
+    assert not _mapped_ranges(tmp_path / "packed.npz")
+    image, label = plain[(5, True)]
+    assert torch.equal(image, expected[5].flip(-1)) and int(label) == 1
+    batch, _ = stack(plain, 4)
+    assert batch.is_contiguous() and torch.equal(batch, expected[:4])
+    plain.images[0] += 1  # copy-on-write: the file keeps its pixels
+    assert np.array_equal(np.load(tmp_path / "plain.npz")["images"], images)

@@ -274,7 +274,7 @@ def test_npz_statistics_reader_skips_unused_members(tmp_path):
 
 
 BAD_NPZ = {  # file -> words of the error line
-    "garbage.npz": "not an .npz archive", "objects.npz": "holds Python objects", "declared.npz": "of memory free",
+    "garbage.npz": "not an .npz archive", "objects.npz": "holds Python objects", "declared.npz": "declares shape",
     "float_labels.npz": "'labels' must hold one integer per image", "float_images.npz": "must be uint8 images",
 }
 

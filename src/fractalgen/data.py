@@ -190,7 +190,9 @@ def array_dataset(images, labels, size: int, channels: int, source: str, num_cla
         if labels.min() < 0:
             raise UserError(f"{source}: labels must be >= 0")
         num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    # (N, C, H, W) as a view of the (N, H, W, C) array: a mapped file stays mapped (batches are copied as
+    # they are drawn); an array in memory is not copied a second time.
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     return ArrayDataset(tensor, torch.from_numpy(labels), num_classes, source)
 
 
@@ -216,7 +218,8 @@ def read_image_npz(path, names=("images",), with_labels: bool = True) -> tuple[n
                 raise UserError(f"{path}: 'labels' must hold one integer per image ({shape[0]}), "
                                 f"got {label_dtype} {label_shape}")
             labels = archive.read("labels").reshape(-1)
-        return archive.read(name), labels
+        images = archive.mapped(name)  # uncompressed members are mapped, not read: large sets stay on disk
+        return (archive.read(name) if images is None else images), labels
 
 
 def mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +254,7 @@ def load_dataset(spec: str, split: str, size: int, channels: int):
 def stack(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `limit` items as one uint8 (N, C, H, W) batch and labels (N,)."""
     if isinstance(dataset, ArrayDataset):
-        return dataset.images[:limit], dataset.labels[:limit]
+        return dataset.images[:limit].contiguous(), dataset.labels[:limit]  # a batch in memory, (N, C, H, W)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     items = [dataset[i] for i in range(n)]
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])

@@ -83,6 +83,38 @@ class NpzArchive:
                             f"unpickled (only plain numeric arrays are read)")
         return tuple(shape), dtype
 
+    def mapped(self, name: str) -> np.ndarray | None:
+        """The member's data mapped from the file, not read (pages load as they are touched), or None
+        where it cannot be: a compressed member (np.savez_compressed) or a Fortran-ordered array.
+
+        Copy-on-write: writing to the array changes this process's copy, never the file."""
+        shape, dtype = self.header(name)
+        try:
+            info = self.zip.getinfo(name + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            with self.zip.open(info) as f:  # the .npy header's own length
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                _, fortran_order, _ = read_header(f)
+                npy_header = f.tell()
+            if fortran_order:
+                return None
+            with open(self.path, "rb") as f:  # the zip entry's local header: 30 bytes, then name and extra field
+                f.seek(info.header_offset)
+                local = f.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError("bad local file header")
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            size = math.prod(shape) * dtype.itemsize
+            if start + npy_header + size > self.path.stat().st_size:
+                raise UserError(f"{self.path}: array {name!r} declares shape {shape} ({gib(size)}), more than "
+                                f"the file holds")
+            return np.memmap(self.path, dtype=dtype, mode="c", offset=start + npy_header, shape=shape)
+        except READ_ERRORS as e:
+            raise UserError(f"cannot read {self.path}: array {name!r} is damaged ({_first_line(e)})") from None
+
     def read(self, name: str) -> np.ndarray:
         """The member's data, once its declared size is known to fit in free memory."""
         shape, dtype = self.header(name)
