@@ -79,13 +79,14 @@ def pixel_bits(model: FractalModel, images: torch.Tensor, labels=None, batch_siz
     code one token per step in a fixed random order, and a guiding pixel's bits are shared by the
     values of its square, so the mean is one exact code length rather than the averaged estimate.
     """
-    from .codec import ImageValues, check_inputs, coding_pass
+    from .codec import ImageValues, check_inputs, coding_pass, float64_copy
 
     images, labels = check_inputs(model, images, labels)
+    coder_model = float64_copy(model)
     out = []
     for start in range(0, images.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        _, logp = coding_pass(model, images[rows], None if labels is None else labels[rows], ImageValues())
-        out.append(-logp / math.log(2.0))
+        _, logp = coding_pass(coder_model, images[rows], None if labels is None else labels[rows], ImageValues())
+        out.append((-logp / math.log(2.0)).float())
     c = model.config
     return torch.cat(out) if out else torch.zeros(0, c.channels, c.img_size, c.img_size)

@@ -1,6 +1,8 @@
 """Sampling as small pure functions: temperature -> guidance -> probabilities -> draw; schedules by name."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -70,6 +72,17 @@ CFG_SCHEDULES: dict[str, Callable[[float, torch.Tensor], torch.Tensor]] = {
 }
 
 
+@functools.cache
+def _coding_order(seq_len: int) -> tuple[int, ...]:
+    return tuple(sorted(range(seq_len), key=lambda i: hashlib.sha256(f"fractalgen order {i}".encode()).digest()))
+
+
+def coding_order(seq_len: int, device=None) -> torch.Tensor:
+    """A fixed permutation of seq_len positions (seq_len,) int64, the same on every machine and torch
+    version: positions sorted by a hash of their index. MAR levels generate in it when coding."""
+    return torch.tensor(_coding_order(seq_len), dtype=torch.long, device=device)
+
+
 # ---- what every level's sampler shares ----------------------------------------------
 
 @dataclass
@@ -112,8 +125,11 @@ class ValueCoder:
     """Chooses each value in place of `draw`: `code(logits (B, V), given (B,) or None) -> ids, logp`.
 
     The sampler hands it the distribution of every value in generation order, so an arithmetic
-    coder that encodes `given` and one that decodes ids see exactly the same logits.
+    coder that encodes `given` and one that decodes ids see the same logits. With `fixed_order`,
+    MAR levels generate in `coding_order` instead of a random order drawn from the generator.
     """
+
+    fixed_order = True
 
     def code(self, logits: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

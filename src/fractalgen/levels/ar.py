@@ -30,8 +30,9 @@ class ARLevel(Level):
                                      for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
-    def rotary(self, device):
-        return rotary_table_2d(self.config.grid, self.config.width // self.config.heads, num_prefix=1, device=device)
+    def rotary(self, device, dtype=torch.float32):
+        return rotary_table_2d(self.config.grid, self.config.width // self.config.heads, num_prefix=1, device=device,
+                               dtype=dtype)
 
     def hidden(self, patches, cond):
         """patches (B, N, C*p*p) raw, cond (B, Dc) -> (B, N, D): row i conditions patch i."""
@@ -68,15 +69,18 @@ class ARLevel(Level):
         """
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
-        patches = torch.zeros(B, N, C * p * p, device=device)
-        logp = torch.zeros(B, N, C * p * p, device=device)  # per value, laid out like patches
+        dtype = self.pos_embed.dtype  # fp32, or float64 in the codec's coding pass
+        patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
+        logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
         if known is not None:
             known_values, known_mask = patchify(known.values, p), patchify(known.mask, p)
-            patches = torch.where(known_mask, known_values, patches)
-            if ctx.coder is None:  # coding visits every value: the coder needs each one's distribution
+            # Coding visits every value, and the encoder computes exactly what the decoder does: the
+            # known values are only the coder's targets, never fed ahead of their turn.
+            if ctx.coder is None:
+                patches = torch.where(known_mask, known_values.to(dtype), patches)
                 known_full = known_mask.all(-1)
-        rotary = self.rotary(device)
+        rotary = self.rotary(device, dtype)
         caches = [KVCache(N) for _ in self.blocks]
         token = self.cond_embed(conds[0])  # (R, D): position 0
         for t in range(N):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..config import LevelConfig
 from ..nn import ViTBlock, select_tokens
-from ..sampling import Known, SampleContext, cosine_masked_after
+from ..sampling import Known, SampleContext, coding_order, cosine_masked_after
 from .base import Level, LevelOutput, NextLevel, Normalize, complete_conds, patchify, unpatchify
 from .pixel import PixelHead
 
@@ -206,8 +206,8 @@ class MARLevel(Level):
         guiding pixel's log-probability is shared equally by the values of its square.
         """
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
-        device = conds[0].device
-        square_logp = torch.zeros(B, device=device)  # the guiding pixel's, spread over the square at the end
+        device, dtype = conds[0].device, self.pos_embed.dtype  # fp32, or float64 in the codec's coding pass
+        square_logp = torch.zeros(B, device=device, dtype=dtype)  # the guiding pixel's, spread over the square
 
         guide = None
         if self.config.guiding_pixel:
@@ -217,21 +217,26 @@ class MARLevel(Level):
             guide_raw, guide_logp = self.guide_head.sample(  # the mean colour first
                 conds[0], guidance, ctx, given, None if given is None else torch.ones_like(given, dtype=torch.bool))
             square_logp += guide_logp.sum(1)
-            guide = ctx.doubled(self.normalize(guide_raw.float()))
+            guide = ctx.doubled(self.normalize(guide_raw.to(dtype)))
 
-        patches = torch.zeros(B, N, C * p * p, device=device)
-        logp = torch.zeros(B, N, C * p * p, device=device)  # per value, laid out like patches
+        patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
+        logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
         known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
         known_values = known_mask = None
         if known is not None:
             known_values = patchify(known.values, p)
             known_mask = patchify(known.mask, p)
-            patches = torch.where(known_mask, known_values, patches)
-            if ctx.coder is None:  # coding visits every value: the coder needs each one's distribution
+            # Coding visits every value, and the encoder computes exactly what the decoder does: the
+            # known values are only the coder's targets, never fed ahead of their turn.
+            if ctx.coder is None:
+                patches = torch.where(known_mask, known_values.to(dtype), patches)
                 known_full = known_mask.all(-1)
         mask = ~known_full  # True = still to generate
         total = mask.sum(1)  # (B,)
-        orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
+        if ctx.coder is not None and ctx.coder.fixed_order:  # the same order on every machine, for every row
+            orders = coding_order(N, device).expand(B, N)
+        else:
+            orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
         steps = min(N, num_iter)
         for step in range(steps):
             masked = mask.sum(1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..config import PixelHeadConfig
-from ..nn import KVCache, ViTBlock, fp32_island, tied_cross_entropy
+from ..nn import KVCache, ViTBlock, fp32_island, fp32_or_wider, tied_cross_entropy
 from ..sampling import SampleContext, apply_temperature, draw, guide
 
 NUM_VALUES = 256
@@ -43,7 +43,8 @@ class PixelHead(nn.Module):
         """h (R, W) predicting channel c -> fp32 logits (R, 256) (the fp32 island above, for one channel)."""
         # One addmm: slicing the ModuleLists and stacking every table per draw cost more than the matmul.
         with fp32_island(h.device.type):
-            return torch.addmm(self.logit_bias[c].float(), h.float(), self.codebooks[c].weight.float().t())
+            return torch.addmm(fp32_or_wider(self.logit_bias[c]), fp32_or_wider(h),
+                               fp32_or_wider(self.codebooks[c].weight).t())
 
     def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The states that predict each channel, channel-major: (C, M, W) in fp32."""
@@ -84,7 +85,7 @@ class PixelHead(nn.Module):
         B = guidance.shape[0]
         caches = [KVCache(self.channels) for _ in self.blocks]
         values = torch.zeros(B, self.channels, dtype=torch.long, device=cond.device)
-        logp = torch.zeros(B, self.channels, device=cond.device)
+        logp = torch.zeros(B, self.channels, device=cond.device, dtype=fp32_or_wider(cond).dtype)
         x = self.cond_proj(cond)[:, None]  # (R, 1, W)
         for c in range(self.channels):
             h = self.embed_norm(x)

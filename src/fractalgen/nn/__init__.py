@@ -3,7 +3,14 @@ the pixel heads' fused cross-entropy, the precision policy and the fp32 islands 
 from .attention import Attention, KVCache, select_tokens
 from .blocks import LlamaBlock, ViTBlock
 from .cross_entropy import tied_cross_entropy
-from .precision import PRECISIONS, fp32_island, precision_context, precision_in_effect, resolve_precision
+from .precision import (
+    PRECISIONS,
+    fp32_island,
+    fp32_or_wider,
+    precision_context,
+    precision_in_effect,
+    resolve_precision,
+)
 from .rotary import apply_rotary, rotary_table_2d
 
 __all__ = ["PRECISIONS", "Attention", "KVCache", "LlamaBlock", "ViTBlock", "apply_rotary", "fp32_island",

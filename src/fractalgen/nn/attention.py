@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .precision import fp32_island
+from .precision import fp32_island, fp32_or_wider
 from .rotary import apply_rotary
 
 
@@ -61,7 +61,7 @@ class Attention(nn.Module):
         # materialises the (T, T) score/bias tensors the official code builds.
         with fp32_island(x.device.type):
             out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), is_causal=causal,
+                fp32_or_wider(q), fp32_or_wider(k), fp32_or_wider(v), is_causal=causal,
                 dropout_p=self.attn_dropout if self.training else 0.0,
             ).to(x.dtype)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D)))

@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, select_tokens
+from .precision import fp32_or_wider
 
 
 class RMSNorm(nn.Module):
@@ -13,7 +14,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x):
-        xf = x.float()  # computed in fp32, as the checkpoints expect
+        xf = fp32_or_wider(x)  # computed in fp32 (or wider), as the checkpoints expect
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 

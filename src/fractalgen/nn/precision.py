@@ -62,6 +62,11 @@ def precision_context(precision: str, device):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
+    """t in fp32, or as it is when already wider (float64: the lossless codec's coding pass)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def fp32_island(device_type: str):
     """A context in which autocast is off for `device_type` (a no-op when it was not on)."""
     if torch.is_autocast_enabled(device_type):  # the device argument needs torch >= 2.4
