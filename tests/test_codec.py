@@ -1,6 +1,7 @@
 """The lossless codec and per-pixel likelihood maps: round trips, errors on bad streams, maps vs bits/dim."""
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,16 +75,103 @@ def test_file_size_is_the_code_length_plus_a_short_header(mnist, digits, stream)
         assert len(data) - codec.HEADER.size <= 1.01 * code_bytes + 4  # one range-coder word of slack
 
 
+def tiny_images(n, seed=1):
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    images[1::2] = 255 - images[1::2] // 8  # not all noise
+    return images
+
+
 @pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar", "tiny_mar_gp4"])
 def test_round_trip_every_level_kind(name):
-    """MAR levels (one token per step, random order) and guiding pixels code and decode exactly too."""
+    """MAR levels (one token per step) and guiding pixels code and decode exactly too, with and without labels."""
     model = seeded_model(name)
-    images = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    images[1] = 255 - images[1] // 8  # not all noise
-    data = fractalgen.compress(model, images, batch_size=1)
-    assert torch.equal(fractalgen.decompress(model, data), images)
-    bits = fractalgen.pixel_bits(model, images)
-    assert len(data) - codec.HEADER.size <= 1.01 * float(bits.double().sum()) / 8 + 4
+    images = tiny_images(3)
+    for labels in (None, torch.tensor([4, 0, 9])):
+        data = fractalgen.compress(model, images, labels, batch_size=1, images_per_stream=2)
+        decoded, decoded_labels = fractalgen.decompress(model, data, return_labels=True, batch_size=3)
+        assert torch.equal(decoded, images)
+        assert decoded_labels is None if labels is None else torch.equal(decoded_labels, labels)
+        bits = fractalgen.pixel_bits(model, images, labels)
+        label_bytes = 0 if labels is None else 3 * math.log2(10) / 8
+        # Two streams: each ends with up to one 32-bit word beyond its code length.
+        assert len(data) - codec.HEADER.size <= 1.01 * (float(bits.double().sum()) / 8 + label_bytes) + 2 * 4 + 8
+
+
+def test_files_decode_bit_exact_under_other_kernels_threads_and_batch_sizes(tmp_path):
+    """Encode here; decode in fresh processes that pick other SIMD levels, BLAS instruction sets,
+    thread counts and batch sizes (what other machines do). Every level kind, with and without labels."""
+    from benchmarks import codec_portability as portability
+
+    digits, digit_labels = mnist_split("val")
+    cases = [  # (name, model, images, labels, encoder batch size, images per stream)
+        ("mnist", fractalgen.load("mnist"), torch.from_numpy(digits[:3])[:, None],
+         torch.from_numpy(digit_labels[:3]).long(), 4, 2),
+        ("mnist_mar", fractalgen.load("mnist_mar"), torch.from_numpy(digits[3:5])[:, None], None, 1, 2),
+        ("tiny_ar", seeded_model("tiny_ar"), tiny_images(3), torch.tensor([1, 2, 3]), 2, 2),
+        ("tiny_mar", seeded_model("tiny_mar"), tiny_images(2, seed=2), None, 512, 1),
+        ("tiny_mar_gp4", seeded_model("tiny_mar_gp4"), tiny_images(3, seed=3), torch.tensor([7, 7, 0]), 1, 3),
+    ]
+    with threads(2):
+        for name, model, images, labels, batch_size, per_stream in cases:
+            portability.write_case(tmp_path, name, model, images, labels, batch_size, per_stream)
+    names = [case[0] for case in cases]
+    batch_sizes = ([1], [7], [512])
+    failures = []
+    for i, (variant, environment, num_threads) in enumerate(portability.variants()):
+        for result in portability.decode_elsewhere(tmp_path, names, batch_sizes[i % 3], environment, num_threads,
+                                                   timeout=300):
+            if not result["ok"]:
+                failures.append((variant, num_threads, result))
+    assert failures == []
+
+
+def test_rounding_hints_make_a_decoder_with_slightly_different_logits_exact(mnist, digits, monkeypatch):
+    """A decoder whose float64 logits differ by less than MARGIN decodes exactly by following the
+    encoder's hints; without them it rounds some logits the other way and fails the checksum."""
+    monkeypatch.setattr(codec, "MARGIN", 2.0**-10)  # a quarter of a grid step: hints are frequent
+    images, labels = digits[0][:2], digits[1][:2]
+    data = fractalgen.compress(mnist, images, labels)
+    rounded = codec.rounded_logits
+    noise = torch.Generator().manual_seed(0)
+
+    def drifted(logits, grid_bits):  # every logit moved by up to 0.9 x MARGIN, as another machine might
+        shift = (torch.rand(logits.shape, generator=noise, dtype=torch.float64) * 2 - 1) * 0.9 * codec.MARGIN
+        return rounded(logits + shift, grid_bits)
+
+    monkeypatch.setattr(codec, "rounded_logits", drifted)
+    decoded, decoded_labels = fractalgen.decompress(mnist, data, return_labels=True)
+    assert torch.equal(decoded, images) and torch.equal(decoded_labels, labels)
+    follow = codec.StreamCoding.__init__
+    monkeypatch.setattr(codec.StreamCoding, "__init__", lambda self, streams, sizes, hints, *a: follow(
+        self, streams, sizes, {} if isinstance(hints, dict) else hints, *a))  # the decoder ignores the hints
+    with pytest.raises(codec.CodecError):
+        fractalgen.decompress(mnist, data)
+
+
+def test_the_exp_table_is_part_of_the_format():
+    """Every decoder must weigh values with the same integers: a changed table is a new format version."""
+    import hashlib
+
+    table = codec.exp_table(codec.GRID_BITS)
+    assert table[0] == 2**codec.WEIGHT_BITS and table[-1] == 0 and bool((table[:-1] > 0).all())
+    assert bool((table[1:] <= table[:-1]).all())
+    assert abs(float(table[256]) / 2**32 - math.exp(-1)) < 2**-32
+    assert hashlib.sha256(table.numpy().astype("<i8").tobytes()).hexdigest()[:16] == EXP_TABLE_SHA256
+
+
+EXP_TABLE_SHA256 = "6821adb8af41e880"
+
+
+def test_version_1_files_still_decode(mnist):
+    """Files written by format version 1 (float32, one thread, random MAR orders from a fixed seed)."""
+    data = Path(__file__).parent / "data"
+    images, labels = mnist_split("val")
+    decoded, decoded_labels = fractalgen.decompress(mnist, (data / "v1_mnist_3_labelled.fgz").read_bytes(),
+                                                    return_labels=True)
+    assert torch.equal(decoded, torch.from_numpy(images[:3])[:, None])
+    assert torch.equal(decoded_labels, torch.from_numpy(labels[:3]).long())
+    mar = fractalgen.decompress(fractalgen.load("mnist_mar"), (data / "v1_mnist_mar_2.fgz").read_bytes())
+    assert torch.equal(mar, torch.from_numpy(images[:2])[:, None])
 
 
 def test_empty_batch_round_trips(mnist):
