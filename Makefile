@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# The web demo's extra (Gradio) and, for its browser test, Playwright (in dev) driving Debian's
-# Chromium (the system browser: Playwright never downloads one here). `make serve` needs no dev tools.
+# The web demo's extra (Gradio) and, for its browser test, Playwright (in dev) driving a system
+# Chromium (Playwright never downloads one here). `make serve` needs no dev tools.
 DEMO_STAMP := $(VENV)/.installed-demo
 $(DEMO_STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install -q -e ".[demo]"
@@ -28,10 +28,12 @@ $(DEMO_STAMP): pyproject.toml $(TORCH_STAMP)
 
 setup: $(STAMP)
 
+# Optional, as root on Debian/Ubuntu: Chromium for the browser test, which skips without one (or set
+# FRACTALGEN_CHROMIUM to a Chromium or Chrome of your own). `make test` never installs it.
 browser:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "make browser installs chromium with apt-get: run it as root (sudo make browser)" >&2; exit 1; }; apt-get update && apt-get install -y chromium; }
 
-test: $(STAMP) $(DEMO_STAMP) browser
+test: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m pytest
 
 serve: $(DEMO_STAMP)

@@ -1,5 +1,7 @@
 """Slow tests are opt-in: `pytest --runslow` (or FRACTALGEN_SLOW=1)."""
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +11,19 @@ import fractalgen
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    # Gradio's uploads go to /tmp/gradio by default, a folder that belongs to whoever ran first (often
+    # root): each run gets its own, which the server subprocesses inherit.
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        config.gradio_temp = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="fractalgen-gradio-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "gradio_temp", None):
+        shutil.rmtree(config.gradio_temp, ignore_errors=True)
+        del os.environ["GRADIO_TEMP_DIR"]
 
 
 def pytest_collection_modifyitems(config, items):

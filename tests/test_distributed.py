@@ -3,6 +3,8 @@
 The AR blocks' residual dropout and label dropout draw per-rank random numbers, which no
 multi-process run can reproduce exactly; the equivalence runs switch both off
 (tests/train_worker.py, label_drop_prob 0) so that the loss is a function of the batch alone.
+They also train in float64: the two sides sum the batch in different orders, and in fp32 that
+alone moves some weights by a sizeable part of an update on some CPUs' kernels.
 """
 import json
 import os
@@ -21,24 +23,28 @@ from fractalgen import train as train_module
 from fractalgen.data import EpochBatches
 from fractalgen.errors import UserError
 from fractalgen.levels import ar
+from fractalgen.model import FractalModel
 from fractalgen.train import Dist, TrainOptions, read_checkpoint, train
 
 torch.set_num_threads(1)
 
 WORKER = Path(__file__).with_name("train_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-STEPS, SAVE = 6, 3
-TOLERANCE = 1e-5  # float32 sums in another order (two half-batches, then an all-reduce)
+STEPS, SAVE, LR = 6, 3, 3e-3
+# Both sides in float64: another summation order changes a gradient by ~1e-16 of its terms' sizes, and
+# AdamW's step is scale-free (at most ~LR a weight), so the runs may differ by 1e-16 of STEPS * LR times the
+# sums' cancellation; RELATIVE allows 1e7 of cancellation, while a wrong update differs by a fraction of LR.
+RELATIVE = 1e-9
 
 
 def train_args(data, config, out, *extra):
     return ["train", "--config", str(config), "--data", str(data), "--out", str(out), "--steps", str(STEPS),
-            "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--save-every", str(SAVE),
+            "--batch-size", "4", "--lr", str(LR), "--warmup-steps", "1", "--save-every", str(SAVE),
             "--keep-checkpoints", "--sample-every", "0", "--device", "cpu", "--threads", "1", "--seed", "1", *extra]
 
 
 def torchrun(args, timeout=300):
-    env = {**os.environ, "FRACTALGEN_TEST_NO_DROPOUT": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "FRACTALGEN_TEST_NO_DROPOUT": "1", "FRACTALGEN_TEST_FLOAT64": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*TORCHRUN, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -47,36 +53,45 @@ def torchrun(args, timeout=300):
 
 def single_options(data, out, **changes):
     """The same run in this process (what train_args asks for on the command line)."""
-    base = {"out": str(out), "data": str(data), "steps": STEPS, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1,
+    base = {"out": str(out), "data": str(data), "steps": STEPS, "batch_size": 4, "lr": LR, "warmup_steps": 1,
                 "save_every": SAVE, "keep_checkpoints": True, "sample_every": 0, "device": "cpu", "seed": 1}
     return TrainOptions(**{**base, **changes})
 
 
+def train_here(config, options):
+    """`train` in this process as the workers run it: no dropout, float64."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "AR_RESIDUAL_DROPOUT", 0.0)
+        mp.setattr(train_module, "FractalModel", lambda config: FractalModel(config).double())
+        train(config, options)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """Data, config, and the single-process reference run (dropout off, as in the workers)."""
+    """Data, config, and the single-process reference run."""
     root = tmp_path_factory.mktemp("dist")
     data = tiny_data(root / "d.npz")
     config = tiny_config(label_drop_prob=0.0)
     (root / "tiny.json").write_text(config.to_json())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ar, "AR_RESIDUAL_DROPOUT", 0.0)
-        train(config, single_options(data, root / "single"))
+    train_here(config, single_options(data, root / "single"))
     return root, data, root / "tiny.json", root / "single"
 
 
-def assert_close(a: dict, b: dict, what: str):
-    assert a.keys() == b.keys()
-    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    assert worst <= TOLERANCE, f"{what}: largest difference {worst:.3g}"
+def assert_close(a: torch.Tensor, b: torch.Tensor, scale: float, what: str):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    worst = (a.double() - b.double()).abs().max().item()
+    assert worst <= RELATIVE * scale, f"{what}: largest difference {worst:.3g}, {worst / scale:.3g} of {scale:.3g}"
 
 
 def assert_same_training_state(a: dict, b: dict):
-    assert a["step"] == b["step"]
-    assert_close(a["model"], b["model"], "weights")
+    assert a["step"] == b["step"] and a["model"].keys() == b["model"].keys()
+    for name, weights in a["model"].items():
+        assert weights.dtype == torch.float64, name  # the comparison's premise
+        assert_close(weights, b["model"][name], STEPS * LR, f"weights {name}")
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     for i in sa.keys() & sb.keys():  # null_class: no state where it never had a gradient
-        assert_close(sa[i], sb[i], f"optimizer state {i}")
+        for key, value in sa[i].items():  # the moments, on the scale of their own largest entry
+            assert_close(value, sb[i][key], value.abs().max().item(), f"optimizer state {i} {key}")
 
 
 def test_torchrun_ddp_equals_one_process(single):
@@ -112,9 +127,7 @@ def test_torchrun_fsdp_equals_one_process_and_checkpoints_cross_over(single):
     for source, target in ((run, to_single), (reference, to_fsdp)):
         target.mkdir()
         shutil.copy(source / "checkpoint-0000003.pt", target / "checkpoint.pt")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ar, "AR_RESIDUAL_DROPOUT", 0.0)
-        train(None, single_options(data, to_single, resume=str(to_single)))
+    train_here(None, single_options(data, to_single, resume=str(to_single)))
     torchrun(["train", "--resume", str(to_fsdp), "--fsdp", "--threads", "1"])
     for target in (to_single, to_fsdp):
         assert_same_training_state(read_checkpoint(reference), read_checkpoint(target))

@@ -1,5 +1,5 @@
 """The web demo (`fractalgen serve`), driven for real: a server on a free local port in a subprocess,
-called through `gradio_client` and opened in Chromium (Debian's, through Playwright).
+called through `gradio_client` and opened in Chromium (the system's, through Playwright: see `chromium`).
 
 The server runs with a Python audit hook that reports every network connection and name lookup
 to anything but the loopback address; the last test checks that there was none.
@@ -31,7 +31,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="the web demo's test
 Client, handle_file = gradio_client.Client, gradio_client.handle_file
 from fractalgen import app  # after the skips: it imports gradio
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 NETWORK_MARK = "NETWORK-ACCESS:"
@@ -211,13 +211,40 @@ def test_eight_clients_at_once_get_an_image_or_a_busy_message(server):
 
 # ---- a real browser ----------------------------------------------------------------------------
 
+def chromium() -> str | None:
+    """The browser to drive: $FRACTALGEN_CHROMIUM, else /usr/bin/chromium, else one on PATH."""
+    given = os.environ.get("FRACTALGEN_CHROMIUM")
+    if given:
+        assert Path(given).is_file(), f"FRACTALGEN_CHROMIUM={given} is not a file"
+        return given
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+def test_chromium_is_looked_for_in_the_environment_then_the_system_then_path(tmp_path, monkeypatch):
+    for name in ("mine", "chromium-browser"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("FRACTALGEN_CHROMIUM", str(tmp_path / "mine"))
+    assert chromium() == str(tmp_path / "mine")
+    monkeypatch.delenv("FRACTALGEN_CHROMIUM")
+    system = Path("/usr/bin/chromium").is_file()
+    assert chromium() == ("/usr/bin/chromium" if system else str(tmp_path / "chromium-browser"))
+    (tmp_path / "chromium-browser").unlink()
+    assert chromium() == ("/usr/bin/chromium" if system else None)
+
+
 def test_page_in_chromium(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM}")
+    executable = chromium()
+    if executable is None:
+        pytest.skip("needs Chromium or Chrome: set FRACTALGEN_CHROMIUM=/path/to/it, put chromium on PATH, "
+                    "or install it (`sudo make browser` on Debian/Ubuntu)")
     problems, hosts = [], set()
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

@@ -103,13 +103,17 @@ def test_bad_training_input(tmp_path):
         train(tiny_config(), options(tmp_path, wrong))
 
 
-def test_grad_checkpointing_gives_the_same_step(tmp_path):
+def test_grad_checkpointing_gives_the_same_step(tmp_path, monkeypatch):
+    # In float64, as in test_distributed: the recomputed backward may sum in another order, which in fp32
+    # can move a weight by a sizeable part of an AdamW step (at most ~lr) on some CPUs' kernels.
+    monkeypatch.setattr(fractalgen.train, "FractalModel", lambda config: fractalgen.FractalModel(config).double())
     data = tiny_data(tmp_path / "d.npz")
     train(tiny_config(), options(tmp_path / "plain", data, steps=2, save_every=2))
     train(tiny_config(), options(tmp_path / "ckpt", data, steps=2, save_every=2, grad_checkpointing=True))
     a = read_checkpoint(tmp_path / "plain" / "run")["model"]
     b = read_checkpoint(tmp_path / "ckpt" / "run")["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert a["null_class"].dtype == torch.float64
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9 * 2 * 3e-3) for k in a)  # 1e-9 of steps * lr
     assert math.isfinite(float(b["null_class"].sum()))
 
 

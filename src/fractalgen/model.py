@@ -71,7 +71,7 @@ class FractalModel(nn.Module):
     def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
-        x = images.to(self.device, torch.float32)  # raw 0..255; each level normalises its own input
+        x = images.to(self.device, self.null_class.dtype)  # raw 0..255 in fp32 (float64 in a .double() model)
         B = x.shape[0]
         drop = self.config.label_drop_prob if train else 0.0
         conds = [self.class_condition(labels if train else None, B, drop)]  # likelihood is unconditional

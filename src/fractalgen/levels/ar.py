@@ -40,7 +40,7 @@ class ARLevel(Level):
         # The last patch's token is never needed: causal attention keeps it from every output we use.
         x = torch.cat([self.cond_embed(cond)[:, None], self.patch_embed(self.normalize(patches[:, :-1]))], dim=1)
         x = self.embed_norm(x + self.pos_embed[:, :N])
-        rotary = self.rotary(x.device)[:N]
+        rotary = self.rotary(x.device, self.pos_embed.dtype)[:N]
         for block in self.blocks:
             x = block(x, rotary)
         return self.norm(x)

@@ -33,10 +33,10 @@ class PixelHead(nn.Module):
                                             for _ in range(config.channels)])
 
     def _tied_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32
+        """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32 or wider
         (the 256-way logits against them are an fp32 island, as the checkpoints expect)."""
-        table = torch.stack([cb.weight for cb in self.codebooks]).float()
-        bias = torch.stack(list(self.logit_bias)).float()
+        table = fp32_or_wider(torch.stack([cb.weight for cb in self.codebooks]))
+        bias = fp32_or_wider(torch.stack(list(self.logit_bias)))
         return table, bias
 
     def _next_channel_logits(self, h: torch.Tensor, c: int) -> torch.Tensor:
@@ -47,14 +47,14 @@ class PixelHead(nn.Module):
                                fp32_or_wider(self.codebooks[c].weight).t())
 
     def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """The states that predict each channel, channel-major: (C, M, W) in fp32."""
+        """The states that predict each channel, channel-major: (C, M, W) in fp32 or wider."""
         tokens = [self.cond_proj(cond)[:, None]]
         # The last channel's embedding is never needed: causal attention keeps it from every output.
         tokens += [self.codebooks[c](values[:, c])[:, None] for c in range(self.channels - 1)]
         x = self.embed_norm(torch.cat(tokens, dim=1))  # (M, C, W)
         for block in self.blocks:
             x = block(x, causal=True)
-        return self.norm(x).float().transpose(0, 1)
+        return fp32_or_wider(self.norm(x)).transpose(0, 1)
 
     def logits(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """cond (M, Dc), values (M, C) int -> logits (M, C, 256) of every channel given the previous ones."""
