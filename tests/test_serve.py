@@ -40,10 +40,11 @@ NETWORK_MARK = "NETWORK-ACCESS:"
 AUDITED_SERVER = f"""
 import sys
 LOCAL = {{"127.0.0.1", "localhost", "::1", "0.0.0.0", None}}
+LOOKUPS = ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex")
 def hook(event, args):
     if event == "socket.connect" and isinstance(args[1], tuple) and args[1][0] not in LOCAL:
         print("{NETWORK_MARK}", event, args[1], file=sys.stderr, flush=True)
-    if event == "socket.getaddrinfo" and args[0] not in LOCAL and args[0] not in (b"localhost", b"127.0.0.1"):
+    if event in LOOKUPS and args[0] not in LOCAL and args[0] not in (b"localhost", b"127.0.0.1"):
         print("{NETWORK_MARK}", event, args[0], file=sys.stderr, flush=True)
 sys.addaudithook(hook)
 from fractalgen.cli import main
@@ -60,9 +61,9 @@ def free_port() -> int:
 class Server:
     """`fractalgen serve` in a subprocess; its output is collected line by line."""
 
-    def __init__(self, *flags):
+    def __init__(self, *flags, env=None):
         self.port = free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-c", AUDITED_SERVER, "serve", "--port", str(self.port), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -264,13 +265,27 @@ def test_page_in_chromium(server, tmp_path):
 
             # Inpainting through the editor: a held-out digit, a preset painted as the brush layer, regenerate.
             page.get_by_role("tab", name="Inpaint / edit").click()
+            page.locator("#inpaint-editor").get_by_role("button", name="Image").wait_for(timeout=60_000)
             page.get_by_role("button", name="Load this digit").click()
-            # Loaded once the class shows the digit's label instead of "unconditional".
-            expect(page.locator("#inpaint-class input")).not_to_have_value("unconditional", timeout=60_000)
+            # The note names the digit; the class stays what the user chose.
+            expect(page.locator("#inpaint-note")).to_contain_text("loaded: a ", timeout=60_000)
+            expect(page.locator("#inpaint-class input")).to_have_value("unconditional")
+            brush = page.locator("#inpaint-editor").get_by_role("button", name="Brush", exact=True)
+            expect(brush).to_have_class(re.compile(r"\bhighlight\b"), timeout=10_000)  # ready to paint
             page.get_by_role("button", name="lower half").click()
             time.sleep(2)  # the preset's layer reaches the editor (no model call: instant)
             page.get_by_role("button", name="Regenerate").click()
             page.locator("#inpaint-result img").wait_for(timeout=120_000)
+
+            # Likelihood: a dash until measured, then three decimals.
+            page.get_by_role("tab", name="Likelihood").click()
+            expect(page.locator("#likelihood-bpd textarea")).to_have_value("–")
+            page.locator("#likelihood-button").locator("..").locator("..").get_by_role(
+                "button", name="Load this digit").click()
+            page.locator("#likelihood-image img").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Measure").click()
+            expect(page.locator("#likelihood-bpd textarea")).to_have_value(re.compile(r"^\d+\.\d{3}$"),
+                                                                          timeout=120_000)
         finally:
             browser.close()
     assert problems == []

@@ -1,6 +1,12 @@
 """`fractalgen serve`: the web demo (fractalgen.app) on this machine, at http://127.0.0.1:7860/ by default."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 from ..errors import UserError
 from .options import add_checkpoint, add_runtime, apply_runtime, integer
 
@@ -18,14 +24,36 @@ def register(subparsers):
     p.set_defaults(func=run_serve)
 
 
-def run_serve(args) -> int:
+@contextlib.contextmanager
+def server_folder():
+    """A temporary folder of the server's own, made the process's temporary folder before Gradio is
+    imported (Gradio and torch make folders there at import and load time); removed, and the
+    process's temporary folder restored, when the server stops."""
+    folder = Path(tempfile.mkdtemp(prefix="fractalgen-serve-"))
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", "GRADIO_TEMP_DIR")}, tempfile.tempdir
+    os.environ.update(TMPDIR=str(folder), GRADIO_TEMP_DIR=str(folder / "files"))
+    tempfile.tempdir = str(folder)
     try:
-        from .. import app
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in ("gradio", "gradio_client"):
-            raise UserError("the web demo needs Gradio: pip install 'fractalgen[demo]'") from None
-        raise
-    device = apply_runtime(args)
-    app.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,
-              queue_size=args.queue_size, device=device)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for name, value in saved[0].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tempfile.tempdir = saved[1]
+
+
+def run_serve(args) -> int:
+    with server_folder() as folder:
+        try:
+            from .. import app
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in ("gradio", "gradio_client"):
+                raise UserError("the web demo needs Gradio: pip install 'fractalgen[demo]'") from None
+            raise
+        device = apply_runtime(args)
+        app.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,
+                  queue_size=args.queue_size, device=device, folder=folder)
     return 0
