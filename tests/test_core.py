@@ -17,6 +17,7 @@ import fractalgen
 from fractalgen.checkpoint import CheckpointError, official_state_dict, save_official
 from fractalgen.config import PRESETS, ConfigError, ModelConfig
 from fractalgen.levels.base import patchify
+from fractalgen.levels.mar import revealed_positions
 
 DATA = Path(__file__).parent / "data"
 VECTOR_CONFIGS = json.loads((DATA / "configs.json").read_text())
@@ -134,9 +135,14 @@ def test_mar_conditions_of_revealed_patches_equal_the_full_pass():
         guide = torch.randn(B, C, generator=g) if level.config.guiding_pixel else None
         with torch.no_grad():
             expected = level.neighbour_conds(level.hidden(patches, mask, conds, guide), *reveal.nonzero(as_tuple=True))
-            got = level.revealed_conds(patches, mask, conds, guide, reveal)
-        assert len(got) == len(expected) == 5
-        for a, e in zip(got, expected):
+            got = level.revealed_conds(patches, mask, conds, guide, *revealed_positions(reveal))
+            # Every row revealing as many patches (what the sampler knows without asking the device).
+            first = torch.rand(B, N, generator=g).argsort(1)[:, :3].sort(1).values
+            uniform = level.revealed_conds(patches, mask, conds, guide, first)
+            rows = torch.arange(B)[:, None].expand_as(first).flatten()
+            uniform_expected = level.neighbour_conds(level.hidden(patches, mask, conds, guide), rows, first.flatten())
+        assert len(got) == len(expected) == len(uniform) == 5
+        for a, e in zip(got + uniform, expected + uniform_expected):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 

@@ -109,12 +109,13 @@ COSINE_COUNTS = {
 def test_cosine_schedule_rounds_down(total, num_iter):
     counts = [int(cosine_masked_after(s, num_iter, torch.tensor([total]))[0]) for s in range(num_iter)]
     assert counts == COSINE_COUNTS[(total, num_iter)]
+    assert [cosine_masked_after(s, num_iter, total) for s in range(num_iter)] == counts  # on the host
 
 
 def test_cosine_schedule_is_computed_in_float64():
     """64 tokens in 39 steps, step 25: 64 cos(pi/3) = 31.999999999999993 in float64 (31 stay masked);
     float32 arithmetic rounds the product to 32.0."""
-    assert int(cosine_masked_after(25, 39, torch.tensor([64]))[0]) == 31
+    assert int(cosine_masked_after(25, 39, torch.tensor([64]))[0]) == 31 == cosine_masked_after(25, 39, 64)
     assert math.floor(64 * math.cos(math.pi / 2 * 26 / 39)) == 31
     assert int(torch.floor(torch.tensor([64.0]) * math.cos(math.pi / 2 * 26 / 39))) == 32  # the float32 trap
     assert int(cosine_masked_after(25, 39, torch.tensor([64.0], dtype=torch.float32))[0]) == 31

@@ -32,22 +32,33 @@ def guide(logits: torch.Tensor, cfg: torch.Tensor, filter_threshold: float) -> t
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one id per row of (B, V) logits; returns ids (B,) and their log-probabilities (B,)."""
+    """Sample one id per row of (B, V) logits; returns ids (B,) and their log-probabilities (B,).
+
+    An exponential race: the id of the largest p / E, E ~ Exp(1) per value, is drawn with probability
+    p. It is what torch.multinomial computes for one draw, with the same numbers from the same
+    generator (so seeds keep their images), less its validity checks, which read the probabilities
+    back to the host and would stop a GPU at every draw. Logits are finite here (guidance, temperature
+    and the fp32 logits of a trained head), so the checks have nothing to find.
+    """
     logp = torch.log_softmax(logits.float(), dim=-1)
-    ids = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    probs = logp.exp()
+    ids = (probs / torch.empty_like(probs).exponential_(1, generator=generator)).argmax(-1)
     return ids, logp.gather(1, ids[:, None]).squeeze(1)
 
 
 # ---- schedules -----------------------------------------------------------------
 
-def cosine_masked_after(step: int, num_iter: int, total: torch.Tensor) -> torch.Tensor:
+def cosine_masked_after(step: int, num_iter: int, total):
     """MAR: how many of `total` tokens stay masked after step `step`: floor(total * cos(pi/2 * (step+1) / num_iter)).
 
     In float64, as the authors' code computes it (numpy): in float32 the product can land just
     above the float64 value's integer part (64 tokens in 39 steps, step 25: 32 stay masked instead of 31).
-    Returns int64 (B,).
+    total: a tensor (B,) -> int64 (B,); or an int -> an int, the same float64 product on the host.
     """
-    return torch.floor(total.double() * math.cos(math.pi / 2.0 * (step + 1) / num_iter)).long()
+    fraction = math.cos(math.pi / 2.0 * (step + 1) / num_iter)
+    if isinstance(total, int):
+        return math.floor(total * fraction)
+    return torch.floor(total.double() * fraction).long()
 
 
 def linear_cfg(cfg: float, progress: torch.Tensor) -> torch.Tensor:

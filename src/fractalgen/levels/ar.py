@@ -72,7 +72,7 @@ class ARLevel(Level):
         dtype = self.pos_embed.dtype  # fp32, or float64 in the codec's coding pass
         patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
         logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
-        known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
+        known_full = None  # (B, N) bool: patches given whole; None when there are none
         if known is not None:
             known_values, known_mask = patchify(known.values, p), patchify(known.mask, p)
             # Coding visits every value, and the encoder computes exactly what the decoder does: the
@@ -80,6 +80,7 @@ class ARLevel(Level):
             if ctx.coder is None:
                 patches = torch.where(known_mask, known_values.to(dtype), patches)
                 known_full = known_mask.all(-1)
+        every_row = torch.arange(B, device=device)
         rotary = self.rotary(device, dtype)
         caches = [KVCache(N) for _ in self.blocks]
         token = self.cond_embed(conds[0])  # (R, D): position 0
@@ -88,7 +89,9 @@ class ARLevel(Level):
             for block, cache in zip(self.blocks, caches):
                 x = block(x, rotary[t:t + 1], cache)
             h = self.norm(x)[:, 0]  # (R, D): the condition for patch t
-            rows = (~known_full[:, t]).nonzero(as_tuple=True)[0]
+            # The rows that generate patch t: all of them when nothing is given whole; else finding
+            # them reads the device (a GPU waits), as inpainting may.
+            rows = every_row if known_full is None else (~known_full[:, t]).nonzero(as_tuple=True)[0]
             if rows.numel():
                 if schedule is not None:  # level 0: guidance ramps with the raster position
                     guidance = schedule(ctx.guidance_scale, torch.full((B,), (t + 1) / N, device=device))

@@ -59,6 +59,17 @@ def mask_first_in_order(orders: torch.Tensor, count: torch.Tensor) -> torch.Tens
     return torch.zeros_like(first).scatter(1, orders, first)
 
 
+def revealed_positions(reveal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The revealed positions of reveal (B, N) bool, each row's in increasing order (the order of
+    reveal.nonzero()): first (B, K) with K the most any row reveals (rows with fewer repeat
+    position 0) and valid (B, K), whether the k-th exists. K is read back from the device."""
+    counts = reveal.sum(1)
+    K = int(counts.max())
+    first = torch.argsort((~reveal).to(torch.uint8), dim=1, stable=True)[:, :K]  # (B, K)
+    valid = torch.arange(K, device=reveal.device) < counts[:, None]
+    return first, valid
+
+
 class MARLevel(Level):
     def __init__(self, config: LevelConfig):
         super().__init__(config)
@@ -111,37 +122,34 @@ class MARLevel(Level):
         r, c = index // g + 1, index % g + 1
         return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
 
-    def revealed_conds(self, patches, mask, conds, guide, reveal):
-        """The five conditions of the revealed patches (R, N) bool, in reveal.nonzero() order: list of (M, D).
+    def revealed_conds(self, patches, mask, conds, guide, first, valid=None):
+        """The five conditions of the revealed patches: list of (M, D), one row per valid (r, k) in row-major order.
 
-        Equals neighbour_conds(hidden(...), *reveal.nonzero(as_tuple=True)), with the last block
-        computed only at the revealed patches and their neighbours.
+        first (R, K): each row's revealed positions in increasing order; valid (R, K): which of them
+        are real (None: all; see revealed_positions). Equals neighbour_conds(hidden(...), rows, index)
+        for those (row, position) pairs, with the last block computed only at the revealed patches
+        and their neighbours.
         """
-        wanted, inside, valid = self.neighbour_positions(reveal)
+        wanted, inside = self.neighbour_positions(first)
         h = self.hidden(patches, mask, conds, guide, wanted=wanted)  # (R, 5K, D)
         h = h.view(h.shape[0], -1, len(NEIGHBOURS), h.shape[-1]) * inside[..., None]  # zeros beyond the border
-        return list(h[valid].unbind(1))
+        h = h.flatten(0, 1) if valid is None else h[valid]  # (M, 5, D)
+        return list(h.unbind(1))
 
-    def neighbour_positions(self, reveal):
-        """Where the conditions of the revealed patches (B, N) bool come from.
+    def neighbour_positions(self, first):
+        """Where the conditions of the patches at positions first (B, K) come from.
 
-        Returns wanted (B, 5K) positions: for each row's k-th revealed patch (K = the most any
-        row reveals; rows with fewer repeat position 0), its own position and those above,
-        right, below and left of it (position 0 beyond the border); inside (B, K, 5): whether
-        that neighbour exists; valid (B, K): whether the k-th revealed patch exists.
+        Returns wanted (B, 5K): for each, its own position and those above, right, below and left
+        of it (position 0 beyond the border); inside (B, K, 5): whether that neighbour exists.
         """
-        B, g = reveal.shape[0], self.config.grid
-        counts = reveal.sum(1)
-        K = int(counts.max())
-        # Revealed positions first, each row's in increasing order (the order of reveal.nonzero()).
-        first = torch.argsort((~reveal).to(torch.uint8), dim=1, stable=True)[:, :K]  # (B, K)
-        valid = torch.arange(K, device=reveal.device) < counts[:, None]
+        B, K = first.shape
+        g = self.config.grid
         r, c = first // g, first % g
-        offsets = torch.tensor(NEIGHBOURS, device=reveal.device)  # (5, 2)
+        offsets = torch.tensor(NEIGHBOURS, device=first.device)  # (5, 2)
         nr, nc = r[..., None] + offsets[:, 0], c[..., None] + offsets[:, 1]  # (B, K, 5)
         inside = (nr >= 0) & (nr < g) & (nc >= 0) & (nc < g)
         wanted = torch.where(inside, nr * g + nc, 0)
-        return wanted.view(B, K * 5), inside, valid
+        return wanted.view(B, K * 5), inside
 
     def guide_values(self, x):
         """The patch's mean colour: raw mean (B, C) and its normalised value (what the token sees)."""
@@ -221,7 +229,7 @@ class MARLevel(Level):
 
         patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
         logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
-        known_full = torch.zeros(B, N, dtype=torch.bool, device=device)
+        known_full = None  # (B, N) bool: patches given whole; None when there are none
         known_values = known_mask = None
         if known is not None:
             known_values = patchify(known.values, p)
@@ -231,25 +239,40 @@ class MARLevel(Level):
             if ctx.coder is None:
                 patches = torch.where(known_mask, known_values.to(dtype), patches)
                 known_full = known_mask.all(-1)
-        mask = ~known_full  # True = still to generate
+        mask = torch.ones(B, N, dtype=torch.bool, device=device) if known_full is None else ~known_full  # to generate
         total = mask.sum(1)  # (B,)
         if ctx.coder is not None and ctx.coder.fixed_order:  # the same order on every machine, for every row
             orders = coding_order(N, device).expand(B, N)
         else:
             orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
         steps = min(N, num_iter)
+        left = N  # with nothing given whole: tokens still masked in every row, known on the host
         for step in range(steps):
-            masked = mask.sum(1)
-            # Official clamping: keep at least one masked, reveal at least one (rows already done keep 0).
-            keep = torch.maximum(torch.ones_like(masked), torch.minimum(
-                masked - 1, cosine_masked_after(step, steps, total))).minimum(masked)
-            reveal = mask if step == steps - 1 else mask & ~mask_first_in_order(orders, keep)
-            rows, index = reveal.nonzero(as_tuple=True)
+            if known_full is None:
+                # Every row reveals the same number of tokens, the last `left - keep` still masked in
+                # its order: no count is read back from the device.
+                keep = min(max(1, min(left - 1, cosine_masked_after(step, steps, N))), left)
+                kept = 0 if step == steps - 1 else keep
+                first = orders[:, kept:left].sort(dim=1).values  # (B, K) positions revealed, increasing
+                valid = None
+                reveal = torch.zeros_like(mask).scatter_(1, first, True)
+                rows = torch.arange(B, device=device)[:, None].expand_as(first).flatten()
+                index = first.flatten()
+                keep = torch.full_like(total, keep)
+                left = kept
+            else:  # inpainting: rows differ; finding what each reveals reads the device
+                masked = mask.sum(1)
+                # Official clamping: keep at least one masked, reveal at least one (rows already done keep 0).
+                keep = torch.maximum(torch.ones_like(masked), torch.minimum(
+                    masked - 1, cosine_masked_after(step, steps, total))).minimum(masked)
+                reveal = mask if step == steps - 1 else mask & ~mask_first_in_order(orders, keep)
+                first, valid = revealed_positions(reveal)
+                rows, index = reveal.nonzero(as_tuple=True)
             if rows.numel():
                 if schedule is not None:  # level 0: guidance follows the fraction generated
                     guidance = schedule(ctx.guidance_scale, (total - keep).float() / total.clamp(min=1))
                 next_conds = self.revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
-                                                 ctx.doubled(reveal))
+                                                 ctx.doubled(first), None if valid is None else ctx.doubled(valid))
                 next_known = None
                 if known is not None:
                     next_known = Known(known_values[rows, index].view(-1, C, p, p),

@@ -56,7 +56,9 @@ class Attention(nn.Module):
             # A prefill (T > 1) must start an empty cache; one new token sees every cached one.
             assert T == 1 or cache.length == 0, "multi-token append only into an empty cache"
             causal = causal and T > 1
-            k, v = cache.append(k, v)
+            # Stored as attention reads them (fp32, the island below): under bf16 autocast each new
+            # key and value is cast once here, not the whole cache at every step.
+            k, v = cache.append(fp32_or_wider(k), fp32_or_wider(v))
         # fp32 island: the checkpoints were trained with fp32 attention logits; SDPA never
         # materialises the (T, T) score/bias tensors the official code builds.
         with fp32_island(x.device.type):

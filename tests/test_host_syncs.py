@@ -1,0 +1,114 @@
+"""The sampler never waits on the host per step when nothing is known and nothing is coded.
+
+On a GPU every op whose result the host must read (a scalar, a data-dependent shape) stops the
+queue until the device catches up. The same ops run on the CPU, so we count them there under a
+dispatch mode: the count per `sample` call must not grow with the number of steps.
+"""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fractalgen
+from fractalgen.nn import KVCache
+from fractalgen.nn.attention import Attention
+from fractalgen.sampling import Known
+
+# Ops that read device data back to the host: a scalar (item, bool(), ==), a data-dependent shape,
+# or a check of the values (multinomial validates its probabilities with two scalar reads). The mode
+# sees the outermost op only (under inference mode nonzero arrives as nonzero_numpy, and a boolean
+# index does its nonzero inside aten::index), so those are named too.
+HOST_READS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero",
+              "aten::nonzero_numpy", "aten::argwhere", "aten::masked_select", "aten::multinomial",
+              "aten::unique_consecutive", "aten::_unique2", "aten::repeat_interleave"}
+INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in HOST_READS:
+            self.ops.append(name)
+        elif name in INDEXING and any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1]):
+            self.ops.append(f"{name} (boolean mask)")
+        return func(*args, **(kwargs or {}))
+
+
+def tiny(name, **changes):
+    torch.manual_seed(0)
+    return fractalgen.build(fractalgen.get_config(name).replace(**changes)).eval()
+
+
+def host_reads(model, num_iter, labels=(0, 3, 9)):
+    with HostReads() as counter:
+        fractalgen.sample(model, labels=list(labels), cfg=3.0, seed=1, num_iter=num_iter, batch_size=None)
+    return counter.ops
+
+
+@pytest.mark.parametrize("name", ["tiny_mar", "tiny_mar_gp4"])
+def test_mar_sampling_reads_the_host_a_constant_number_of_times(name):
+    model = tiny(name)
+    levels = model.config.num_levels
+    few, many = host_reads(model, (2,) * levels), host_reads(model, (8,) * levels)
+    assert few == many
+    assert len(many) <= 2, many  # the labels' range check, not one per step
+
+
+def test_ar_sampling_reads_the_host_a_constant_number_of_times():
+    """AR levels take one step per patch: a grid of 4 patches against one of 16."""
+    small, large = tiny("tiny_ar", img_sizes=(8, 4, 1)), tiny("tiny_ar")
+    assert host_reads(small, None) == host_reads(large, None)
+    assert len(host_reads(large, None)) <= 2
+
+
+def test_unguided_sampling_reads_the_host_a_constant_number_of_times():
+    model = tiny("tiny_mar")
+    with HostReads() as few:
+        fractalgen.sample(model, n=2, seed=1, num_iter=(2, 2))
+    with HostReads() as many:
+        fractalgen.sample(model, n=2, seed=1, num_iter=(8, 8))
+    assert few.ops == many.ops and len(many.ops) <= 2
+
+
+def test_the_counter_sees_host_reads():
+    x = torch.arange(3)
+    with HostReads() as counter:
+        torch.multinomial(torch.tensor([[0.5, 0.5]]), 1)
+        x.nonzero()
+        x[x > 0]
+        bool(x.sum())
+        with torch.inference_mode():
+            (x > 0).nonzero(as_tuple=True)
+    assert counter.ops == ["aten::multinomial", "aten::nonzero", "aten::index (boolean mask)", "aten::_local_scalar_dense",
+                           "aten::nonzero_numpy"]
+
+
+def test_bf16_kv_cache_is_stored_in_fp32():
+    """Attention runs in fp32 (an island): under bf16 autocast the cache holds fp32 keys and values,
+    cast once when appended, not the whole cache at every decoding step."""
+    attention = Attention(16, 2, bias=True).eval()
+    cache = KVCache(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            attention(torch.randn(2, 1, 16), cache=cache)
+    assert cache.k.dtype == cache.v.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name, steps", [("tiny_ar", 1), ("tiny_mar", 3), ("tiny_mar", 16), ("tiny_mar_gp4", 5)])
+def test_counting_on_the_host_draws_what_reading_the_device_draws(name, steps):
+    """With nothing known the sampler counts reveals on the host; an empty known mask takes the
+    inpainting path, which reads them from the device. The same seed gives the same images."""
+    torch.manual_seed(0)
+    model = fractalgen.build(fractalgen.get_config(name)).eval()
+    shape = (2, model.config.channels, model.config.img_size, model.config.img_size)
+    empty = Known(torch.zeros(shape), torch.zeros(shape, dtype=torch.bool))
+    runs = []
+    for known in (None, empty):
+        generator = torch.Generator().manual_seed(4)
+        runs.append(model.generate(labels=[1, 2], cfg=2.0, num_iter=(steps,) * model.config.num_levels,
+                                   generator=generator, known=known) + (generator.get_state(),))
+    for host, device in zip(*runs):
+        assert torch.equal(host, device)
