@@ -9,6 +9,7 @@ import torch
 from .data import load_dataset, stack
 from .errors import UserError
 from .model import FractalModel, eval_mode
+from .runtime import uses_threads
 
 
 @torch.no_grad()
@@ -42,6 +43,7 @@ def _nll_batches(model, images, passes, batch_size, progress) -> torch.Tensor:
     return torch.cat(out) / math.log(2.0)
 
 
+@uses_threads
 def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1) -> float:
     """Mean bits/dim over the images (uint8 (N, C, H, W)), unconditional."""
     return float(nll_per_image(model, images, passes).mean())
@@ -69,6 +71,7 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
     return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}
 
 
+@uses_threads
 @torch.no_grad()
 def pixel_bits(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = 256) -> torch.Tensor:
     """Bits of every value, float (N, C, H, W): -log2 p(value | everything the model conditions it on),
