@@ -3,6 +3,7 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,21 @@ def test_eval_samples_on_written_pngs(tmp_path, capsys):
     json_line = out.strip().splitlines()[-1]
     assert all(len(number) <= 8 for number in re.findall(r"\d+\.\d+", json_line))  # no float32 noise
     assert "{" not in "".join(out.strip().splitlines()[:-1])  # no raw dict printed before it
+
+
+def test_version_and_the_presets_in_train_help(capsys):
+    from fractalgen.config import PRESETS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert capsys.readouterr().out.strip() == f"fractalgen {version}" == \
+        f"fractalgen {fractalgen.__version__}"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, config in PRESETS.items():  # one line each, naming its shape
+        assert sum(line.startswith(f"{name}: ") for line in lines) == 1
+        assert any(line.startswith(f"{name}: ") and f"{config.img_size}x{config.img_size}" in line for line in lines)

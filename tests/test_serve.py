@@ -294,4 +294,4 @@ def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "fractalgen.app")  # imported afresh by the command
     monkeypatch.delattr(fractalgen, "app")
     assert cli_main(["serve", "--port", str(free_port())]) == 2
-    assert "pip install 'fractalgen[demo]'" in capsys.readouterr().err
+    assert 'pip install "fractalgen-pytorch[demo]"' in capsys.readouterr().err

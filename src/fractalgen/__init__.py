@@ -19,8 +19,8 @@ from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
 from .settings import SamplingSettings, resolve_settings
+from .version import __version__
 
-__version__ = "0.1.0"
 
 
 def build(config) -> FractalModel:
