@@ -14,6 +14,7 @@ from .checkpoint import CheckpointError, load, save, save_official
 from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
+from .data import mnist_heldout
 from .generation import sample
 from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
@@ -30,7 +31,7 @@ def build(config) -> FractalModel:
 
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
-    "sample", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
+    "sample", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]
