@@ -78,3 +78,21 @@ def test_none_leaves_torch_alone_and_bad_counts_are_refused(untouched_default):
     with pytest.raises(UserError, match="threads"):
         ENTRY_POINTS["sample"](model, threads=0)
     assert torch.get_num_threads() == 1
+
+
+def test_bits_per_dim_with_labels_is_the_class_conditional_likelihood():
+    """An AR model's bits/dim given a class is its pixel bits (the codec's exact pass) given that class."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.class_embed.weight.mul_(20)  # classes that change the likelihood
+    images = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    conditional = fractalgen.bits_per_dim(model, images, labels=[0, 2, 1], threads=None)
+    per_value = fractalgen.pixel_bits(model, images, labels=[0, 2, 1], threads=None)
+    assert conditional == pytest.approx(float(per_value.mean()), abs=1e-3)
+    assert conditional != pytest.approx(fractalgen.bits_per_dim(model, images, threads=None), abs=1e-3)
+    assert fractalgen.bits_per_dim(model, images, labels=2) == \
+        pytest.approx(fractalgen.bits_per_dim(model, images, labels=[2, 2, 2]))
+    for bad, message in [([0, 1], "2 labels for 3 images"), ([0, 1, 3], "0..2"), ([0.5, 1, 1], "integers")]:
+        with pytest.raises(ValueError, match=message):
+            fractalgen.bits_per_dim(model, images, labels=bad)
