@@ -15,6 +15,7 @@ from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .data import mnist_heldout
+from .files import save_grid, to_pil
 from .generation import sample
 from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
@@ -31,7 +32,7 @@ def build(config) -> FractalModel:
 
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
-    "sample", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
+    "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]
