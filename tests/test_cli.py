@@ -3,6 +3,7 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,34 @@ def test_eval_samples_on_written_pngs(tmp_path, capsys):
     json_line = out.strip().splitlines()[-1]
     assert all(len(number) <= 8 for number in re.findall(r"\d+\.\d+", json_line))  # no float32 noise
     assert "{" not in "".join(out.strip().splitlines()[:-1])  # no raw dict printed before it
+
+
+def test_version_and_the_presets_in_train_help(capsys):
+    from fractalgen.config import PRESETS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert capsys.readouterr().out.strip() == f"fractalgen {version}" == \
+        f"fractalgen {fractalgen.__version__}"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, config in PRESETS.items():  # one line each, naming its shape
+        assert sum(line.startswith(f"{name}: ") for line in lines) == 1
+        assert any(line.startswith(f"{name}: ") and f"{config.img_size}x{config.img_size}" in line for line in lines)
+
+
+def test_sample_grid_layout_and_scale(tiny_run, tmp_path, capsys):
+    code, _, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--classes", "0", "--per-class", "4",
+                     "--nrow", "1", "--scale", "3", "--out", tmp_path / "a", "--device", "cpu")
+    assert code == 0  # 4 rows of one 8x8 image tripled, padding 2*3 between and around
+    assert Image.open(tmp_path / "a" / "grid.png").size == (8 * 3 + 2 * 6, 4 * (8 * 3 + 6) - 6 + 2 * 6)
+    images = fractalgen.sample(fractalgen.load(str(tiny_run / "run")), labels=[0, 1, 0, 1], seed=0, threads=None)
+    fractalgen.save_grid(images, tmp_path / "auto.png")  # near-square, enlarged to a readable cell
+    assert Image.open(tmp_path / "auto.png").size == (2 * (64 + 16) - 16 + 2 * 16,) * 2
+    pictures = fractalgen.to_pil(images)
+    assert [(p.size, p.mode) for p in pictures] == [((8, 8), images.shape[1] == 1 and "L" or "RGB")] * 4
+    assert np.array_equal(np.asarray(pictures[1]).reshape(-1), images[1].permute(1, 2, 0).numpy().reshape(-1))

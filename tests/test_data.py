@@ -149,3 +149,15 @@ def test_an_uncompressed_npz_is_mapped_not_copied(tmp_path):
     assert batch.is_contiguous() and torch.equal(batch, expected[:4])
     plain.images[0] += 1  # copy-on-write: the file keeps its pixels
     assert np.array_equal(np.load(tmp_path / "plain.npz")["images"], images)
+
+
+def test_mnist_heldout_is_the_val_split_in_the_librarys_layout():
+    import fractalgen
+    from fractalgen.data import mnist_split
+
+    images, labels = fractalgen.mnist_heldout()
+    val_images, val_labels = mnist_split("val")
+    assert images.dtype == np.uint8 and images.shape == (len(val_images), 1, 28, 28)
+    assert labels.dtype == np.int64 and np.array_equal(labels, val_labels)
+    assert np.array_equal(images[:, 0], val_images)
+    assert not set(map(bytes, images[:, 0])) & set(map(bytes, mnist_split("train")[0][:2000]))

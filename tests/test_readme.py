@@ -7,7 +7,8 @@ import torch
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_readme_python_snippets_run():
+def test_readme_python_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippets' files land here
     snippets = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert snippets
     torch.set_num_threads(1)

@@ -26,8 +26,8 @@ from fractalgen.cli import main as cli_main
 from fractalgen.data import mnist_split
 
 # Skipped only where the optional extra is missing; a broken fractalgen.app fails, it is not skipped.
-pytest.importorskip("gradio", reason="the web demo's tests need fractalgen[demo]")
-gradio_client = pytest.importorskip("gradio_client", reason="the web demo's tests need fractalgen[demo]")
+pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytorch[demo]")
+gradio_client = pytest.importorskip("gradio_client", reason="the web demo's tests need fractalgen-pytorch[demo]")
 Client, handle_file = gradio_client.Client, gradio_client.handle_file
 from fractalgen import app  # after the skips: it imports gradio
 
@@ -336,4 +336,4 @@ def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "fractalgen.app")  # imported afresh by the command
     monkeypatch.delattr(fractalgen, "app")
     assert cli_main(["serve", "--port", str(free_port())]) == 2
-    assert "pip install 'fractalgen[demo]'" in capsys.readouterr().err
+    assert 'pip install "fractalgen-pytorch[demo]"' in capsys.readouterr().err

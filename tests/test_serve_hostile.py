@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("gradio", reason="the web demo's tests need fractalgen[demo]")
-httpx = pytest.importorskip("httpx", reason="the web demo's tests need fractalgen[demo]")
+pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytorch[demo]")
+httpx = pytest.importorskip("httpx", reason="the web demo's tests need fractalgen-pytorch[demo]")
 from test_serve import NETWORK_MARK, Client, Server, free_port, handle_file, pixels
 
 from fractalgen import app

@@ -14,13 +14,15 @@ from .checkpoint import CheckpointError, load, save, save_official
 from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
+from .data import mnist_heldout
+from .files import save_grid, to_pil
 from .generation import sample
 from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
 from .settings import SamplingSettings, resolve_settings
+from .version import __version__
 
-__version__ = "0.1.0"
 
 
 def build(config) -> FractalModel:
@@ -30,7 +32,7 @@ def build(config) -> FractalModel:
 
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
-    "sample", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
+    "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]

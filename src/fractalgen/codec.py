@@ -51,6 +51,7 @@ import torch
 
 from .errors import UserError
 from .model import FractalModel, as_labels, eval_mode
+from .runtime import uses_threads
 from .sampling import Known, ValueCoder
 
 MAGIC = b"FGLC"
@@ -93,6 +94,7 @@ class Header:
 
 # ---- public API --------------------------------------------------------------------------------
 
+@uses_threads
 def compress(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_BATCH,
              images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
     """Losslessly compress uint8 images (N, C, H, W) at the model's size into bytes.
@@ -139,6 +141,7 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
     return header.pack() + payload, torch.cat(bits) if bits else torch.zeros(images.shape, dtype=torch.float64)
 
 
+@uses_threads
 def decompress(model: FractalModel, data: bytes, return_labels: bool = False, batch_size: int = DEFAULT_BATCH):
     """The images (uint8 (N, C, H, W), CPU) that `compress` coded into `data`; with
     return_labels=True, (images, labels or None). About `batch_size` images are decoded side by side

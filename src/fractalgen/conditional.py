@@ -38,6 +38,7 @@ from .files import save_image
 from .generation import make_generator, step_callback, to_uint8
 from .model import FractalModel, eval_mode
 from .nn import precision_context
+from .runtime import uses_threads
 from .sampling import Known
 from .visualize import rows_figure, show_mask
 
@@ -48,6 +49,7 @@ class ConditionalInputError(UserError, ValueError):
 
 # ---- the core: inpainting ----------------------------------------------------------------
 
+@uses_threads
 @eval_mode
 def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
             seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None, progress=None,
@@ -61,6 +63,7 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
         recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
     precision: fp32, bf16 or auto (bf16 on GPUs with native bf16, fp32 elsewhere), as `sample` takes it.
+    threads (keyword): CPU threads for this call, as `sample` takes them.
     Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
     `progress(k)`: called after every level-0 step with the (fractional) number of rows done.
     Images with no unknown pixel come back unchanged without running the model. With nothing
@@ -135,6 +138,7 @@ def top_rows_known(size: int, fraction: float = 0.25) -> torch.Tensor:
     return known
 
 
+@uses_threads
 def edit(model: FractalModel, images, label, known=None, **kwargs) -> torch.Tensor:
     """Class-conditional editing: inpainting with a chosen label (one for all images, or one per image).
 

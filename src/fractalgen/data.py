@@ -230,6 +230,13 @@ def mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[index], labels[index]
 
 
+def mnist_heldout() -> tuple[np.ndarray, np.ndarray]:
+    """The embedded digits the bundled models were not trained on: uint8 images (N, 1, 28, 28), the
+    layout the library takes (`torch.from_numpy`), and int64 labels (N,). The same as `--split val`."""
+    images, labels = mnist_split("val")
+    return np.ascontiguousarray(images[:, None]), labels.astype(np.int64)
+
+
 def load_dataset(spec: str, split: str, size: int, channels: int):
     """A dataset at the model's size and channel count from `mnist`, an image folder, or an .npz file."""
     if split not in ("train", "val"):

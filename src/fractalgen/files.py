@@ -8,6 +8,7 @@ for writing (it is replaced whole, or kept).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -158,9 +159,12 @@ def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, bord
     return Image.fromarray(canvas)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 (C, H, W) -> PIL image (L for one channel, RGB for three)."""
-    array = torch.as_tensor(image).permute(1, 2, 0).cpu().numpy()
+def to_pil(images: torch.Tensor) -> Image.Image | list[Image.Image]:
+    """uint8 (C, H, W) -> a PIL image (L for one channel, RGB for three); (N, C, H, W) -> a list of them."""
+    images = torch.as_tensor(images)
+    if images.dim() == 4:
+        return [to_pil(image) for image in images]
+    array = images.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
@@ -171,8 +175,26 @@ def save_image(image: Image.Image, path: str | Path, **kwargs) -> Path:
     return atomic_write(lambda f: image.save(f, format=fmt, **kwargs), path)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1, padding: int = 2) -> Path:
-    """A grid PNG; padding and border are scaled with the cells (the look of an upscaled small grid)."""
+READABLE_CELL = 64  # pixels: automatic scaling enlarges smaller images to at least this side
+
+
+def grid_layout(n: int, size: int, nrow: int | None = None, scale: int | None = None) -> tuple[int, int]:
+    """(images per row, scale) for n images of side `size`: None picks a near-square grid and the
+    smallest whole scale that makes a cell READABLE_CELL pixels or more."""
+    nrow = nrow if nrow is not None else max(1, math.ceil(math.sqrt(n)))
+    scale = scale if scale is not None else max(1, math.ceil(READABLE_CELL / max(size, 1)))
+    if nrow < 1 or scale < 1:
+        raise UserError(f"nrow and scale must be >= 1, got {nrow} and {scale}")
+    return nrow, scale
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None,
+              padding: int = 2) -> Path:
+    """A grid PNG of uint8 (N, C, H, W) images (as the library returns them): `nrow` per row and each
+    pixel `scale` times larger (nearest neighbour); None picks them (grid_layout). Padding and border
+    are scaled with the cells."""
+    images = torch.as_tensor(images)
+    nrow, scale = grid_layout(images.shape[0], max(images.shape[-2:]), nrow, scale)
     return save_image(grid(images, nrow, padding * scale, scale), path)
 
 

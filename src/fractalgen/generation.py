@@ -15,6 +15,7 @@ import torch
 
 from .model import FractalModel, as_labels, eval_mode
 from .nn import precision_context
+from .runtime import uses_threads
 
 DEFAULT_BATCH_SIZE = 100
 
@@ -42,6 +43,7 @@ def count_and_labels(labels, n) -> tuple[int, list | None]:
     return int(n), None
 
 
+@uses_threads
 @eval_mode
 def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | None = None,
            cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
@@ -57,7 +59,8 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     the first batch (see visualize.GenerationRecorder); `progress(images_done)` is called after
     every level-0 step with the (fractional) number of images generated so far. `precision`: fp32,
     bf16 (autocast; faster on GPUs and on CPUs with bf16 instructions, other images than fp32) or
-    auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py).
+    auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py). `threads` (keyword):
+    CPU threads for this call, 'auto', a number or None (runtime.call_threads).
     """
     total, labels = count_and_labels(labels, n)
     autocast = precision_context(precision, model.device)

@@ -8,14 +8,17 @@ import torch
 
 from .data import load_dataset, stack
 from .errors import UserError
-from .model import FractalModel, eval_mode
+from .model import FractalModel, as_labels, eval_mode
+from .runtime import uses_threads
 
 
 @torch.no_grad()
 @eval_mode
 def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, batch_size: int = 256,
-                  generator_seed: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Per-image bits/dim (N,), unconditional. MAR levels draw random masks: `passes` are averaged.
+                  generator_seed: int | None = None, progress: Callable[[int], None] | None = None,
+                  labels=None) -> torch.Tensor:
+    """Per-image bits/dim (N,): unconditional, or class-conditional with `labels` (one per image, or one
+    for all, checked as `sample` checks them). MAR levels draw random masks: `passes` are averaged.
 
     AR-only models are exact and need one pass. For models with a guiding pixel the value also
     includes the guiding-pixel losses, as the authors' evaluation loss does. `progress(k)` is
@@ -23,28 +26,49 @@ def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, ba
     """
     if passes < 1:
         raise ValueError("passes must be >= 1")
+    labels = likelihood_labels(model, labels, images.shape[0])
     if generator_seed is None:  # the masks come from torch's global random stream
-        return _nll_batches(model, images, passes, batch_size, progress)
+        return _nll_batches(model, images, passes, batch_size, progress, labels)
     # Seeded: the masks come from a forked stream, so the caller's global random state is left as it was.
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(generator_seed)
-        return _nll_batches(model, images, passes, batch_size, progress)
+        return _nll_batches(model, images, passes, batch_size, progress, labels)
 
 
-def _nll_batches(model, images, passes, batch_size, progress) -> torch.Tensor:
+def likelihood_labels(model: FractalModel, labels, n: int) -> torch.Tensor | None:
+    """Labels int64 (n,) for n images from one label or one per image (None: unconditional); integers in
+    the model's class range, as `sample` takes them."""
+    if labels is None:
+        return None
+    if model.config.num_classes == 0:
+        raise ValueError("this model is unconditional: measure without labels")
+    labels = as_labels(labels, "cpu")
+    if labels.numel() == 1:
+        labels = labels.expand(n)
+    if labels.numel() != n:
+        raise ValueError(f"{labels.numel()} labels for {n} images")
+    if n and (labels.min() < 0 or labels.max() >= model.config.num_classes):
+        raise ValueError(f"class labels must be in 0..{model.config.num_classes - 1}")
+    return labels
+
+
+def _nll_batches(model, images, passes, batch_size, progress, labels) -> torch.Tensor:
     out = []
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start:start + batch_size]
-        nats = sum(model.nll(chunk) for _ in range(passes)) / passes
+        chunk_labels = None if labels is None else labels[start:start + batch_size]
+        nats = sum(model.nll(chunk, labels=chunk_labels) for _ in range(passes)) / passes
         out.append(nats.float().cpu())
         if progress is not None:
             progress(chunk.shape[0])
     return torch.cat(out) / math.log(2.0)
 
 
-def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1) -> float:
-    """Mean bits/dim over the images (uint8 (N, C, H, W)), unconditional."""
-    return float(nll_per_image(model, images, passes).mean())
+@uses_threads
+def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1, labels=None) -> float:
+    """Mean bits/dim over the images (uint8 (N, C, H, W)): unconditional, or class-conditional with
+    `labels` (one per image, or one for all)."""
+    return float(nll_per_image(model, images, passes, labels=labels).mean())
 
 
 def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,
@@ -69,6 +93,7 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
     return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}
 
 
+@uses_threads
 @torch.no_grad()
 def pixel_bits(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = 256) -> torch.Tensor:
     """Bits of every value, float (N, C, H, W): -log2 p(value | everything the model conditions it on),

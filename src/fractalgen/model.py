@@ -74,7 +74,7 @@ class FractalModel(nn.Module):
         x = images.to(self.device, self.null_class.dtype)  # raw 0..255 in fp32 (float64 in a .double() model)
         B = x.shape[0]
         drop = self.config.label_drop_prob if train else 0.0
-        conds = [self.class_condition(labels if train else None, B, drop)]  # likelihood is unconditional
+        conds = [self.class_condition(labels, B, drop)]
         owner = torch.arange(B, device=x.device)
         guide_terms = []
         for i, level in enumerate(self.levels):
@@ -98,17 +98,18 @@ class FractalModel(nn.Module):
         `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
         `guide_targets` (tests): per level, None or the guiding pixel's targets (B_level, C).
         """
-        pixel_nll, _, guide_terms = self._recurse(images, labels, train=train, masks=masks,
+        pixel_nll, _, guide_terms = self._recurse(images, labels if train else None, train=train, masks=masks,
                                                   guide_targets=guide_targets)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
-    def nll(self, images: torch.Tensor, masks=None) -> torch.Tensor:
-        """Likelihood-mode loss per image (N,), in nats per dimension: unconditional, plain channel mean.
+    def nll(self, images: torch.Tensor, masks=None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Likelihood-mode loss per image (N,), in nats per dimension, plain channel mean: unconditional,
+        or conditioned on the class with labels int64 (N,).
 
         For AR levels this is exact; a MAR level draws one uniform count of masked tokens per
         batch, which makes it an unbiased estimate (average several passes).
         """
-        pixel_nll, owner, guide_terms = self._recurse(images, None, train=False, masks=masks)
+        pixel_nll, owner, guide_terms = self._recurse(images, labels, train=False, masks=masks)
         B = images.shape[0]
         total = per_image_mean(pixel_nll, owner, B)
         for g, g_owner in guide_terms:

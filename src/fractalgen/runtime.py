@@ -1,13 +1,17 @@
 """Where the work runs: the device, CPU threads, and the processes of a torchrun launch.
 
-Written once for every command. The library takes a device and never changes torch's global
-settings; only the command line calls `set_threads`.
+Written once for every command. The library takes a device; its entry points choose CPU threads
+for the length of one call (`uses_threads`) by the rule the command line applies to the whole
+process (`set_threads`): `choose_threads`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import re
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -77,6 +81,60 @@ def loader_workers(option: int | None, device: torch.device) -> int:
 def set_threads(option: str | int) -> None:
     """Apply --threads (the command line's business: it changes the whole process)."""
     torch.set_num_threads(choose_threads(option))
+
+
+# torch's own thread count in this process before anything of ours ran (OMP_NUM_THREADS or the cores).
+# A different count later means someone called torch.set_num_threads: the caller's choice.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_calls_inside = 0  # entry points running now (one inside another keeps the outer one's threads)
+
+
+def caller_chose_threads() -> bool:
+    """Whether the process's thread count is someone's choice rather than torch's default: set with
+    torch.set_num_threads (it differs from TORCH_DEFAULT_THREADS) or by OMP_NUM_THREADS/MKL_NUM_THREADS.
+    A count set before fractalgen was imported cannot be told from the default (pass threads= then)."""
+    return torch.get_num_threads() != TORCH_DEFAULT_THREADS or any(v in os.environ for v in THREAD_VARIABLES)
+
+
+@contextmanager
+def call_threads(option: str | int | None = "auto"):
+    """CPU threads for one library call, the caller's count restored after it.
+
+    'auto': auto_threads(), unless the caller chose a count (caller_chose_threads): then theirs.
+    A number: that many. None: torch's setting as it is. Why: torch's default (one thread per core)
+    makes every small op of a first call wait for cores that other jobs hold (benchmarks/first_call.py).
+    """
+    global _calls_inside
+    keep = option is None or _calls_inside > 0 or (str(option) == "auto" and caller_chose_threads())
+    before = torch.get_num_threads()
+    wanted = before if keep else choose_threads(option)
+    _calls_inside += 1
+    try:
+        if wanted != before:
+            torch.set_num_threads(wanted)
+        yield
+    finally:
+        _calls_inside -= 1
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def uses_threads(function):
+    """Give a library entry point the keyword-only option `threads` ('auto', a number or None; see
+    call_threads), applied for the length of the call."""
+    @functools.wraps(function)
+    def wrapper(*args, threads: str | int | None = "auto", **kwargs):
+        with call_threads(threads):
+            return function(*args, **kwargs)
+
+    signature = inspect.signature(function)
+    parameters = list(signature.parameters.values())
+    at = len(parameters) - (parameters[-1].kind is inspect.Parameter.VAR_KEYWORD if parameters else 0)
+    parameters.insert(at, inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default="auto",
+                                            annotation="str | int | None"))
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    return wrapper
 
 
 # ---- torch versions ------------------------------------------------------------------------------

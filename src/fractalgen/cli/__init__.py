@@ -10,6 +10,7 @@ import sys
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..errors import UserError
+from ..version import __version__
 from . import codec, conditional, evaluate, hub, plot, sample, serve, train
 from .options import HelpFormatter, Parser
 
@@ -29,6 +30,7 @@ COMMAND_MODULES = [
 def build_parser() -> Parser:
     parser = Parser(prog="fractalgen", description="Fractal generative models: train, sample, "
                     "measure likelihood, inpaint.", formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fractalgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
     for module in COMMAND_MODULES:
         module.register(sub)

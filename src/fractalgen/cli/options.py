@@ -24,6 +24,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return super()._get_help_string(action)
 
+    def _fill_text(self, text, width, indent):
+        """Descriptions and epilogs wrap as usual, each line on its own (a list stays one item a line)."""
+        return "\n".join(super(HelpFormatter, self)._fill_text(line, width, indent) for line in text.split("\n"))
+
 
 class Parser(argparse.ArgumentParser):
     """Every (sub)command's --help shows the defaults; a bad flag is one line, like every other user error."""

@@ -76,6 +76,10 @@ def add_sample(sub):
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out (and "
                    "--gif) instead of writing into a fresh numbered subfolder")
     p.add_argument("--gif", help="also write the generation process of the first batch as an animated GIF")
+    p.add_argument("--nrow", type=integer(1), help="images per row of the grid (default: one class a row "
+                   "with --per-class and several classes, else a near-square grid)")
+    p.add_argument("--scale", type=integer(1), help="enlarge each pixel of the grid this many times, nearest "
+                   "neighbour (default: small images enlarged to a readable size)")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_sample)
@@ -96,12 +100,13 @@ def run_sample(args) -> int:
     check_writable(out)  # before the long part, not after it
     if args.gif:
         check_writable(Path(args.gif).parent)
-    nrow = args.per_class if labels is not None and args.per_class else min(n, 10)
-    recorder = GenerationRecorder(nrow=min(nrow, args.batch_size)) if args.gif else None
+    several_classes = labels is not None and len(set(labels)) > 1
+    nrow = args.nrow or (args.per_class if several_classes and args.per_class else None)
+    recorder = GenerationRecorder(nrow=min(nrow or min(n, 10), args.batch_size)) if args.gif else None
     started = time.time()
     images = draw(model, labels, n, settings, args, on_step=recorder)
     seconds = time.time() - started
-    save_grid(images, out / "grid.png", nrow=nrow)
+    save_grid(images, out / "grid.png", nrow=nrow, scale=args.scale)
     save_each(images, labels, out)
     print(f"sampled {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image) with {settings.describe()}, "
           f"{precision}")

@@ -13,7 +13,7 @@ from .options import add_checkpoint, add_runtime, apply_runtime, integer
 
 def register(subparsers):
     p = subparsers.add_parser("serve", help="a web page to sample, inpaint and measure likelihood "
-                                            "(needs the demo extra: pip install 'fractalgen[demo]')")
+                                            '(needs the demo extra: pip install "fractalgen-pytorch[demo]")')
     add_checkpoint(p, default=None)  # None: the bundled models (app.inpaint_checkpoint picks the inpainting one)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=integer(1, 65535), default=7860, help="port to listen on")
@@ -51,7 +51,7 @@ def run_serve(args) -> int:
             from .. import app
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in ("gradio", "gradio_client"):
-                raise UserError("the web demo needs Gradio: pip install 'fractalgen[demo]'") from None
+                raise UserError('the web demo needs Gradio: pip install "fractalgen-pytorch[demo]"') from None
             raise
         device = apply_runtime(args)
         app.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,

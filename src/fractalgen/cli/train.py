@@ -52,6 +52,14 @@ SWITCHES = {
 }
 
 
+def preset_lines() -> list[str]:
+    """One line per preset: its levels, image shape (size x size x channels) and classes."""
+    from ..config import PRESETS
+
+    return [f"{name}: {'/'.join(c.kinds)} levels, {c.img_size}x{c.img_size}x{c.channels}, "
+            f"{c.num_classes or 'no'} classes" for name, c in PRESETS.items()]
+
+
 def register(subparsers):
     from ..nn import PRECISIONS
     from ..train import MAR_MASKS, TrainOptions
@@ -63,7 +71,8 @@ def register(subparsers):
                               description="Train a fractal model. Under torchrun "
                               "(torchrun --nproc_per_node=N -m fractalgen train ...) it trains data-parallel. "
                               "Flags not given take the resumed run's values, else the preset's own recipe (the small "
-                              "presets: see fractalgen.train.PRESET_RECIPES), else the defaults shown.")
+                              "presets: see fractalgen.train.PRESET_RECIPES), else the defaults shown.",
+                              epilog="presets (--preset NAME):\n" + "\n".join(preset_lines()))
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", help="config preset name (see fractalgen.PRESETS)")
     model.add_argument("--config", help="config JSON file (our field names or the official ones)")

@@ -1,0 +1,98 @@
+"""Library entry points choose CPU threads for the length of one call and give the caller's count back."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fractalgen
+from fractalgen import runtime
+from fractalgen.config import ModelConfig
+from fractalgen.errors import UserError
+
+torch.set_num_threads(1)  # the test machine has two shared cores
+
+
+def tiny_model():
+    config = ModelConfig(img_sizes=(4, 2, 1), widths=(32, 32, 32), blocks=(1, 1, 1), heads=(2, 2, 2),
+                         kinds=("ar", "ar"), channels=1, num_classes=3, num_conds=1,
+                         pixel_mean=(0.5,), pixel_std=(0.5,))
+    torch.manual_seed(0)
+    return fractalgen.build(config).eval()
+
+
+ENTRY_POINTS = {
+    "sample": lambda m, **kw: fractalgen.sample(m, labels=[0, 1], seed=0, **kw),
+    "inpaint": lambda m, **kw: fractalgen.inpaint(m, torch.zeros(1, 1, 4, 4, dtype=torch.uint8),
+                                                  torch.zeros(4, 4, dtype=torch.bool), seed=0, **kw),
+    "edit": lambda m, **kw: fractalgen.edit(m, torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 1, seed=0, **kw),
+    "bits_per_dim": lambda m, **kw: fractalgen.bits_per_dim(m, torch.zeros(2, 1, 4, 4, dtype=torch.uint8), **kw),
+    "pixel_bits": lambda m, **kw: fractalgen.pixel_bits(m, torch.zeros(2, 1, 4, 4, dtype=torch.uint8), **kw),
+    "compress": lambda m, **kw: fractalgen.compress(m, torch.zeros(2, 1, 4, 4, dtype=torch.uint8), **kw),
+    "decompress": lambda m, **kw: fractalgen.decompress(m, m.compressed, **kw),
+}
+
+
+def threads_seen(model, call, **kwargs) -> set[int]:
+    """The torch thread counts the model's modules ran with during `call(model, **kwargs)`."""
+    model.compressed = fractalgen.compress(model, torch.zeros(1, 1, 4, 4, dtype=torch.uint8), threads=None)
+    seen = set()
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda *_: seen.add(torch.get_num_threads()))
+    call(model, **kwargs)
+    return seen
+
+
+@pytest.fixture
+def untouched_default(monkeypatch):
+    """The process as torch left it (one thread here), with 'auto' choosing two threads."""
+    for name in runtime.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runtime, "TORCH_DEFAULT_THREADS", torch.get_num_threads())
+    monkeypatch.setattr(runtime, "auto_threads", lambda: 2)
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_auto_applies_for_the_call_and_restores(name, untouched_default):
+    model = tiny_model()
+    assert threads_seen(model, ENTRY_POINTS[name]) == {2}
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("name", ["sample", "bits_per_dim", "compress"])
+def test_a_count_the_caller_chose_is_kept(name, untouched_default, monkeypatch):
+    monkeypatch.setattr(runtime, "TORCH_DEFAULT_THREADS", 3)  # the caller moved torch off its default
+    model = tiny_model()
+    assert threads_seen(model, ENTRY_POINTS[name]) == {1}
+    assert threads_seen(model, ENTRY_POINTS[name], threads=2) == {2}  # asked for: given
+    assert torch.get_num_threads() == 1
+
+
+def test_thread_variables_count_as_the_callers_choice(untouched_default, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_seen(tiny_model(), ENTRY_POINTS["sample"]) == {1}
+
+
+def test_none_leaves_torch_alone_and_bad_counts_are_refused(untouched_default):
+    model = tiny_model()
+    assert threads_seen(model, ENTRY_POINTS["sample"], threads=None) == {1}
+    with pytest.raises(UserError, match="threads"):
+        ENTRY_POINTS["sample"](model, threads=0)
+    assert torch.get_num_threads() == 1
+
+
+def test_bits_per_dim_with_labels_is_the_class_conditional_likelihood():
+    """An AR model's bits/dim given a class is its pixel bits (the codec's exact pass) given that class."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.class_embed.weight.mul_(20)  # classes that change the likelihood
+    images = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    conditional = fractalgen.bits_per_dim(model, images, labels=[0, 2, 1], threads=None)
+    per_value = fractalgen.pixel_bits(model, images, labels=[0, 2, 1], threads=None)
+    assert conditional == pytest.approx(float(per_value.mean()), abs=1e-3)
+    assert conditional != pytest.approx(fractalgen.bits_per_dim(model, images, threads=None), abs=1e-3)
+    assert fractalgen.bits_per_dim(model, images, labels=2) == \
+        pytest.approx(fractalgen.bits_per_dim(model, images, labels=[2, 2, 2]))
+    for bad, message in [([0, 1], "2 labels for 3 images"), ([0, 1, 3], "0..2"), ([0.5, 1, 1], "integers")]:
+        with pytest.raises(ValueError, match=message):
+            fractalgen.bits_per_dim(model, images, labels=bad)
