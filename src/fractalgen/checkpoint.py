@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .config import CFG_SCHEDULES, ConfigError, ModelConfig, get_config
-from .files import atomic_write, read_json_object
+from .files import atomic_write
+from .jsonfile import parse_object, read_object
 from .model import FractalModel
 
 FORMAT_VERSION = "1"
@@ -255,15 +256,7 @@ def read_metadata(path) -> dict:
 
 def metadata_json(meta: dict, key: str, path) -> dict:
     """One metadata entry parsed as a JSON object; anything else is one line naming the entry."""
-    try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e.msg} at character {e.pos})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: metadata {key!r} is nested too deeply to be a {key}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object, got {type(value).__name__}")
-    return value
+    return parse_object(meta[key], f"{path}: metadata {key!r}", CheckpointError)
 
 
 def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
@@ -354,7 +347,7 @@ def load_ours(path, config=None) -> FractalModel:
 
 def read_config(path: Path) -> tuple[ModelConfig, dict]:
     """config.json -> (ModelConfig, recommended sampling settings); the config carries them as its presets."""
-    fields = read_json_object(path, str(path), CheckpointError)
+    fields = read_object(path, str(path), CheckpointError)
     sampling = fields.pop("sampling", None) or {}
     # Two official constructor arguments that do not describe the trained model.
     fields.pop("grad_checkpointing", None)  # a training switch
