@@ -112,7 +112,7 @@ def outcomes(trained, tmp_path_factory):
     ("batch", "train", ["batch_size", "<="]),
     ("flip", "train", ["flip", "true or false"]),
     ("device", "train", ["device"]),
-    ("options_list", "train", ["stored options", "JSON object"]),
+    ("options_list", "train", ["stored options", "a JSON object"]),
     ("options_deep", "train", ["stored options", "nested too deeply"]),
     ("config_deep", "train", ["stored config", "nested too deeply"]),
     ("options_nan", "train", ["NaN"]),
@@ -156,3 +156,20 @@ def test_stored_num_workers_is_bounded_like_the_flag(trained, tmp_path):
     with pytest.raises(UserError, match="num_workers must be <= 256"):
         run_options({"resume": str(folder)})
     assert run_options({"resume": str(trained / "run")}).num_workers is None  # the run as stored is fine
+
+
+@pytest.mark.parametrize("setting", [{"cfg": 3e38}, {"cfg": -1e300}, {"temperature": 1e39}])
+def test_huge_finite_sampling_settings_are_refused_everywhere(trained, tmp_path, setting):
+    """One bound, in settings.check and the folder/metadata reader: the sampler never sees them."""
+    model = fractalgen.load(trained / "run")
+    with pytest.raises(ValueError, match="at most"):
+        fractalgen.sample(model, n=1, num_iter=(1,) * model.config.num_levels, **setting)
+    with pytest.raises(ValueError, match="at most"):
+        fractalgen.save_pretrained(model, tmp_path / "written", sampling=setting)
+    assert not (tmp_path / "written").exists()
+    shutil.copytree(trained / "folder", tmp_path / "folder")
+    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    config["sampling"].update(setting)
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="<= 10000|between"):
+        fractalgen.load(tmp_path / "folder")

@@ -87,7 +87,7 @@ def parse_object(text: str | bytes, name: str, error: type[Exception] = UserErro
     """`parse`, and the value must be a JSON object."""
     value = parse(text, name, error)
     if not isinstance(value, dict):
-        raise error(f"{name} must hold a JSON object, got {type(value).__name__}")
+        raise error(f"{name} must be a JSON object, got {type(value).__name__}")
     return value
 
 
