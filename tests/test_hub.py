@@ -172,7 +172,7 @@ def test_config_json_in_the_official_constructors_form(tmp_path):
         fractalgen.load(folder)
     config.update(fractal_level=0, sampling={"temperature": -1.0})
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="'sampling' field 'temperature' must be a positive"):
+    with pytest.raises(CheckpointError, match="'sampling' field 'temperature' must be a number > 0"):
         fractalgen.load(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):

@@ -78,7 +78,7 @@ def test_resume_continues_exactly(tmp_path):
     assert read_checkpoint(tmp_path / "b" / "run")["step"] == 2
     train(None, options(tmp_path / "b", data, steps=4, resume=str(tmp_path / "b" / "run")))
     resumed = read_checkpoint(tmp_path / "b" / "run")
-    assert resumed["step"] == 4 and json.loads(resumed["config"]) == json.loads(straight["config"])
+    assert resumed["step"] == 4 and resumed["config"] == straight["config"]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key  # bit-identical on CPU
 
@@ -143,7 +143,7 @@ def test_mar_masks_option_reaches_the_loss_and_is_checked(tmp_path):
     assert LossModule(model, "uniform").masks == ["uniform"] * len(model.levels)
     data = tiny_data(tmp_path / "d.npz")
     train(tiny_config(kinds=["mar", "mar"]), options(tmp_path / "u", data, steps=2, mar_masks="uniform"))
-    assert json.loads(read_checkpoint(tmp_path / "u" / "run")["options"])["mar_masks"] == "uniform"
+    assert read_checkpoint(tmp_path / "u" / "run")["options"]["mar_masks"] == "uniform"
 
 
 def test_random_shift_moves_each_image_within_the_limit_and_fills_with_zero():
@@ -189,7 +189,7 @@ def test_precision_option_sets_autocast_on_cpu_and_is_checked(tmp_path):
     for precision in ("fp32", "auto", "bf16"):
         out = train(tiny_config(), options(tmp_path / precision, data, steps=1, precision=precision))
         first[precision] = out["loss"]
-        assert json.loads(read_checkpoint(tmp_path / precision / "run")["options"])["precision"] == precision
+        assert read_checkpoint(tmp_path / precision / "run")["options"]["precision"] == precision
     assert first["auto"] == first["fp32"]
     assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.02)
 
@@ -199,7 +199,7 @@ def test_runs_stored_before_the_precision_option_resume_with_auto(monkeypatch):
     import fractalgen.train as train_module
 
     stored = {"steps": 5, "mar_masks": "uniform", "out": "elsewhere"}
-    monkeypatch.setattr(train_module, "read_checkpoint", lambda path: {"options": json.dumps(stored)})
+    monkeypatch.setattr(train_module, "read_checkpoint", lambda path: {"options": stored})
     resumed = train_module.run_options({"resume": "runs/old"})
     assert resumed.precision == "auto" and resumed.mar_masks == "uniform" and resumed.out == "runs/old"
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from .config import CFG_SCHEDULES, ConfigError, ModelConfig, get_config
-from .files import atomic_write, read_json_object
+from .files import atomic_write
+from .jsonfile import parse_object, read_object
 from .model import FractalModel
+from .settings import SETTING_MAX
 
 FORMAT_VERSION = "1"
 ASSETS = Path(__file__).parent / "assets"
@@ -255,15 +257,7 @@ def read_metadata(path) -> dict:
 
 def metadata_json(meta: dict, key: str, path) -> dict:
     """One metadata entry parsed as a JSON object; anything else is one line naming the entry."""
-    try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e.msg} at character {e.pos})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: metadata {key!r} is nested too deeply to be a {key}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object, got {type(value).__name__}")
-    return value
+    return parse_object(meta[key], f"{path}: metadata {key!r}", CheckpointError)
 
 
 def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
@@ -279,8 +273,8 @@ def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "meta
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     checks = {
-        "cfg": (lambda v: number(v), "a finite number"),
-        "temperature": (lambda v: number(v) and v > 0, "a positive finite number"),
+        "cfg": (lambda v: number(v) and abs(v) <= SETTING_MAX, f"a number between -{SETTING_MAX:g} and {SETTING_MAX:g}"),
+        "temperature": (lambda v: number(v) and 0 < v <= SETTING_MAX, f"a number > 0 and <= {SETTING_MAX:g}"),
         "filter_threshold": (lambda v: number(v) and v >= 0, "a finite number >= 0"),
         "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"one of {', '.join(CFG_SCHEDULES)}"),
         "num_iter": (lambda v: isinstance(v, list) and len(v) == config.num_levels
@@ -354,7 +348,7 @@ def load_ours(path, config=None) -> FractalModel:
 
 def read_config(path: Path) -> tuple[ModelConfig, dict]:
     """config.json -> (ModelConfig, recommended sampling settings); the config carries them as its presets."""
-    fields = read_json_object(path, str(path), CheckpointError)
+    fields = read_object(path, str(path), CheckpointError)
     sampling = fields.pop("sampling", None) or {}
     # Two official constructor arguments that do not describe the trained model.
     fields.pop("grad_checkpointing", None)  # a training switch

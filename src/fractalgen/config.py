@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .jsonfile import read_object
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
@@ -294,15 +296,7 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ModelConfig":
-        try:
-            d = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(d)
+        return cls.from_dict(read_object(path, f"config file {path}", ConfigError))
 
 
 # Official constructor field -> ours (None: structural, handled explicitly).

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from .errors import UserError
 from .files import atomic_write, image_name, save_image, to_pil, write_text
 from .generation import sample
+from .jsonfile import read_object
 from .metrics import FeatureNet, ImageSet, Scores, Statistics, reference_statistics, score_images
 from .nn import precision_in_effect
 from .runtime import barrier, setup_distributed, sum_over_ranks
@@ -47,9 +48,9 @@ def claim_folder(out: Path, manifest: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         try:
-            previous = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError(f"{path} is unreadable: use another --out") from None
+            previous = read_object(path, str(path))
+        except UserError as e:
+            raise UserError(f"{e}: use another --out") from None
         changed = sorted(k for k in set(manifest) | set(previous) if previous.get(k) != manifest.get(k))
         if changed:
             hint = ", or the --precision they were made with (fp32 when the folder names none)" \

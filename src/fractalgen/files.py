@@ -7,7 +7,6 @@ for writing (it is replaced whole, or kept).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -99,19 +98,6 @@ def check_writable(folder: str | Path):
 # ---- sample names ------------------------------------------------------------------------------
 
 SAMPLE_NAME = re.compile(r"(\d+)_(?:class(\d+)|uncond)\.png")
-
-
-def read_json_object(path: str | Path, name: str, error: type[Exception] = UserError) -> dict:
-    """The JSON object in the file at `path`; else `error`, one line naming the file as `name`."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise error(f"cannot read {name}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{name} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise error(f"{name} must hold a JSON object")
-    return value
 
 
 def image_name(index: int, label: int | None) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .config import CFG_SCHEDULES
 from .errors import UserError
 
+SETTING_MAX = 1e4  # |cfg| and temperature: the published values are <= 29; 3e38 overflows the logits
 DEFAULT_FILTER_THRESHOLD = 1e-4  # the authors' value: conditional probabilities below it are not boosted
 
 
@@ -81,6 +82,9 @@ def check(settings: SamplingSettings, num_levels: int) -> None:
     if not all(math.isfinite(v) for v in (settings.cfg, settings.temperature, settings.filter_threshold)):
         raise SettingsError(f"sampling settings must be finite, got cfg {settings.cfg}, temperature "
                             f"{settings.temperature}, filter_threshold {settings.filter_threshold}")
+    if abs(settings.cfg) > SETTING_MAX or settings.temperature > SETTING_MAX:
+        raise SettingsError(f"cfg and temperature must be at most {SETTING_MAX:g} in size, got cfg {settings.cfg:g}, "
+                            f"temperature {settings.temperature:g}")
     if settings.cfg_schedule not in CFG_SCHEDULES:
         raise SettingsError(f"unknown cfg schedule {settings.cfg_schedule!r} "
                             f"(choose from {', '.join(CFG_SCHEDULES)})")

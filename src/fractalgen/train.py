@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import random
+import re
 import signal
 import sys
 import threading
@@ -29,11 +30,12 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .data import EpochBatches, load_dataset
 from .errors import UserError, WriteError
 from .files import atomic_write, check_writable, save_grid
 from .generation import sample
+from .jsonfile import parse_object
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
@@ -74,31 +76,79 @@ class TrainOptions:
     log_every: int = 10  # steps per line of metrics.jsonl
 
     def __post_init__(self):
-        """The ranges the command line's flags enforce (cli/train.py), for library callers and for the
-        options a resumed run stored: steps=0 must not quietly fall back to epochs, nor epochs=0 to one step."""
-        def count(low):
-            return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-        def positive(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-        def non_negative(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-        rules = {"steps": (count(1), "an integer >= 1"), "epochs": (positive, "a finite number > 0"),
-                 "batch_size": (count(1), "an integer >= 1"), "lr": (positive, "a finite number > 0"),
-                 "blr": (positive, "a finite number > 0"), "weight_decay": (non_negative, "a finite number >= 0"),
-                 "warmup_steps": (count(0), "an integer >= 0"), "warmup_epochs": (non_negative, "a finite number >= 0"),
-                 "grad_clip": (positive, "a finite number > 0"), "seed": (count(0), "an integer >= 0"),
-                 "save_every": (count(1), "an integer >= 1"), "sample_every": (count(0), "an integer >= 0"),
-                 "num_workers": (count(0), "an integer >= 0"), "log_every": (count(1), "an integer >= 1"),
-                 "shift": (count(0), "an integer >= 0"),
-                 "mar_masks": (lambda v: v in MAR_MASKS, f"one of {', '.join(MAR_MASKS)}"),
-                 "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")}
-        for name, (ok, wanted) in rules.items():
+        """Every option within OPTION_BOUNDS: for library callers and for the options a resumed run
+        stored, as for the flags (steps=0 must not quietly fall back to epochs, nor epochs=0 to one step)."""
+        for name, kind in OPTION_KINDS.items():
             value = getattr(self, name)
-            if not (value is None and name in ("steps", "lr", "warmup_steps", "num_workers")) and not ok(value):
-                raise UserError(f"training option {name} must be {wanted}, got {value!r}")
+            if value is None and name in OPTIONAL:
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                wanted = {str: "a string", bool: "true or false", int: "an integer"}[kind]
+                raise UserError(f"training option {name} must be {wanted}, got {value!r:.60}")
+        for name, bound in OPTION_BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            problem = bound.problem(value)
+            if problem:
+                raise UserError(f"training option {name} {problem}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise UserError(f"training option device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r:.60}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """What one option accepts: an integer or a finite number in [low, high] (low excluded when `above`),
+    or one of `choices`."""
+
+    kind: type = int
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    choices: tuple[str, ...] = ()
+
+    def problem(self, value) -> str | None:
+        """None when `value` is acceptable, else what is wrong ("must be ..., got ...")."""
+        if self.choices:
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r:.60}"
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if self.kind is int and not is_int:
+            return f"must be an integer, got {value!r:.60}"
+        if not is_int and not (isinstance(value, float) and math.isfinite(value)):
+            return f"must be a finite number, got {value!r:.60}"
+        if self.above and value <= self.low:
+            return f"must be > {show(self.low)}, got {value!r:.60}"
+        if value < self.low:
+            return f"must be >= {show(self.low)}, got {value!r:.60}"
+        if value > self.high:
+            return f"must be <= {show(self.high)}, got {value!r:.60}"
+        return None
+
+
+def show(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+# One table of what each option accepts, read by the command line's flags (cli/train.py) and by
+# TrainOptions.__post_init__: options read back from a run folder pass the same checks as flags.
+# The upper bounds are far above any real run and well below what would exhaust a machine.
+LONGEST = 10**12  # steps, and step counts between events
+OPTION_BOUNDS = {
+    "steps": Bound(int, 1, LONGEST), "epochs": Bound(float, 0, 10**9, above=True),
+    "batch_size": Bound(int, 1, 2**20), "lr": Bound(float, 0, 10, above=True), "blr": Bound(float, 0, 10, above=True),
+    "weight_decay": Bound(float, 0, 10**3), "warmup_steps": Bound(int, 0, LONGEST),
+    "warmup_epochs": Bound(float, 0, 10**9), "grad_clip": Bound(float, 0, 1e30, above=True),
+    "seed": Bound(int, 0, 2**31 - 1),  # numpy's legacy seeding takes 32 bits; each rank adds its rank
+    "save_every": Bound(int, 1, LONGEST), "sample_every": Bound(int, 0, LONGEST),
+    "num_workers": Bound(int, 0, 256),  # processes: more than any machine's loader needs
+    "log_every": Bound(int, 1, LONGEST),
+    "shift": Bound(int, 0, 64),  # pixels: the image is padded by it on every side
+    "mar_masks": Bound(choices=tuple(MAR_MASKS)), "precision": Bound(choices=tuple(PRECISIONS)),
+}
+OPTIONAL = ("steps", "lr", "warmup_steps", "num_workers", "resume")  # None: derived (see the fields' comments)
+OPTION_KINDS = {"out": str, "data": str, "device": str, "resume": str, "flip": bool, "grad_checkpointing": bool,
+                "keep_checkpoints": bool, "tensorboard": bool, "fsdp": bool}
+DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d{1,4})?")
 
 
 # The small presets' own recipes (how their bundled models were trained): the official defaults above
@@ -128,7 +178,7 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
         raise UserError("give --out (the run folder)")
     stored = {}
     if "resume" in given:
-        stored = json.loads(read_checkpoint(given["resume"]).get("options", "{}"))
+        stored = read_checkpoint(given["resume"])["options"]
         stored = {k: v for k, v in stored.items() if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
     recipe = dict(PRESET_RECIPES.get(preset, {})) if "resume" not in given else {}
     if "epochs" in given:  # a length asked for in epochs replaces the recipe's length in steps
@@ -353,16 +403,19 @@ def read_checkpoint(path: str | Path) -> dict:
     missing = [k for k in ("model", "optimizer", "step", "rng", "config") if k not in state]
     if missing:
         raise UserError(f"--resume: {path} is not a training checkpoint (missing {', '.join(missing)})")
-    try:  # a damaged or hand-edited file fails here, not deep inside the loop
-        json.loads(state["config"])
-        json.loads(state.get("options", "{}"))
-        well_formed = (isinstance(state["step"], int) and state["step"] >= 0 and isinstance(state["model"], dict)
-                       and isinstance(state["optimizer"], dict) and isinstance(state["rng"], list)
-                       and all(isinstance(r, dict) for r in state["rng"]))
-    except (TypeError, ValueError):
-        well_formed = False
+    # A damaged or hand-edited file fails here, not deep inside the loop; its config and options are
+    # JSON text, read as every JSON file is (jsonfile.py).
+    for key in ("config", "options"):
+        text = state.get(key, "{}")
+        if not isinstance(text, str):
+            raise UserError(f"--resume: {path} is damaged (its {key} is not JSON text)")
+        state[key] = parse_object(text, f"--resume: {path}: the stored {key}")
+    well_formed = (isinstance(state["step"], int) and not isinstance(state["step"], bool) and state["step"] >= 0
+                   and isinstance(state["model"], dict) and isinstance(state["optimizer"], dict)
+                   and isinstance(state["rng"], list) and all(isinstance(r, dict) for r in state["rng"]))
     if not well_formed:
-        raise UserError(f"--resume: {path} is damaged (its step, config, options or random states are malformed)")
+        raise UserError(f"--resume: {path} is damaged (its step, weights, optimizer state or random states "
+                        f"are malformed)")
     return state
 
 
@@ -386,7 +439,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     d, device = setup_distributed(options.device)
     resume = read_checkpoint(options.resume) if options.resume else None
     if resume is not None:
-        config = ModelConfig.from_dict(json.loads(resume["config"]))
+        try:
+            config = ModelConfig.from_dict(resume["config"])
+        except ConfigError as e:
+            raise UserError(f"--resume {options.resume}: the stored config: {e}") from None
     if options.batch_size % d.world:
         raise UserError(f"global batch {options.batch_size} is not divisible by {d.world} processes")
     out = Path(options.out)

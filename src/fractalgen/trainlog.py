@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .jsonfile import parse_object, read_bytes
 
 METRICS_NAME = "metrics.jsonl"
+MAX_LOG_BYTES = 2**30  # some 5 million lines: a line every step of a very long run
 FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "steps_per_s", "wall_s", "peak_memory_mb", "time")
 
 
@@ -37,8 +39,9 @@ def open_for_append(path: Path) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o666)
-    except OSError as e:
-        reason = "it is a symbolic link" if os.path.islink(path) else e.strerror
+    except OSError as e:  # a FIFO without a reader is ENXIO: name what is there instead
+        reason = ("it is a symbolic link" if os.path.islink(path) else
+                  "not a regular file" if os.path.exists(path) and not os.path.isfile(path) else e.strerror)
         raise UserError(f"cannot append to {path}: {reason}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted there
         os.close(fd)
@@ -55,28 +58,34 @@ def read_metrics(path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {'it is a symbolic link' if os.path.islink(path) else e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    data = read_bytes(path, str(path), max_bytes=MAX_LOG_BYTES, follow_links=False)
+    lines = data.splitlines()
     records: list[dict] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
+            record = parse_object(line, f"{path}:{number}")
+        except UserError:
+            if number == len(lines) and not data.endswith(b"\n"):  # torn by a crash mid-write
                 continue
-            raise UserError(f"{path}:{number} is not a JSON line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise UserError(f"{path}:{number} has no integer 'step'")
+            raise
+        check_record(record, f"{path}:{number}")
         while records and records[-1]["step"] >= record["step"]:
             records.pop()
         records.append(record)
     return records
+
+
+def check_record(record: dict, where: str):
+    """A step >= 0, and every known field a number (or null: a non-finite mean is written as null)."""
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise UserError(f"{where} has no integer 'step' >= 0")
+    for name in FIELDS[1:]:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{where}: {name!r} must be a number, got {json.dumps(value)[:40]}")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -93,8 +102,8 @@ class MetricsLog:
         self.path = Path(out) / METRICS_NAME
         self.every = every
         self.device = device
-        self.wall_before = self.previous_wall(start_step)  # training time of the runs this one continues
         os.close(open_for_append(self.path))  # a path that cannot be appended to fails now, not mid-run
+        self.wall_before = self.previous_wall(start_step)  # training time of the runs this one continues
         self.started = self.window_started = time.perf_counter()
         self.losses, self.grad_norms, self.images = [], [], 0
 
@@ -103,8 +112,9 @@ class MetricsLog:
             return 0.0
         try:
             before = [r for r in read_metrics(self.path) if r["step"] <= start_step]
-        except UserError:
-            return 0.0  # an unreadable old log: time restarts at zero, the run itself is unaffected
+        except UserError as e:  # an unreadable old log: time restarts at zero, the run itself is unaffected
+            print(f"note: {e}; the logged wall time restarts at zero", file=sys.stderr)
+            return 0.0
         return float(before[-1].get("wall_s", 0.0)) if before else 0.0
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float, images: int, flush: bool = False):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from ..files import read_json_object
+from ..jsonfile import read_object
 from .options import add_checkpoint, add_json, add_runtime, apply_runtime, emit_json
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
@@ -38,7 +38,7 @@ def add_export(sub):
 def read_card(path: str | None) -> dict:
     if path is None:
         return {}
-    return read_json_object(path, f"--card {path}")
+    return read_object(path, f"--card {path}")
 
 
 def run_export(args) -> int:

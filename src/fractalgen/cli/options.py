@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..generation import DEFAULT_BATCH_SIZE
 from ..nn import PRECISIONS, precision_in_effect
 from ..runtime import pick_device, rank, set_threads
-from ..settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
+from ..settings import DEFAULT_FILTER_THRESHOLD, SETTING_MAX, SamplingSettings, SettingsError, resolve_settings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -46,7 +46,6 @@ class Parser(argparse.ArgumentParser):
 
 SEED_MAX = 2**31 - 1  # numpy's legacy seeding takes 32 bits; every rank adds its rank to the seed
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
-SETTING_MAX = 1e4  # |cfg| and temperature: the published values are <= 29; 1e38 would overflow the logits
 
 
 def integer(minimum: int | None = None, maximum: int | None = None):

@@ -1,13 +1,14 @@
 """`fractalgen train`: parse the flags, hand the ones given to `train.run_options`, train."""
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import set_threads
-from .options import add_json, add_runtime, emit_json, integer, number, seed
+from .options import add_json, add_runtime, emit_json, number
 
 # Flags that map one-to-one onto TrainOptions fields (dest -> help); their defaults are TrainOptions'.
 OPTION_FLAGS = {
@@ -36,13 +37,6 @@ OPTION_FLAGS = {
                  "slower on CPUs without them; fp32; auto: bf16 on GPUs with native bf16 (compute capability "
                  "8.0+), fp32 elsewhere",
 }
-# What each numeric flag accepts (checked as it is parsed: --epochs 0 is an error, never the default).
-FLAG_TYPES = {
-    "steps": integer(1), "epochs": number(above=0), "batch_size": integer(1), "lr": number(above=0),
-    "blr": number(above=0), "weight_decay": number(minimum=0), "warmup_steps": integer(0),
-    "warmup_epochs": number(minimum=0), "grad_clip": number(above=0), "seed": seed, "save_every": integer(1),
-    "sample_every": integer(0), "num_workers": integer(0, 256), "log_every": integer(1), "shift": integer(0, 64),
-}
 SWITCHES = {
     "grad_checkpointing": "recompute blocks in backward to save memory",
     "keep_checkpoints": "also keep checkpoint-STEP.pt copies",
@@ -61,10 +55,7 @@ def preset_lines() -> list[str]:
 
 
 def register(subparsers):
-    from ..nn import PRECISIONS
-    from ..train import MAR_MASKS, TrainOptions
-
-    choices = {"mar_masks": tuple(MAR_MASKS), "precision": PRECISIONS}  # string flags with a fixed set of values
+    from ..train import OPTION_BOUNDS, TrainOptions
 
     defaults = TrainOptions(out="")
     p = subparsers.add_parser("train", help="train a model (single process, or data-parallel under torchrun)",
@@ -78,9 +69,11 @@ def register(subparsers):
     model.add_argument("--config", help="config JSON file (our field names or the official ones)")
     for dest, text in OPTION_FLAGS.items():
         default = getattr(defaults, dest)
-        kind = FLAG_TYPES.get(dest, str)
+        bound = OPTION_BOUNDS.get(dest)
+        kind = flag_type(bound) if bound is not None and not bound.choices else str
         shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
-        p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=choices.get(dest), help=text + shown)
+        p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=(bound.choices or None) if bound else None,
+                       help=text + shown)
     p.add_argument("--label-drop", type=number(minimum=0, below=1), help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no random horizontal flips (e.g. for digits)")
@@ -91,6 +84,23 @@ def register(subparsers):
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_train)
+
+
+def flag_type(bound):
+    """The argparse type of an option's flag: it accepts exactly what TrainOptions accepts (train.OPTION_BOUNDS)."""
+    def parse(text: str):
+        try:
+            value = int(text) if bound.kind is int else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if bound.kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        problem = bound.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = "integer" if bound.kind is int else "number"
+    return parse
 
 
 def run_train(args) -> int:
