@@ -185,3 +185,23 @@ def test_an_lr_far_from_the_rule_gets_one_warning(shapes, tmp_path, capsys):
     code, _, err = run(capsys, "train", "--preset", "tiny_ar", "--data", shapes, "--out", tmp_path / "r",
                        "--lr", "6.25e-6", "--dry-run")
     assert code == 0 and len([line for line in err.splitlines() if "far from" in line]) == 1, err
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------------
+
+def test_init_starts_from_the_weights_with_a_fresh_schedule_and_a_new_class_embedding(shapes_run, shapes, tmp_path,
+                                                                                        capsys):
+    flat = shapes / "train" / "square"  # no classes: the 4-class embedding cannot be kept
+    code, out, err = run(capsys, "train", "--init", shapes_run, "--data", flat, "--out", tmp_path / "ft",
+                         "--steps", "1", "--batch-size", "2", "--lr", "1e-9", "--sample-every", "0", "--device", "cpu")
+    assert code == 0, err
+    assert "has 4 classes, this run 0: the class embedding starts afresh" in out
+    state = read_checkpoint(tmp_path / "ft")
+    assert state["step"] == 1  # a fresh schedule: step 1 of 1, not the initial run's step count
+    before = fractalgen.load(shapes_run / "model.safetensors").state_dict()
+    after = state["model"]
+    shared = [k for k in after if k in before and not k.startswith("class_embed")]
+    assert shared and all(torch.allclose(after[k], before[k], atol=1e-5) for k in shared)
+    code, _, err = run(capsys, "train", "--init", shapes_run, "--preset", "mnist_ar", "--data", shapes,
+                       "--out", tmp_path / "bad", "--steps", "1", "--batch-size", "2")
+    assert code == 2 and "--init" in err and len(err.strip().splitlines()) == 1, err
