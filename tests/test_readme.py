@@ -34,7 +34,7 @@ def test_the_own_images_example_runs_as_written_on_a_tiny_folder(tmp_path, monke
     section = README.read_text().split("## Train on your own images", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     commands = [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
-    assert [c[:2] for c in commands][0] == ["python", "-m"] and len(commands) == 6
+    assert commands[0][:2] == ["python", "-m"] and len(commands) == 6
     monkeypatch.chdir(tmp_path)
     for argv in commands:
         if argv[:3] == ["python", "-m", "benchmarks.shapes"]:
