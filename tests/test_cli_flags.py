@@ -80,7 +80,7 @@ BAD_FLAGS = [  # (command line after the command's required part, the flag the e
     ("sample", ["--filter-threshold", "-1"], "--filter-threshold", ">= 0"),
     ("sample", ["--num-iter", "0,4"], "--num-iter", "positive integers"),
     ("sample", ["--num-iter", "a,b"], "--num-iter", "positive integers"),
-    ("sample", ["--classes", "cat"], "--classes", "integers >= 0"),
+    ("sample", ["--classes", "1,,2"], "--classes", "integers >= 0"),
     ("sample", ["--classes", "1.5"], "--classes", "integers >= 0"),
     ("sample", ["--classes", "-1"], "--classes", "integers >= 0"),
     ("sample", ["--per-class", "0"], "--per-class", ">= 1"),

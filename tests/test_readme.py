@@ -22,3 +22,29 @@ def test_the_figures_benchmarks_numbers_remeasures_are_the_readmes():
     text = README.read_text()
     missing = [entry.name for entry in ENTRIES if entry.readme not in text]
     assert not missing, f"README lacks the figures of {missing}"
+
+
+def test_the_own_images_example_runs_as_written_on_a_tiny_folder(tmp_path, monkeypatch, capsys):
+    """The "Train on your own images" commands, in order, with a smaller folder and two training steps."""
+    import json
+    import shlex
+
+    from benchmarks import shapes
+    from fractalgen.cli import main
+
+    section = README.read_text().split("## Train on your own images", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
+    assert commands[0][:2] == ["python", "-m"] and len(commands) == 6
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        if argv[:3] == ["python", "-m", "benchmarks.shapes"]:
+            shapes.main([*argv[3:], "--train", "8", "--val", "4", "--size", "8"])
+        elif argv[1] == "serve":  # starts a server: its arguments are checked, the page is test_serve's
+            assert argv[2:] == ["--checkpoint", "runs/shapes"]
+        else:
+            extra = ["--steps", "2", "--device", "cpu"] if argv[1] == "train" else []
+            assert main([*argv[1:], *extra]) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "samples").glob("*.png"))) >= 16
+    assert json.loads((tmp_path / "shapes-model" / "config.json").read_text())["id2label"]["0"] == "circle"
+    assert (tmp_path / "runs" / "shapes" / "loss.png").is_file()

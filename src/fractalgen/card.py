@@ -165,6 +165,8 @@ def architecture_table(config) -> list[str]:
 
 def usage(name: str, settings: dict, config) -> list[str]:
     labels = "labels=[0, 1, 2], " if config.num_classes else "n=4, "
+    if config.class_names:
+        labels = f"labels={list(config.class_names[:3])!r}, "
     return [
         "```bash",
         'pip install "fractalgen-pytorch[hub]"',
@@ -190,6 +192,8 @@ def model_card(model, settings: dict, facts: CardFacts, stored_dtype: str = "flo
     data = facts.dataset_name or facts.dataset or "its training images"
     colour = "grayscale" if config.channels == 1 else "RGB" if config.channels == 3 else f"{config.channels}-channel"
     classes = f"{config.num_classes} classes" if config.num_classes else "unconditional"
+    if config.class_names:
+        classes += f" ({', '.join(config.class_names)})"
     name = facts.repo_id or "path/to/this/folder"
     summary = facts.summary or (
         f"A {family} model ({params / 1e6:.2f}M parameters) of {data}: {config.img_size}x{config.img_size} "

@@ -356,6 +356,10 @@ def read_config(path: Path) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{path}: fractal_level must be 0 (a whole model, not one of its levels)")
     if not isinstance(sampling, dict):
         raise CheckpointError(f"{path}: 'sampling' must be a JSON object")
+    id2label = fields.pop("id2label", None)
+    fields.pop("label2id", None)  # the hub's inverse map, when a tool wrote one: id2label decides
+    if id2label is not None:
+        fields["class_names"] = class_names_from_id2label(id2label, path)
     try:
         config = ModelConfig.from_official(fields)
     except (ConfigError, TypeError, ValueError) as e:
@@ -363,6 +367,13 @@ def read_config(path: Path) -> tuple[ModelConfig, dict]:
     sampling = check_sampling(sampling, path, config, where="'sampling'")
     presets = {k: sampling[k] for k in ("cfg", "cfg_schedule", "temperature", "num_iter") if k in sampling}
     return config.replace(**presets), sampling
+
+
+def class_names_from_id2label(id2label, path) -> list:
+    """config.json's {"0": "circle", "1": "cross", ...} as a list in index order (names checked by the config)."""
+    if not isinstance(id2label, dict) or sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
+        raise CheckpointError(f"{path}: 'id2label' must map \"0\", \"1\", ... (every class index) to a name")
+    return [id2label[str(i)] for i in range(len(id2label))]
 
 
 def load_folder(folder, config=None) -> FractalModel:

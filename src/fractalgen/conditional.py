@@ -36,7 +36,7 @@ import torch
 from .errors import UserError
 from .files import save_image
 from .generation import make_generator, step_callback, to_uint8
-from .model import FractalModel, eval_mode
+from .model import FractalModel, class_indices, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
 from .sampling import Known
@@ -190,6 +190,10 @@ def _as_labels(model: FractalModel, labels, n: int) -> torch.Tensor | None:
     k = model.config.num_classes
     if k == 0:
         raise ConditionalInputError("this model is unconditional: it takes no class label")
+    try:
+        labels = class_indices(labels, model.class_names)
+    except ValueError as e:
+        raise ConditionalInputError(str(e)) from None
     labels = torch.as_tensor(labels, dtype=torch.long).view(-1).cpu()
     if labels.numel() == 1:
         labels = labels.expand(n)

@@ -100,11 +100,13 @@ class ModelConfig:
     temperature: float = 1.0
     cfg_schedule: str = "linear"
     name: str = "custom"
+    class_names: tuple[str, ...] | None = None  # one per class (from the training folder's class folders)
 
     def __post_init__(self):
         self._check_types()
         # Normalise lists to tuples so configs built from JSON compare equal and hash.
-        for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "num_iter"):
+        for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "num_iter",
+                  "class_names"):
             value = getattr(self, f)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, f, tuple(value))
@@ -176,6 +178,15 @@ class ModelConfig:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ConfigError(f"unknown cfg schedule {self.cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+        if self.class_names is not None:
+            names = self.class_names
+            if len(names) != self.num_classes:
+                raise ConfigError(f"class_names has {len(names)} entries, num_classes is {self.num_classes}")
+            if any(not name or name != name.strip() or "," in name or len(name) > 200 for name in names):
+                raise ConfigError("class names must be non-empty, without commas or surrounding spaces, "
+                                  f"at most 200 characters: {list(names)[:8]}")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"class names must differ from each other: {list(names)[:8]}")
 
     # ---- derived structure -------------------------------------------------
 
@@ -307,7 +318,8 @@ OFFICIAL_FIELDS = {
     "label_drop_prob": "label_drop_prob", "r_weight": "r_weight",
 }
 # Our additions accepted beside the official fields.
-EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name")
+EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name",
+                "class_names")
 
 
 # The JSON type of every config field ("?": may be null). Numbers must be finite: NaN and
@@ -318,7 +330,7 @@ FIELD_TYPES = {
     "num_conds": "integer", "guiding_pixel": "boolean", "attn_dropout": "number", "proj_dropout": "number",
     "label_drop_prob": "number", "r_weight": "number", "pixel_mean": "list of number",
     "pixel_std": "list of number", "num_iter": "list of integer?", "cfg": "number", "temperature": "number",
-    "cfg_schedule": "string", "name": "string",
+    "cfg_schedule": "string", "name": "string", "class_names": "list of string?",
 }
 TYPE_PHRASES = {"integer": "an integer", "number": "a finite number", "boolean": "true or false", "string": "a string"}
 MAX_DIMENSION = 1 << 20  # no size, width or count in a real model comes near it; bigger ones are damage
@@ -402,6 +414,27 @@ PRESETS: dict[str, ModelConfig] = {
         kinds=("mar", "mar", "mar"), num_classes=10, num_conds=5, guiding_pixel=True, name="tiny_mar_gp4",
     ),
 }
+
+
+# ---- a model for the data at hand (`fractalgen train` with neither --preset nor --config) ------------
+
+DATA_MODEL_MAX_SIZE = 32  # larger images are resized down to this: the default model trains on a CPU
+
+
+def data_model_size(image_size: int) -> int:
+    """The default model's image size for images of side `image_size`: a multiple of 4 (the patch side)."""
+    return min(DATA_MODEL_MAX_SIZE, max(8, 4 * math.ceil(image_size / 4)))
+
+
+def config_for_data(image_size: int, channels: int, num_classes: int) -> ModelConfig:
+    """The default model for a folder of images: the tiny AR shape (two levels of 4x4 patches over
+    pixels, then the pixel head) at the images' size and colour, one class per class folder."""
+    size = data_model_size(image_size)
+    return ModelConfig(
+        img_sizes=(size, 4, 1), widths=(64, 32, 16), blocks=(2, 1, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
+        channels=channels, num_classes=num_classes, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,
+        pixel_mean=(0.5,) * channels, pixel_std=(0.5,) * channels, cfg=1.0, name=f"data_ar{size}",
+    )
 
 
 def get_config(config) -> ModelConfig:

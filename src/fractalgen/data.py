@@ -11,6 +11,7 @@ batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -252,10 +253,119 @@ def load_dataset(spec: str, split: str, size: int, channels: int):
             raise UserError(f"{spec}: expected an .npz file or an image folder")
         images, labels = read_image_npz(path)
         return array_dataset(images, labels, size, channels, str(path))
-    root = path / split if (path / split).is_dir() else path
-    if root is path and (path / "train").is_dir():
+    root = folder_root(spec, split)
+    if root is None:
         raise UserError(f"{spec} has a train/ folder but no {split}/ folder")
     return ImageFolder(root, size, channels)
+
+
+def folder_root(spec: str, split: str) -> Path | None:
+    """An image folder's `split`: ROOT/<split>, or ROOT itself when it has no train/ folder (every
+    split is then the whole folder); None where ROOT has a train/ folder but no <split>/ folder."""
+    path = Path(spec)
+    if (path / split).is_dir():
+        return path / split
+    return None if (path / "train").is_dir() else path
+
+
+# ---- what the data holds, before any work -------------------------------------------------------
+
+SUMMARY_PROBES = 64  # image files whose size and mode a summary reads (spread over the folder)
+
+
+@dataclasses.dataclass
+class DataSummary:
+    """What a --data source holds: split sizes, classes with their training counts, image sizes and modes."""
+
+    source: str
+    kind: str  # "folder", "array" (an .npz or the embedded digits)
+    splits: dict  # split -> image count
+    class_names: tuple[str, ...] | None  # a folder's class folders; None for arrays and unlabelled folders
+    class_counts: tuple[int, ...]  # training images per class (empty: unlabelled)
+    sizes: tuple[tuple[int, int], ...]  # distinct (width, height) seen, most common first
+    channels: tuple[int, ...]  # distinct channel counts seen (1 grey, 3 colour), most common first
+    probed: int  # images whose size and mode were read (folders: at most SUMMARY_PROBES)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+    def lines(self) -> list[str]:
+        """The summary as printed by `fractalgen train` (and --dry-run)."""
+        split = ", ".join(f"{name} {count}" for name, count in self.splits.items())
+        if self.class_counts:
+            names = self.class_names or tuple(str(i) for i in range(self.num_classes))
+            shown = ", ".join(f"{n} {c}" for n, c in zip(names[:20], self.class_counts[:20]))
+            more = f", ... ({self.num_classes - 20} more)" if self.num_classes > 20 else ""
+            classes = f"{self.num_classes} classes: {shown}{more}"
+        else:
+            classes = "no classes (unconditional)"
+        size = " / ".join(f"{w}x{h}" for w, h in self.sizes[:3]) + (" / ..." if len(self.sizes) > 3 else "")
+        mode = " / ".join("grayscale" if c == 1 else "RGB" for c in self.channels)
+        seen = f" (from {self.probed} images)" if self.kind == "folder" and self.probed < self.splits["train"] else ""
+        return [f"data {self.source}: {split} images; {classes}", f"images {size}, {mode}{seen}"]
+
+    def fit_notes(self, size: int, channels: int) -> list[str]:
+        """One line for each way the images differ from the model (size, colour) and what is done about it.
+
+        Arrays are padded or refused, and converted, where they are read (fit_array, convert_channels).
+        """
+        if self.kind != "folder":
+            return []
+        notes = []
+        if any((w, h) != (size, size) for w, h in self.sizes):
+            shown = "/".join(f"{w}x{h}" for w, h in self.sizes[:3])
+            notes.append(f"images are {shown}, the model {size}x{size}: each is resized "
+                         f"(shorter side to {size}, bicubic) and cropped to its centre square")
+        if channels == 1 and 3 in self.channels:
+            notes.append("RGB images are converted to grayscale (luminance) for the 1-channel model")
+        if channels == 3 and 1 in self.channels:
+            notes.append("grayscale images are repeated over 3 channels for the RGB model")
+        return notes
+
+
+def describe_data(spec: str) -> DataSummary:
+    """The summary of `--data` (mnist, an image folder or an .npz) without loading its images."""
+    if spec == "mnist":
+        images, labels = read_image_npz(MNIST_FILE)
+        counts = np.bincount(mnist_split("train")[1], minlength=10)
+        return DataSummary("mnist", "array", {"train": len(images) - MNIST_VAL, "val": MNIST_VAL}, None,
+                           tuple(int(c) for c in counts), ((28, 28),), (1,), len(images))
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"data not found: {spec} (give 'mnist', an image folder or an .npz file)")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise UserError(f"{spec}: expected an .npz file or an image folder")
+        images, labels = read_image_npz(path)
+        counts = () if labels is None else tuple(int(c) for c in np.bincount(np.asarray(labels).astype(np.int64)))
+        channels = images.shape[3] if images.ndim == 4 else 1
+        return DataSummary(spec, "array", {"train": len(images)}, None, counts,
+                           ((images.shape[2], images.shape[1]),), (min(channels, 3),), len(images))
+    split_names = ("train", "val") if (path / "train").is_dir() else ("train",)  # a flat folder: one split
+    splits = {name: ImageFolder(root, 1, 1) for name in split_names
+              for root in [folder_root(spec, name)] if root is not None}
+    train = splits["train"]
+    counts = (tuple(sum(1 for _, label in train.files if label == c) for c in range(train.num_classes))
+              if train.num_classes else ())
+    sizes, modes = {}, {}
+    step = max(1, len(train.files) // SUMMARY_PROBES)
+    probes = train.files[::step][:SUMMARY_PROBES]
+    for file, _ in probes:
+        try:
+            with Image.open(file) as image:
+                size, mode = image.size, image.mode
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # an unreadable file is counted (and skipped) when training reads it
+        sizes[size] = sizes.get(size, 0) + 1
+        channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+        modes[channels] = modes.get(channels, 0) + 1
+    def ranked(counter):  # most common first
+        return tuple(sorted(counter, key=lambda k: -counter[k]))
+
+    return DataSummary(spec, "folder", {name: len(d) for name, d in splits.items()},
+                       tuple(train.classes) if train.num_classes else None, counts, ranked(sizes), ranked(modes),
+                       len(probes))
 
 
 def stack(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,10 +33,11 @@ def to_uint8(values: torch.Tensor) -> torch.Tensor:
     return values.round().clamp(0, 255).to(torch.uint8)
 
 
-def count_and_labels(labels, n) -> tuple[int, list | None]:
-    """(number of images, labels as a list or None for unconditional)."""
+def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> tuple[int, list | None]:
+    """(number of images, labels as a list of indices or None for unconditional); names are looked up
+    in `class_names`."""
     if labels is not None:
-        labels = as_labels(labels, "cpu").tolist()  # floats, booleans and text refused, not truncated
+        labels = as_labels(labels, "cpu", class_names).tolist()  # floats, booleans and text refused, not truncated
         return len(labels), labels
     if n is None:
         raise ValueError("give labels or n")
@@ -50,7 +51,8 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
            num_iter=None, seed: int | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
            on_step: Callable | None = None, progress: Callable[[float], None] | None = None,
            precision: str = "auto") -> torch.Tensor:
-    """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally.
+    """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally; labels are
+    class indices or the model's class names (`model.class_names`, e.g. labels=["circle", "square"]).
 
     Settings left None take the checkpoint's recommendation (`model.recommended`), else the
     config's preset values; `num_iter` has one entry per level (AR levels always take one step
@@ -62,7 +64,7 @@ def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | 
     auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py). `threads` (keyword):
     CPU threads for this call, 'auto', a number or None (runtime.call_threads).
     """
-    total, labels = count_and_labels(labels, n)
+    total, labels = count_and_labels(labels, n, model.class_names)
     autocast = precision_context(precision, model.device)
     batch_size = batch_size or max(total, 1)
     if batch_size < 1:

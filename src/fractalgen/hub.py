@@ -8,7 +8,8 @@ A model folder holds three files:
 
     config.json        the official constructor's fields (img_size_list, embed_dim_list, num_blocks_list,
                        num_heads_list, generator_type_list, class_num, ...) plus ours: channels,
-                       pixel_mean, pixel_std, name, and the recommended sampling settings under "sampling"
+                       pixel_mean, pixel_std, name, the class names as "id2label" (when known) and the
+                       recommended sampling settings under "sampling"
     model.safetensors  the weights under the official parameter names (the authors' state dict)
     README.md          the model card (card.py): front matter, measured numbers, settings, use, citation
 
@@ -49,9 +50,12 @@ def sampling_recommendation(model: FractalModel, overrides: dict | None = None) 
 # ---- writing a folder ------------------------------------------------------------------------------
 
 def folder_config(model: FractalModel, sampling: dict) -> dict:
-    """config.json: the official constructor's fields, then ours, then the sampling recommendation."""
+    """config.json: the official constructor's fields, then ours, the class names as the hub's
+    `id2label` ({"0": "circle", ...}) where the model has them, then the sampling recommendation."""
     config = model.config
     ours = {k: v for k, v in config.to_dict().items() if k in OUR_FIELDS}
+    if config.class_names is not None:
+        ours["id2label"] = {str(i): name for i, name in enumerate(config.class_names)}
     return {**config.to_official(), **ours, "sampling": sampling}
 
 

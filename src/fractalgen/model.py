@@ -45,6 +45,12 @@ class FractalModel(nn.Module):
     def device(self):
         return self.null_class.device
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each class (index order), as the training folder's class folders named them; None
+        when the model is unconditional or its checkpoint stored no names (its classes are numbers)."""
+        return self.config.class_names
+
     # ---- class conditioning (level 0) ----------------------------------------------
 
     def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0):
@@ -133,7 +139,7 @@ class FractalModel(nn.Module):
         settings = resolve_settings(self, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
                                     filter_threshold=filter_threshold, num_iter=num_iter)
         if labels is not None:
-            labels = as_labels(labels, self.device)
+            labels = as_labels(labels, self.device, self.config.class_names)
             B = labels.numel()
         elif n is not None:
             B = int(n)
@@ -191,8 +197,38 @@ def per_image_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> tor
     return sums / counts.clamp(min=1)
 
 
-def as_labels(labels, device) -> torch.Tensor:
-    """Class labels as int64 (B,); floats, booleans and text are refused rather than truncated."""
+def class_indices(labels, class_names: tuple[str, ...] | None):
+    """Labels with class names replaced by their indices (`class_names`: the model's, or None).
+
+    A name is looked up first; text that is not a name but a whole number is taken as an index.
+    Anything else (a tensor, numbers) is returned as it was.
+    """
+    if isinstance(labels, torch.Tensor):
+        return labels
+    single = isinstance(labels, str) or not isinstance(labels, (list, tuple))
+    items = [labels] if single else list(labels)
+    if not any(isinstance(v, str) for v in items):
+        return labels
+    index = {name: i for i, name in enumerate(class_names or ())}
+    out = []
+    for v in items:
+        if isinstance(v, str) and v in index:
+            out.append(index[v])
+        elif isinstance(v, str) and v.strip().isdigit():
+            out.append(int(v))
+        elif isinstance(v, str):
+            known = f"its classes are {', '.join(class_names)}" if class_names else "it has no class names"
+            raise ValueError(f"class labels must be integers or the model's class names: unknown class {v!r} "
+                             f"({known})")
+        else:
+            out.append(v)
+    return out[0] if single else out
+
+
+def as_labels(labels, device, class_names: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Class labels as int64 (B,); class names (see class_indices) become their indices; floats,
+    booleans and other text are refused rather than truncated."""
+    labels = class_indices(labels, class_names)
     values = labels if isinstance(labels, torch.Tensor) else None
     if values is None:
         items = labels if isinstance(labels, (list, tuple)) else [labels]

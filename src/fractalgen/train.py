@@ -30,8 +30,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import ConfigError, ModelConfig
-from .data import EpochBatches, load_dataset
+from .config import ConfigError, ModelConfig, config_for_data
+from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
 from .files import atomic_write, check_writable, save_grid
 from .generation import sample
@@ -51,13 +51,13 @@ class TrainOptions:
     out: str
     data: str = "mnist"
     steps: int | None = None  # total optimizer steps (a resumed run continues up to it)
-    epochs: float = 10.0  # used when steps is None
-    batch_size: int = 64  # global, over all ranks
-    lr: float | None = None  # absolute; None = blr * batch_size / 256
-    blr: float = 5e-5
+    epochs: float | None = None  # used when steps is None; None = default_steps
+    batch_size: int | None = None  # global, over all ranks; None = default_batch
+    lr: float | None = None  # absolute; None = blr * batch_size / 256 when blr is given, else default_lr
+    blr: float | None = None  # the official scaling's base lr per 256 images
     weight_decay: float = 0.05
-    warmup_steps: int | None = None  # None = warmup_epochs
-    warmup_epochs: float = 40 / 800 * 10  # the official 40-of-800 ratio over a 10-epoch default
+    warmup_steps: int | None = None  # None = warmup_epochs, else default_warmup
+    warmup_epochs: float | None = None
     grad_clip: float = 3.0
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
@@ -72,6 +72,7 @@ class TrainOptions:
     num_workers: int | None = None  # data loading processes; None = auto (runtime.loader_workers)
     device: str = "auto"
     resume: str | None = None
+    init: str | None = None  # start from this checkpoint's weights (fresh optimizer and schedule)
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
     log_every: int = 10  # steps per line of metrics.jsonl
 
@@ -145,20 +146,88 @@ OPTION_BOUNDS = {
     "shift": Bound(int, 0, 64),  # pixels: the image is padded by it on every side
     "mar_masks": Bound(choices=tuple(MAR_MASKS)), "precision": Bound(choices=tuple(PRECISIONS)),
 }
-OPTIONAL = ("steps", "lr", "warmup_steps", "num_workers", "resume")  # None: derived (see the fields' comments)
+OPTIONAL = ("steps", "epochs", "batch_size", "lr", "blr", "warmup_steps", "warmup_epochs", "num_workers", "resume",
+            "init")  # None: derived (see the fields' comments)
 OPTION_KINDS = {"out": str, "data": str, "device": str, "resume": str, "flip": bool, "grad_checkpointing": bool,
-                "keep_checkpoints": bool, "tensorboard": bool, "fsdp": bool}
+                "keep_checkpoints": bool, "tensorboard": bool, "fsdp": bool, "init": str}
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d{1,4})?")
 
 
-# The small presets' own recipes (how their bundled models were trained): the official defaults above
-# are made for ImageNet batches (blr 5e-5 gives 6.25e-6 at batch 32, and digits barely learn), so these
-# presets start from their recipe instead; flags given, and a resumed run's stored options, override it.
+# The bundled models' recipes (how they were trained); flags given, and a resumed run's stored options,
+# override them. Every other preset and config takes the measured rules below.
 PRESET_RECIPES = {
     "mnist_ar": {"steps": 5500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
     "mnist_mar": {"steps": 18000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1,
                   "mar_masks": "uniform"},
 }
+
+
+# ---- the measured defaults: length, batch, learning rate, warm-up ----------------------------------
+# benchmarks/lr_rule.py sweeps learning rates over level-0 width, batch size and dataset size (its table
+# is in benchmarks/RESULTS.md); default_lr is the rule fitted to it. The official recipe (blr 5e-5 per 256
+# images) is made for ImageNet batches of 2048 and learns nothing at small batches: give --blr to use it.
+
+DEFAULT_EPOCHS = 10  # a run's length in epochs when neither steps nor epochs are given ...
+MIN_STEPS = 600  # ... but at least this many steps: a few hundred images need many passes
+MAX_DEFAULT_BATCH, MIN_DEFAULT_BATCH = 64, 8
+LR_CENTRE, LR_CENTRE_WIDTH = 3e-3, 64  # the best rate at the sweep's centre (width 64)
+# Over widths 32-128 and batches 8-64 the best rate stayed within a factor 3 of the centre's; the batch
+# showed no trend, so the rule ignores it; wider models get the square root of the width ratio (the
+# sweep allows it, and it keeps the official ImageNet models near their own rates).
+LR_WIDTH_POWER = 0.5
+LR_FAR = 10.0  # a given lr this many times above or below the rule gets a warning
+WARMUP_SHARE = 0.05  # warm-up as a share of the run (the sweep saw no difference from 0 to 20%)
+
+
+def default_batch(images: int) -> int:
+    """The global batch: a power of two giving at least 8 batches an epoch, within [8, 64]."""
+    batch = MAX_DEFAULT_BATCH
+    while batch > MIN_DEFAULT_BATCH and batch * 8 > images:
+        batch //= 2
+    return min(batch, images)
+
+
+def default_lr(config: ModelConfig, batch: int) -> float:
+    """The measured rule: the centre's best rate, scaled by the level-0 width (not by the batch: see above)."""
+    return LR_CENTRE * (LR_CENTRE_WIDTH / config.widths[0]) ** LR_WIDTH_POWER
+
+
+def default_steps(per_epoch: int) -> int:
+    return max(MIN_STEPS, round(DEFAULT_EPOCHS * per_epoch))
+
+
+def schedule(options: TrainOptions, config: ModelConfig, images: int, world: int) -> dict:
+    """The run's global batch, total steps, warm-up steps and base lr: the options given, else the rules."""
+    batch = options.batch_size or max(world, default_batch(images) // world * world)
+    per_epoch = images // batch
+    if options.steps:
+        total = options.steps
+    elif options.epochs is not None:
+        total = max(1, round(options.epochs * per_epoch))
+    else:
+        total = default_steps(per_epoch)
+    if options.warmup_steps is not None:
+        warmup = options.warmup_steps
+    elif options.warmup_epochs is not None:
+        warmup = round(options.warmup_epochs * per_epoch)
+    else:
+        warmup = round(WARMUP_SHARE * total)
+    if options.lr is not None:
+        lr = options.lr
+    elif options.blr is not None:
+        lr = options.blr * batch / 256
+    else:
+        lr = default_lr(config, batch)
+    return {"batch": batch, "total": total, "warmup": min(warmup, total // 2), "lr": lr}
+
+
+def lr_warning(lr: float, config: ModelConfig, batch: int) -> str | None:
+    """One line when `lr` is far outside the measured rule's range for this model and batch."""
+    rule = default_lr(config, batch)
+    if rule / LR_FAR <= lr <= rule * LR_FAR:
+        return None
+    return (f"warning: lr {lr:.3g} is far from {rule:.3g}, the rate the measured rule gives this model at batch "
+            f"{batch} (benchmarks/lr_rule.py): expect {'divergence' if lr > rule else 'little learning'}")
 
 
 def run_options(given: dict, preset: str | None = None) -> TrainOptions:
@@ -342,6 +411,54 @@ class StopRequest:
                   f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
+# ---- the model for the data ----------------------------------------------------------------------
+
+def fit_classes(config: ModelConfig, data: DataSummary, from_data: bool, source: str) -> ModelConfig:
+    """The config with the data's classes: taken from the data (`from_data`), else checked against it.
+
+    A folder of class folders gives a class-conditional model with the folders' names, a folder of
+    images an unconditional one. A config whose class count was chosen must match the data's.
+    """
+    names = data.class_names
+    if from_data:
+        return config.replace(num_classes=data.num_classes, class_names=names)
+    if config.num_classes == 0:
+        if data.num_classes:
+            print(f"note: the model is unconditional: the {data.num_classes} classes of {source} are not used")
+        return config
+    if data.num_classes != config.num_classes:
+        found = f"{data.num_classes} classes" if data.num_classes else "no classes (no class folders)"
+        raise UserError(f"the model has {config.num_classes} classes, {source} {found}: make them agree (or leave "
+                        f"class_num out of the config to take the data's)")
+    if names is not None and config.class_names is not None and names != config.class_names:
+        raise UserError(f"the model's classes ({', '.join(config.class_names)}) are not those of {source} "
+                        f"({', '.join(names)})")
+    return config if names is None else config.replace(class_names=names)
+
+
+def start_from(model: FractalModel, initial: FractalModel, path: str) -> str | None:
+    """Copy `initial`'s weights into `model` (--init); the class embedding is re-initialised, with a
+    note returned, when the class counts differ. Any other difference is an error naming the tensor."""
+    ours, theirs = model.state_dict(), initial.state_dict()
+    skipped = []
+    for key, value in ours.items():
+        if key.startswith("class_embed.") and (key not in theirs or theirs[key].shape != value.shape):
+            skipped.append(key)
+            continue
+        if key not in theirs or theirs[key].shape != value.shape:
+            shape = tuple(theirs[key].shape) if key in theirs else "nothing"
+            raise UserError(f"--init {path}: its {key} is {shape}, this model's {tuple(value.shape)} "
+                            f"(give the checkpoint's own config, or none)")
+    with torch.no_grad():
+        for key, value in ours.items():
+            if key not in skipped:
+                value.copy_(theirs[key])
+    if not skipped and model.config.num_classes == initial.config.num_classes:
+        return None
+    return (f"note: --init {path} has {initial.config.num_classes} classes, this run "
+            f"{model.config.num_classes}: the class embedding starts afresh, every other weight from {path}")
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
@@ -421,52 +538,76 @@ def read_checkpoint(path: str | Path) -> dict:
 
 # ---- the loop --------------------------------------------------------------------------------
 
-def train(config: ModelConfig | None, options: TrainOptions) -> dict:
+def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: bool = False,
+          dry_run: bool = False) -> dict:
     """Train (or resume) and return {'step', 'total', 'loss', 'seconds', 'interrupted', 'rank', 'already_done'}.
 
-    `config` may be None when resuming. A resumed run already at its total step returns at once
-    (already_done) without writing anything. Rank 0 holds the run folder's lock (run_lock.py) from
-    the moment the inputs are checked until it returns: a second training there is refused.
+    `config` None: the checkpoint's when resuming or starting from `options.init`, else the default
+    model for the data (config.config_for_data). `classes_from_data`: the data's classes (their count
+    and names) replace the config's; otherwise they must agree (fit_classes). `dry_run`: print the
+    data summary and the plan, check them, and return (with 'dry_run') before anything is written.
+    A resumed run already at its total step returns at once (already_done) without writing anything.
+    Rank 0 holds the run folder's lock (run_lock.py) from the moment the inputs are checked until it
+    returns: a second training there is refused.
     """
     lock = RunLock(options.out)
     try:
-        return train_locked(config, options, lock)
+        return train_locked(config, options, lock, classes_from_data, dry_run)
     finally:
         lock.release()
 
 
-def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock) -> dict:
+def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock, classes_from_data: bool,
+                 dry_run: bool) -> dict:
     d, device = setup_distributed(options.device)
     resume = read_checkpoint(options.resume) if options.resume else None
+    if resume is not None and options.init is not None:
+        raise UserError("give --resume (continue a run) or --init (start from its weights), not both")
+    initial = ckpt.load(options.init) if options.init is not None and resume is None else None
+    summary = describe_data(options.data)
     if resume is not None:
         try:
-            config = ModelConfig.from_dict(resume["config"])
+            config, classes_from_data = ModelConfig.from_dict(resume["config"]), False
         except ConfigError as e:
             raise UserError(f"--resume {options.resume}: the stored config: {e}") from None
-    if options.batch_size % d.world:
-        raise UserError(f"global batch {options.batch_size} is not divisible by {d.world} processes")
+    elif config is None and initial is not None:
+        config, classes_from_data = initial.config, True
+    elif config is None:
+        config, classes_from_data = config_for_data(max(summary.sizes[0]), summary.channels[0], 0), True
+    config = fit_classes(config, summary, classes_from_data, options.data)
     out = Path(options.out)
     if d.main:
-        check_writable(out)
+        for line in [*summary.lines(), *summary.fit_notes(config.img_size, config.channels)]:
+            print(line, flush=True)
     torch.manual_seed(options.seed + d.rank)  # per-rank: different label dropout and MAR masks
     np.random.seed(options.seed + d.rank)
     random.seed(options.seed + d.rank)
 
     dataset = load_dataset(options.data, "train", config.img_size, config.channels)
-    if config.num_classes and dataset.num_classes > config.num_classes:
-        raise UserError(f"{options.data} has {dataset.num_classes} classes, the model {config.num_classes}")
     labelled = config.num_classes > 0 and dataset.num_classes > 0
-    global_batch = options.batch_size
+    plan = schedule(options, config, len(dataset), d.world)
+    global_batch, total, warmup, base_lr = plan["batch"], plan["total"], plan["warmup"], plan["lr"]
+    if global_batch % d.world:
+        raise UserError(f"global batch {global_batch} is not divisible by {d.world} processes")
     batches = EpochBatches(len(dataset), global_batch, d.rank, d.world, options.seed, options.flip)
-    total = options.steps or max(1, round(options.epochs * batches.per_epoch))
+    warning = lr_warning(base_lr, config, global_batch) if options.lr is not None else None
+    if warning and d.main:
+        print(warning, file=sys.stderr, flush=True)
+    if dry_run:
+        if d.main:
+            print(f"dry run: would train {config.name} ({config.num_classes or 'no'} classes) for {total} steps "
+                  f"of {global_batch} images, lr {base_lr:.3g}, warm-up {warmup}; nothing written", flush=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return {"step": 0, "total": total, "loss": None, "seconds": 0.0, "interrupted": None, "rank": d.rank,
+                "already_done": False, "dry_run": True}
+    if d.main:
+        check_writable(out)
     if resume is not None and int(resume["step"]) >= total:  # nothing to do: the checkpoint stays untouched
         if dist.is_initialized():
             dist.destroy_process_group()
         return {"step": int(resume["step"]), "total": total, "loss": None, "seconds": 0.0, "interrupted": None,
                 "rank": d.rank, "already_done": True}
-    warmup = options.warmup_steps if options.warmup_steps is not None else round(options.warmup_epochs * batches.per_epoch)
-    warmup = min(warmup, total // 2)
-    base_lr = options.lr if options.lr is not None else options.blr * global_batch / 256
 
     with torch.random.fork_rng(devices=[]):
         # The same initial weights on every rank (FSDP does not broadcast them), drawn on the CPU. Only the
@@ -485,6 +626,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     loss_module = LossModule(model, options.mar_masks)
     if resume is not None:  # every rank loads the full weights; FSDP then keeps its shard
         fit_checkpoint(lambda: model.load_state_dict(resume["model"]), options.resume)
+    elif initial is not None:
+        note = start_from(model, initial, options.init)
+        if note and d.main:
+            print(note, flush=True)
     if sharded:
         loss_module = shard(loss_module)  # before the optimizer: sharding replaces the parameters
     optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))

@@ -101,12 +101,22 @@ def integer_list(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def class_list(text: str) -> list[int]:
-    """Comma-separated class labels (e.g. --classes 0,1,2): integers >= 0, no floats, no names."""
+def class_list(text: str) -> list[str]:
+    """Comma-separated classes (e.g. --classes 0,1,2 or circle,square): numbers or the model's class
+    names, looked up once the model is loaded (model.class_indices)."""
     parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers (integers >= 0), got {text!r}")
-    return [int(p) for p in parts]
+
+    def number_like(part):  # a number that is no class index (1.5, -1, 1e3) is a mistake, not a name
+        try:
+            float(part)
+        except ValueError:
+            return part[:1] in "+-." and part[1:2].isdigit()
+        return not part.isdigit()
+
+    if not all(parts) or any(number_like(p) for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers (integers >= 0) or class names, "
+                                         f"got {text!r}")
+    return parts
 
 
 def threads_flag(text: str):

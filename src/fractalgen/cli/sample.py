@@ -34,14 +34,20 @@ def register(subparsers):
     add_demo(subparsers)
 
 
-def labels_for(model, classes: list[int] | None, per_class: int | None, n: int | None):
-    """(labels or None for unconditional, number of images). --n alone samples unconditionally."""
+def labels_for(model, classes: list[str] | None, per_class: int | None, n: int | None):
+    """(labels or None for unconditional, number of images). --n alone samples unconditionally.
+    `classes`: numbers or the model's class names."""
     k = model.config.num_classes
     if k == 0 and (classes is not None or per_class is not None):
         raise UserError("this model is unconditional: use --n, not --classes/--per-class")
     if k == 0 or (classes is None and per_class is None and n is not None):
         return None, n or 16
-    chosen = classes if classes is not None else list(range(k))
+    from ..model import class_indices
+
+    try:
+        chosen = class_indices(list(classes), model.class_names) if classes is not None else list(range(k))
+    except ValueError as e:
+        raise UserError(f"--classes: {e}") from None
     if not chosen:
         raise UserError("--classes is empty")
     for c in chosen:
@@ -67,7 +73,8 @@ def draw(model, labels, n, settings, args, on_step=None):
 def add_sample(sub):
     p = sub.add_parser("sample", help="sample images (grid, one PNG per image, optional GIF)")
     add_checkpoint(p)
-    p.add_argument("--classes", type=class_list, help="comma-separated class labels, e.g. 0,1,2 (default: every class)")
+    p.add_argument("--classes", type=class_list, help="comma-separated classes: numbers (0,1,2) or the model's "
+                   "class names (circle,square) (default: every class)")
     p.add_argument("--per-class", type=integer(1), help="images per class (default: 1)")
     p.add_argument("--n", type=integer(1), help="number of images (alone: unconditional samples)")
     add_sampling(p)

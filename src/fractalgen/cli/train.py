@@ -15,12 +15,17 @@ OPTION_FLAGS = {
     "data": "'mnist' (embedded), an image folder ROOT/train/<class>/*, or an .npz",
     "out": "run folder for checkpoints and samples (default: the --resume folder)",
     "steps": "total optimizer steps (a resumed run continues up to it)",
-    "epochs": "total epochs, used when --steps is not given",
-    "batch_size": "global batch size (split over processes)",
-    "lr": "learning rate (default: blr * global batch / 256)",
-    "blr": "base learning rate per 256 images (official scaling)",
+    "epochs": "total epochs, used when --steps is not given (default: 10, and at least fractalgen.train.MIN_STEPS "
+              "steps)",
+    "batch_size": "global batch size, split over processes (default: a power of two giving at least 8 batches an "
+                  "epoch, from 8 to 64)",
+    "lr": "learning rate (default: the rule measured by benchmarks/lr_rule.py, fractalgen.train.default_lr, "
+          "from the batch size and the model's width)",
+    "blr": "base learning rate per 256 images: lr = blr * global batch / 256 (the official scaling, made for "
+           "ImageNet batches)",
     "weight_decay": "AdamW weight decay on matrices",
-    "warmup_steps": "linear warm-up steps (default: from --warmup-epochs)",
+    "warmup_steps": "linear warm-up steps (default: from --warmup-epochs, else a share of the run, "
+                    "fractalgen.train.WARMUP_SHARE)",
     "warmup_epochs": "linear warm-up epochs before the cosine decay",
     "grad_clip": "gradient norm clipping",
     "seed": "random seed (rank r uses seed + r)",
@@ -65,8 +70,11 @@ def register(subparsers):
                               "presets: see fractalgen.train.PRESET_RECIPES), else the defaults shown.",
                               epilog="presets (--preset NAME):\n" + "\n".join(preset_lines()))
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--preset", help="config preset name (see fractalgen.PRESETS)")
-    model.add_argument("--config", help="config JSON file (our field names or the official ones)")
+    model.add_argument("--preset", help="config preset name (see fractalgen.PRESETS); its class count is replaced "
+                       "by the data's (default: a small model for the data's size and colour, "
+                       "fractalgen.config.config_for_data)")
+    model.add_argument("--config", help="config JSON file (our field names or the official ones); without "
+                       "num_classes/class_num it takes the data's classes")
     for dest, text in OPTION_FLAGS.items():
         default = getattr(defaults, dest)
         bound = OPTION_BOUNDS.get(dest)
@@ -81,6 +89,11 @@ def register(subparsers):
         p.add_argument("--" + dest.replace("_", "-"), action="store_true", default=None, help=text)
     p.add_argument("--resume", help="continue the run in this folder (its checkpoint.pt) with its stored options; "
                    "flags given now override them (e.g. --steps to train longer)")
+    p.add_argument("--init", help="start from the weights of this checkpoint (a run folder, a model folder, a "
+                   ".safetensors file) with a fresh optimizer and schedule: fine-tuning. Its config is used unless "
+                   "--preset/--config is given; the class embedding starts afresh when the class counts differ")
+    p.add_argument("--dry-run", action="store_true", help="print the data summary (images, classes with counts, "
+                   "size and mode, split) and the plan (steps, batch, lr), then stop without training")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_train)
@@ -108,21 +121,25 @@ def run_train(args) -> int:
     from ..train import CHECKPOINT_NAME, run_options, train
 
     set_threads(args.threads)
-    if args.resume is None and args.preset is None and args.config is None:
-        raise UserError("give --preset or --config (or --resume a run)")
     out = args.out or args.resume
-    if args.resume is None and out is not None and (Path(out) / CHECKPOINT_NAME).exists():
+    if args.resume is None and not args.dry_run and out is not None and (Path(out) / CHECKPOINT_NAME).exists():
         raise UserError(f"{out} already holds a training run: --resume {out}, or choose another --out")
-    config = None if args.resume else get_config(args.preset or args.config)
-    if config is not None and args.label_drop is not None:
-        config = config.replace(label_drop_prob=args.label_drop)
-    given = {dest: getattr(args, dest) for dest in [*OPTION_FLAGS, *SWITCHES, "flip", "resume"]}
+    config = None if args.resume or not (args.preset or args.config) else get_config(args.preset or args.config)
+    label_drop = {} if args.label_drop is None else {"label_drop_prob": args.label_drop}
+    if config is not None:
+        config = config.replace(**label_drop)
+    elif label_drop and args.resume is None:
+        raise UserError("--label-drop needs --preset or --config")
+    given = {dest: getattr(args, dest) for dest in [*OPTION_FLAGS, *SWITCHES, "flip", "resume", "init"]}
     given["device"] = args.device if args.device != "auto" else None
     options = run_options(given, preset=args.preset)
-    result = train(config, options)
+    result = train(config, options, classes_from_data=not config_chooses_classes(args.config), dry_run=args.dry_run)
     if result.pop("rank"):  # under torchrun, rank 0 reports for everyone
         return 128 + result["interrupted"] if result["interrupted"] else 0
     out = options.out
+    if result.get("dry_run"):
+        emit_json(args, {**result, "out": str(out)})
+        return 0
     if result["already_done"]:
         print(f"already at step {result['step']} (of {result['total']}): nothing to train, {Path(out) / CHECKPOINT_NAME} "
               f"left as it was; give a larger --steps to train longer")
@@ -137,3 +154,13 @@ def run_train(args) -> int:
           f"checkpoint: {Path(out) / CHECKPOINT_NAME}, weights: {Path(out) / 'model.safetensors'}")
     emit_json(args, {**result, "out": str(out)})
     return 0
+
+
+def config_chooses_classes(path: str | None) -> bool:
+    """Whether a --config file names its class count (then the data must have as many classes)."""
+    if path is None or not str(path).endswith(".json"):
+        return False
+    from ..files import read_json_object
+
+    fields = read_json_object(path, str(path))
+    return "num_classes" in fields or "class_num" in fields
