@@ -29,6 +29,7 @@ def digest(value) -> str:
 
 
 def library(name: str, digits: torch.Tensor, labels: torch.Tensor) -> dict:
+    torch.set_num_threads(1)
     model = fractalgen.load(name)
     known = torch.zeros(digits.shape[-2:], dtype=torch.bool)
     known[:14] = True
@@ -36,7 +37,8 @@ def library(name: str, digits: torch.Tensor, labels: torch.Tensor) -> dict:
         "sample": digest(fractalgen.sample(model, labels=list(range(10)), seed=0, threads=1)),
         "inpaint": digest(fractalgen.inpaint(model, digits[:4], known, labels=labels[:4].tolist(), seed=1, threads=1)),
         "codec": digest(fractalgen.compress(model, digits[:12], labels=labels[:12], threads=1)),
-        "bits_per_dim": digest(float(fractalgen.bits_per_dim(model, digits[:16], labels=labels[:16], threads=1))),
+        "bits_per_dim": digest(fractalgen.nll_per_image(model, digits[:16], labels=labels[:16],
+                                                          generator_seed=0)),
     }
     return out
 
