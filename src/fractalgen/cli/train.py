@@ -160,7 +160,7 @@ def config_chooses_classes(path: str | None) -> bool:
     """Whether a --config file names its class count (then the data must have as many classes)."""
     if path is None or not str(path).endswith(".json"):
         return False
-    from ..files import read_json_object
+    from ..jsonfile import read_object
 
-    fields = read_json_object(path, str(path))
+    fields = read_object(path, str(path))
     return "num_classes" in fields or "class_num" in fields
