@@ -57,7 +57,7 @@ def shapes_run(shapes, tmp_path_factory):
 # ---- classes from the data ------------------------------------------------------------------------
 
 def test_class_folders_set_the_classes_and_their_names_travel_everywhere(shapes_run, tmp_path):
-    stored = ModelConfig.from_dict(json.loads(read_checkpoint(shapes_run)["config"]))
+    stored = ModelConfig.from_dict(read_checkpoint(shapes_run)["config"])
     assert stored.num_classes == 4 and stored.class_names == CLASSES  # the run's checkpoint
     model = fractalgen.load(shapes_run / "model.safetensors")
     assert model.class_names == CLASSES  # the weights' metadata

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import math
 import struct
 import zlib
@@ -503,9 +504,18 @@ class V1Decoding(ValueCoder):
 
 # ---- fingerprints and checks -----------------------------------------------------------------
 
+# The config fields a file's model fingerprint covers, fixed with the format: fields added to ModelConfig
+# later (class names, say) must not change which files a model decodes.
+FINGERPRINT_FIELDS = ("img_sizes", "widths", "blocks", "heads", "kinds", "channels", "num_classes", "num_conds",
+                      "guiding_pixel", "attn_dropout", "proj_dropout", "label_drop_prob", "r_weight", "pixel_mean",
+                      "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name")
+
+
 def fingerprint(model: FractalModel) -> bytes:
-    """8 bytes of SHA-256 over the config and every weight (names, shapes, fp32 values)."""
-    h = hashlib.sha256(model.config.to_json().encode())
+    """8 bytes of SHA-256 over the config's FINGERPRINT_FIELDS and every weight (names, shapes, fp32 values)."""
+    fields = {name: getattr(model.config, name) for name in FINGERPRINT_FIELDS}
+    h = hashlib.sha256(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+                                  indent=1).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu()
         t = t.float() if t.is_floating_point() else t
