@@ -370,3 +370,57 @@ def test_cli_nll_refuses_an_unwritable_maps_folder_before_measuring(tmp_path, ca
     assert code == 2 and "cannot write to output folder" in err and len(err.strip().splitlines()) == 1
     assert measured == []  # refused before the likelihood pass
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+# ---- hostile files -------------------------------------------------------------------------------
+
+def forged_count(data: bytes, count: int) -> bytes:
+    """`data` with its header's image count replaced and its header checksum recomputed."""
+    import struct
+    import zlib
+
+    layout = codec.HEADER_V1 if data[4] == 1 else codec.HEADER
+    fields = list(layout.unpack(data[:layout.size]))
+    fields[4] = count
+    head = layout.pack(*fields[:-1], 0)[:-4]
+    return head + struct.pack("<I", zlib.crc32(head)) + data[layout.size:]
+
+
+@pytest.mark.parametrize("name", ["v1_mnist_3_labelled.fgz", "v2_mnist_4_labelled.fgz"])
+@pytest.mark.parametrize("count", [10**9, 2**32 - 1, 10**6])
+def test_a_forged_image_count_is_refused_before_decoding(mnist, name, count):
+    """A count the payload cannot hold (checksums recomputed) is one line at once, not a decode without end
+    or an allocation per claimed image."""
+    data = forged_count((Path(__file__).parent / "data" / name).read_bytes(), count)
+    with pytest.raises(codec.CodecError, match="damaged or forged: it claims"):
+        fractalgen.decompress(mnist, data)
+
+
+def test_decompress_refuses_what_is_not_a_file_and_leaves_no_folder_on_failure(tmp_path, capsys):
+    if Path("/dev/zero").exists():
+        code, _, err = run_cli(capsys, "decompress", "/dev/zero", "--out", tmp_path / "zero")
+        assert code != 0 and "not a regular file" in err and len(err.strip().splitlines()) == 1
+    stored = Path(__file__).parent / "data" / "v2_mnist_mar_3.fgz"  # not the default model's
+    code, _, err = run_cli(capsys, "decompress", stored, "--out", tmp_path / "out")
+    assert code != 0 and "different model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "zero").exists() and not (tmp_path / "out").exists()
+
+
+def test_cli_batch_size_and_images_per_stream_change_neither_file_nor_images(tmp_path, digits, capsys):
+    images, _ = digits
+    np.savez(tmp_path / "d.npz", images=images[:5, 0].numpy())
+    files = []
+    for k, (batch, group) in enumerate([(512, 2), (1, 2), (3, 5)]):
+        out = tmp_path / f"{k}.fgz"
+        assert run_cli(capsys, "compress", tmp_path / "d.npz", "--out", out, "--batch-size", batch,
+                       "--images-per-stream", group)[0] == 0
+        files.append(out.read_bytes())
+    assert files[0] == files[1] != files[2]  # the batch changes nothing; the stream layout is the file's
+    for k, batch in enumerate([1, 4]):
+        code, _, err = run_cli(capsys, "decompress", tmp_path / "2.fgz", "--out", tmp_path / f"o{k}",
+                               "--batch-size", batch)
+        assert code == 0, err
+        from PIL import Image
+
+        decoded = np.stack([np.asarray(Image.open(tmp_path / f"o{k}" / f"{i:05d}_uncond.png")) for i in range(5)])
+        assert np.array_equal(decoded, images[:5, 0].numpy())

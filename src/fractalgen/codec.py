@@ -66,6 +66,10 @@ MAX_IMAGES_PER_STREAM = 4096
 GRID_BITS = 8  # logits are rounded to multiples of 2^-8
 MARGIN = 2.0**-30  # a logit this close to a rounding boundary gets a hint (about 1e-9)
 WEIGHT_BITS = 32  # exp_table's precision: weight(0) = 2^32
+# The range coder quantises probabilities to 24 bits and gives each of a value's 256 outcomes at least
+# 2^-24, so no value costs less than this; a header's count is bounded by what its payload can hold.
+MIN_BITS_PER_VALUE = -math.log2(1 - 255 * 2.0**-24)
+STATE_BITS = 64  # what a stream's coder state may hold beyond its words
 ORDER_SEED = 0  # format version 1: MAR levels' random generation order
 
 
@@ -158,6 +162,7 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
     if header.shape != (c.channels, c.img_size, c.img_size):
         raise CodecError(f"the file holds {header.shape} images, the model makes "
                          f"{(c.channels, c.img_size, c.img_size)}")
+    check_count(header)
     payload = memoryview(data)[len(data) - header.payload_bytes:]
     decode_version = decode_v2 if header.version == 2 else decode_v1
     try:
@@ -204,6 +209,18 @@ def read_header(data: bytes) -> Header:
     if group < 1 or (version == 2 and (group > MAX_IMAGES_PER_STREAM or not 1 <= grid_bits <= 16)):
         raise CodecError("the header is damaged (impossible stream layout)")
     return header
+
+
+def check_count(header: Header):
+    """Refuse a header claiming more images than its payload can hold (a forged count would otherwise
+    decode without end): every value costs at least MIN_BITS_PER_VALUE, and a version 2 stream takes at
+    least five bytes (its length and one word)."""
+    streams = -(-header.count // header.group) if header.version == 2 else 1
+    capacity = (8 * header.payload_bytes + STATE_BITS * streams) / MIN_BITS_PER_VALUE
+    values = header.count * math.prod(header.shape)
+    if (header.version == 2 and 5 * streams > header.payload_bytes) or values > capacity:
+        raise CodecError(f"the header is damaged or forged: it claims {header.count} images, more than its "
+                         f"{header.payload_bytes}-byte payload can hold")
 
 
 def check_batch_size(batch_size) -> int:

@@ -5,12 +5,14 @@ Inputs are taken exactly as they are: an image must already have the model's siz
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..codec import DEFAULT_BATCH, IMAGES_PER_STREAM, MAX_IMAGES_PER_STREAM
 from ..errors import UserError
 from .options import add_checkpoint, add_json, add_runtime, emit_json, integer, load_model
 
@@ -32,11 +34,19 @@ def add_compress(sub):
     p.add_argument("--out", required=True, help="the compressed file to write (never overwritten)")
     p.add_argument("--labels", action="store_true", help="code class-conditionally and store the labels (from the "
                    ".npz 'labels' array, or file names ending _class{K}.png)")
-    p.add_argument("--batch-size", type=integer(1), default=512, help="images coded side by side (recorded in the file; "
-                   "decoding uses the same)")
+    add_batch_size(p, "coded")
+    p.add_argument("--images-per-stream", type=integer(1, MAX_IMAGES_PER_STREAM), default=IMAGES_PER_STREAM,
+                   help="images sharing one coded stream: fewer cost a little more space, and a decoder then "
+                   "needs fewer images side by side")
     add_runtime(p, threads="1")
     add_json(p)
     p.set_defaults(func=run_compress)
+
+
+def add_batch_size(p, verb: str):
+    p.add_argument("--batch-size", type=integer(1, 2**20), default=DEFAULT_BATCH,
+                   help=f"about this many images {verb} side by side (whole streams): it changes the speed and "
+                   "memory, never the file or the images")
 
 
 def run_compress(args) -> int:
@@ -51,7 +61,7 @@ def run_compress(args) -> int:
     images, labels = read_inputs(args.images, c.channels, c.img_size, args.labels)
     check_writable(out.parent)  # before the long part
     started = time.time()
-    data, bits = encode(model, images, labels, args.batch_size)
+    data, bits = encode(model, images, labels, args.batch_size, args.images_per_stream)
     seconds = time.time() - started
     save_bytes(data, out)
     n, dims = images.shape[0], images[0].numel()
@@ -143,9 +153,30 @@ def add_decompress(sub):
                    "in the original order; when it already holds such files, a fresh numbered subfolder (OUT/002, "
                    "...) is used")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    add_batch_size(p, "decoded")
     add_runtime(p, threads="1")
     add_json(p)
     p.set_defaults(func=run_decompress)
+
+
+MAX_FILE_BYTES = 2**32  # larger than any file compress writes for a batch that fits in memory
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of a regular file of bounded size (not a device, a pipe or a folder)."""
+    import stat
+
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{path} is not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise UserError(f"{path} is {info.st_size} bytes, more than a compressed file can be "
+                                f"({MAX_FILE_BYTES} bytes)")
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def run_decompress(args) -> int:
@@ -154,19 +185,18 @@ def run_decompress(args) -> int:
     from .sample import output_folder
 
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    data = read_file(path)
     read_header(data)  # a bad file is refused before the model loads
     out = Path(args.out)
-    check_writable(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     model = load_model(args)
     started = time.time()
-    images, labels = decompress(model, data, return_labels=True)
+    images, labels = decompress(model, data, return_labels=True, batch_size=args.batch_size)
     seconds = time.time() - started
     names = [image_name(i, None if labels is None else labels[i]) for i in range(images.shape[0])]
     out = output_folder(out, names, args.overwrite)
+    check_writable(out)  # made only now: a file that fails to decode leaves no folder behind
     save_each(images, labels, out)
     print(f"decompressed {images.shape[0]} images in {seconds:.1f} s into {out}/"
           + (f" ({names[0]} ... {names[-1]})" if names else ""))
