@@ -1,6 +1,8 @@
 """The house reads top-down: no import cycle between fractalgen's modules (counting imports inside
 functions too), nothing below the command line imports it, and the package face holds no logic
-that other modules import back."""
+that other modules import back. The applications (the command line, the demo, the web page) form
+one wing, `fractalgen.cli`: the library imports no web framework and loads no dataset or classifier
+itself; it takes tensors and paths from its callers."""
 import ast
 from pathlib import Path
 
@@ -79,7 +81,6 @@ def test_nothing_imports_the_package_face_back():
 def test_no_importlib_tricks():
     for name, path in MODULES.items():
         assert "import_module(" not in path.read_text(), name
-
 
 
 def test_deprecated_aliases_only_forward_and_warn():
