@@ -17,7 +17,7 @@ from scipy import stats
 
 import fractalgen
 from fractalgen import conditional
-from fractalgen.cli import main
+from fractalgen.cli import demo, main
 from fractalgen.config import ModelConfig
 from fractalgen.levels.base import patchify
 from fractalgen.sampling import apply_temperature, guide
@@ -356,7 +356,7 @@ def test_unconditional_model_rejects_labels():
 def test_demo_examples(tmp_path):
     model = tiny(**MODELS["mar2_gray"])
     images = random_images(model, 3)
-    paths = conditional.demo_examples(model, tmp_path, data=(images, torch.tensor([0, 1, 9])), seed=0)
+    paths = demo.demo_examples(model, tmp_path, images, torch.tensor([0, 1, 9]), seed=0)
     assert [p.name for p in paths] == ["inpaint_lower_half.png", "edit_to_class.png"]
     for p in paths:
         with Image.open(p) as picture:

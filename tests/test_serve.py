@@ -25,11 +25,11 @@ import fractalgen
 from fractalgen.cli import main as cli_main
 from fractalgen.data import mnist_split
 
-# Skipped only where the optional extra is missing; a broken fractalgen.app fails, it is not skipped.
+# Skipped only where the optional extra is missing; a broken fractalgen.cli.web fails, it is not skipped.
 pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytorch[demo]")
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo's tests need fractalgen-pytorch[demo]")
 Client, handle_file = gradio_client.Client, gradio_client.handle_file
-from fractalgen import app  # after the skips: it imports gradio
+from fractalgen.cli import web as app  # after the skips: it imports gradio
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -333,7 +333,14 @@ def test_readme_client_example_runs(server, capsys):
 
 def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if it were not installed
-    monkeypatch.delitem(sys.modules, "fractalgen.app")  # imported afresh by the command
-    monkeypatch.delattr(fractalgen, "app")
+    monkeypatch.delitem(sys.modules, "fractalgen.cli.web")  # imported afresh by the command
+    monkeypatch.delattr(fractalgen.cli, "web")
     assert cli_main(["serve", "--port", str(free_port())]) == 2
     assert 'pip install "fractalgen-pytorch[demo]"' in capsys.readouterr().err
+
+
+def test_the_old_name_fractalgen_app_still_imports_with_a_warning(monkeypatch):
+    monkeypatch.delitem(sys.modules, "fractalgen.app", raising=False)
+    with pytest.warns(DeprecationWarning, match="fractalgen.cli.web"):
+        from fractalgen.app import serve
+    assert serve is app.serve

@@ -18,7 +18,7 @@ pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytor
 httpx = pytest.importorskip("httpx", reason="the web demo's tests need fractalgen-pytorch[demo]")
 from test_serve import NETWORK_MARK, Client, Server, free_port, handle_file, pixels
 
-from fractalgen import app
+from fractalgen.cli import web as app
 from fractalgen.cli import main as cli_main
 
 HUGE = 13000  # pixels per side declared by the hostile PNG: 169 M pixels, ten times the page's bound

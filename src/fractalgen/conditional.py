@@ -28,19 +28,16 @@ Images are uint8 (N, C, H, W); `known` is bool, True where the pixel is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError
-from .files import save_image
 from .generation import make_generator, step_callback, to_uint8
 from .model import FractalModel, class_indices, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
 from .sampling import Known
-from .visualize import rows_figure, show_mask
 
 
 class ConditionalInputError(UserError, ValueError):
@@ -213,61 +210,3 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
         raise ConditionalInputError(f"box {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
                                     f"0 <= y0 < y1 <= {height} (x1, y1 exclusive)")
     return x0, y0, x1, y1
-
-
-# ---- the demo's examples ------------------------------------------------------------------------------
-
-# The demo's two pictures: what each shows, by file name.
-DEMO_PICTURES = ("inpaint_lower_half.png", "edit_to_class.png")
-DEMO_DESCRIPTIONS = {"inpaint_lower_half.png": "inpainting example", "edit_to_class.png": "class-editing example"}
-
-
-def demo_examples(model: FractalModel, out_dir, data=None, seed: int = 0, count: int = 8) -> list[Path]:
-    """Write the demo's inpainting pictures into out_dir; returns the written paths.
-
-    data: held-out digits, uint8 (N, 1, 28, 28) or (N, 28, 28), or a pair (images, labels); None
-    takes the first `count` of the 500 held-out MNIST digits (`data.mnist_split("val")`).
-    Two pictures: the lower half regenerated (rows: original, input with the mask shown, two
-    completions), and digits edited to another class (rows: original, input, the edit; the
-    target of digit i is its label + 1 + i % 9 modulo the class count).
-    """
-    images, labels = _demo_data(data, count)
-    out_dir = Path(out_dir)
-    size = model.config.img_size
-    paths = []
-
-    top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
-    completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2n, C, H, W)
-    rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
-    given = "" if labels is None else f" (given the class: {', '.join(map(str, labels.tolist()))})"
-    captions = ["original", "input: the red half is regenerated", "completion 1", "completion 2"]
-    figure = rows_figure(rows, captions=captions, title=f"inpainting: the lower half drawn from the upper{given}")
-    paths.append(save_image(figure, out_dir / DEMO_PICTURES[0]))
-
-    if model.config.num_classes > 0:
-        k = model.config.num_classes
-        start = labels if labels is not None else torch.zeros(images.shape[0], dtype=torch.long)
-        targets = (start + 1 + torch.arange(images.shape[0]) % max(1, k - 1)) % k
-        keep = top_rows_known(size, 0.25).expand(images.shape[0], -1, -1)
-        edited = edit(model, images, targets, known=keep, seed=seed)
-        rows = [images, show_mask(images, keep), edited]
-        captions = ["original" + ("" if labels is None else f" (classes {', '.join(map(str, labels.tolist()))})"),
-                    "input: the red part is regenerated", f"edited to classes {', '.join(map(str, targets.tolist()))}"]
-        figure = rows_figure(rows, captions=captions, title="class editing: the lower three quarters redrawn "
-                             "under another class")
-        paths.append(save_image(figure, out_dir / DEMO_PICTURES[1]))
-    return paths
-
-
-def _demo_data(data, count: int):
-    if data is None:
-        from .data import mnist_split
-
-        data = mnist_split("val")  # the 500 held-out digits, (N, 28, 28) and labels
-    images, labels = data if isinstance(data, (tuple, list)) else (data, None)
-    images = torch.as_tensor(np.asarray(images))[:count]
-    if images.dim() == 3:
-        images = images[:, None]  # (N, 1, H, W)
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long)[:count]
-    return images, labels

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from .data import load_dataset, stack
 from .errors import UserError
 from .model import FractalModel, as_labels, eval_mode
 from .runtime import uses_threads
@@ -71,26 +71,45 @@ def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1, lab
     return float(nll_per_image(model, images, passes, labels=labels).mean())
 
 
-def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,
-            batch_size: int = 100, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict:
-    """Bits/dim of a dataset split with its standard error: {'bits_per_dim', 'stderr', 'images', 'passes'}.
+def measure_images(model: FractalModel, images: torch.Tensor, passes: int | None = None,
+                   batch_size: int = 100, seed: int = 0, progress: Callable[[int], None] | None = None,
+                   source: str = "the images") -> dict:
+    """Bits/dim of uint8 images (N, C, H, W) with its standard error:
+    {'bits_per_dim', 'stderr', 'images', 'passes'}.
 
-    passes defaults to 1 for AR-only models (exact) and 4 when a MAR level draws random masks.
+    passes defaults to 1 for AR-only models (exact) and 4 when a MAR level draws random masks; `seed`
+    fixes those masks. `source` names the images in the error for a damaged model.
     """
-    c = model.config
-    passes = passes if passes is not None else (1 if set(c.kinds) == {"ar"} else 4)
-    if passes < 1 or batch_size < 1 or (limit is not None and limit < 1):
-        raise UserError(f"passes, batch size and limit must be >= 1, got {passes}, {batch_size} and {limit}")
-    images, _ = stack(load_dataset(data, split, c.img_size, c.channels), limit)
+    passes = passes if passes is not None else (1 if set(model.config.kinds) == {"ar"} else 4)
+    if passes < 1 or batch_size < 1:
+        raise UserError(f"passes and batch size must be >= 1, got {passes} and {batch_size}")
     per_image = nll_per_image(model, images.to(model.device), passes=passes, batch_size=batch_size,
                               generator_seed=seed, progress=progress)
     n = per_image.numel()
     bad = int((~torch.isfinite(per_image)).sum())
     if bad:  # never report "nan bits/dim" as a result
         raise UserError(f"the likelihood is not finite (NaN or infinite bits/dim) for {bad} of {n} image(s) "
-                        f"from {data}: the model's weights or config are damaged")
+                        f"from {source}: the model's weights or config are damaged")
     stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # one image: no spread to measure
     return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}
+
+
+def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,
+            batch_size: int = 100, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict:
+    """Deprecated (goes away in the next release): read the images yourself and call `measure_images`.
+
+    Bits/dim of a dataset split ('mnist', an image folder or an .npz file) with its standard error.
+    """
+    warnings.warn("likelihood.measure(model, data, split, ...) is deprecated: read the images (for example "
+                  "fractalgen.mnist_heldout()) and call likelihood.measure_images(model, images, ...)",
+                  DeprecationWarning, stacklevel=2)
+    from .data import load_dataset, stack
+
+    if (passes is not None and passes < 1) or batch_size < 1 or (limit is not None and limit < 1):
+        raise UserError(f"passes, batch size and limit must be >= 1, got {passes}, {batch_size} and {limit}")
+    c = model.config
+    images, _ = stack(load_dataset(data, split, c.img_size, c.channels), limit)
+    return measure_images(model, images, passes, batch_size, seed, progress, source=data)
 
 
 @uses_threads

@@ -11,13 +11,14 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..errors import UserError
 from ..version import __version__
-from . import codec, conditional, evaluate, hub, plot, sample, serve, train
+from . import codec, conditional, demo, evaluate, hub, plot, sample, serve, train
 from .options import HelpFormatter, Parser
 
 # The command families, in --help order.
 COMMAND_MODULES = [
     train,  # train
-    sample,  # sample, nll, eval-samples, demo
+    sample,  # sample, nll, eval-samples
+    demo,  # demo
     conditional,  # inpaint, outpaint, uncrop, edit
     evaluate,  # evaluate, fid, ref-stats
     serve,  # serve (the web demo; Gradio is imported only when it runs)

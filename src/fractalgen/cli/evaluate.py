@@ -119,12 +119,12 @@ def run_evaluate(args) -> int:
 
 
 def run_fid(args) -> int:
-    from ..metrics import ImageSet, reference_statistics, score_images
+    from ..metrics import reference_statistics, score_images
 
     set_threads(args.threads)
     device = pick_device(args.device)
     net, reference, ref_images = _scoring_inputs(args, device)
-    images = ImageSet(args.images)
+    images = image_set(args.images)
     total = len(images) + (len(ref_images) if ref_images is not None else 0)
     with tqdm(total=total, unit="img", dynamic_ncols=True, delay=0.5) as bar:
         if ref_images is not None:
@@ -138,7 +138,7 @@ def run_fid(args) -> int:
 
 
 def run_ref_stats(args) -> int:
-    from ..metrics import ImageSet, reference_statistics, save_statistics
+    from ..metrics import reference_statistics, save_statistics
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -148,7 +148,7 @@ def run_ref_stats(args) -> int:
     check_writable(out.parent)  # before the long part, not after it
     set_threads(args.threads)
     net = _feature_net(args, pick_device(args.device))
-    images = ImageSet(args.data)
+    images = image_set(args.data)
     with tqdm(total=len(images), unit="img", desc="features", dynamic_ncols=True) as bar:
         stats = reference_statistics(net, images, args.feature_batch_size, args.keep_features, bar.update)
     save_statistics(stats, out)
@@ -160,22 +160,35 @@ def run_ref_stats(args) -> int:
 
 # ---- helpers -------------------------------------------------------------------------------
 
+def image_set(source: str):
+    """The images of a folder or an .npz, or 'mnist' (when no such file exists): the held-out digits."""
+    from ..metrics import ImageSet
+
+    if source == "mnist" and not Path(source).exists():
+        from ..data import mnist_heldout
+
+        return ImageSet.from_tensor(mnist_heldout()[0], source)  # (500, 1, 28, 28)
+    return ImageSet(source)
+
+
 def _feature_net(args, device):
     from ..metrics import InceptionNet, mnist_classifier_net
 
     if args.features == "mnist-classifier":
-        return mnist_classifier_net()
+        from ..classifier import load_mnist_classifier
+
+        return mnist_classifier_net(load_mnist_classifier())
     return InceptionNet(args.inception, device=device)
 
 
 def _scoring_inputs(args, device):
     """(feature net, reference statistics or None, reference images or None); checked before any work."""
-    from ..metrics import ImageSet, load_statistics
+    from ..metrics import load_statistics
 
     if args.ref_stats and args.ref_images:
         raise UserError("give --ref-stats or --ref-images, not both")
     reference = load_statistics(args.ref_stats) if args.ref_stats else None
-    ref_images = ImageSet(args.ref_images) if args.ref_images else None
+    ref_images = image_set(args.ref_images) if args.ref_images else None
     net = _feature_net(args, device)
     if reference is not None and reference.feature_net and reference.feature_net != net.name:
         raise UserError(f"{args.ref_stats} was made with {reference.feature_net} features, not {net.name} "

@@ -1,4 +1,4 @@
-"""`fractalgen sample | nll | eval-samples | demo`: draw images, measure likelihood, check samples.
+"""`fractalgen sample | nll | eval-samples`: draw images, measure likelihood, check samples.
 
 Commands that report numbers take `--json` and then print one JSON object as the last line of stdout.
 """
@@ -31,7 +31,6 @@ def register(subparsers):
     add_sample(subparsers)
     add_nll(subparsers)
     add_eval_samples(subparsers)
-    add_demo(subparsers)
 
 
 def labels_for(model, classes: list[str] | None, per_class: int | None, n: int | None):
@@ -163,13 +162,16 @@ def add_nll(sub):
 
 
 def run_nll(args) -> int:
-    from ..likelihood import measure
+    from ..data import load_dataset, stack
+    from ..likelihood import measure_images
 
     model = load_model(args)
-    maps = maps_target(model, args) if args.maps else None  # a bad --maps folder fails before the long pass
+    c = model.config
+    images, _ = stack(load_dataset(args.data, args.split, c.img_size, c.channels), args.limit)
+    maps = maps_target(images, args) if args.maps else None  # a bad --maps folder fails before the long pass
     with progress_bar(None, "likelihood") as bar:
-        result = measure(model, args.data, args.split, args.passes, args.limit, args.batch_size, args.seed,
-                         progress=bar.update)
+        result = measure_images(model, images, args.passes, args.batch_size, args.seed, progress=bar.update,
+                                source=args.data)
     spread = (f"+- {result['stderr']:.4f} (standard error; " if result["stderr"] is not None
               else "(one image: no standard error; ")
     print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {args.data}/{args.split}, "
@@ -180,13 +182,10 @@ def run_nll(args) -> int:
     return 0
 
 
-def maps_target(model, args):
+def maps_target(images, args):
     """The images `nll` measures, the maps' file names ({index:05d}_map.png) and their folder (checked writable)."""
-    from ..data import load_dataset, stack
     from ..files import check_writable
 
-    c = model.config
-    images, _ = stack(load_dataset(args.data, args.split, c.img_size, c.channels), args.limit)
     names = [f"{i:05d}_map.png" for i in range(images.shape[0])]
     out = output_folder(Path(args.maps), names, args.overwrite)
     check_writable(out)
@@ -246,103 +245,3 @@ def run_eval_samples(args) -> int:
     print("per class: " + ", ".join(f"{c}: {a:.0%}" for c, a in per_class.items()))
     emit_json(args, {"accuracy": accuracy, "samples": len(labels), "per_class": per_class})
     return 0
-
-
-# ---- demo --------------------------------------------------------------------------------------
-
-def add_demo(sub):
-    p = sub.add_parser("demo", help="the offline demo on the bundled MNIST model: grid, GIF, bits/dim, inpainting")
-    p.add_argument("--checkpoint", help="model to demonstrate (a 10-class model; default: the bundled mnist "
-                   "for sampling and mnist_mar, which sees known pixels on every side, for inpainting and editing)")
-    p.add_argument("--out", default="demo", help="output folder (its demo files are replaced on each run)")
-    p.add_argument("--per-class", type=integer(1), default=10, help="samples per digit (one row per digit)")
-    p.add_argument("--seed", type=seed, default=0, help="random seed")
-    p.add_argument("--no-examples", dest="examples", action="store_false",
-                   help="skip the inpainting and editing pictures")
-    # One thread: the demo model's matrices are small, and on a busy machine more threads mostly wait
-    # for each other (measured on a loaded 2-core machine: 38 s with one thread; with two, unfinished after 10 min).
-    add_runtime(p, threads="1")
-    add_json(p)
-    p.set_defaults(func=run_demo)
-
-
-def run_demo(args) -> int:
-    from ..checkpoint import DEFAULT_INPAINT_CHECKPOINT
-    from ..conditional import DEMO_DESCRIPTIONS, demo_examples
-    from ..data import load_dataset, stack
-    from ..files import check_writable, save_grid, write_text
-    from ..generation import sample
-    from ..likelihood import measure
-    from ..visualize import GenerationRecorder
-
-    started = time.time()
-    named = args.checkpoint
-    args.checkpoint = named or "mnist"
-    model = load_model(args)
-    if model.config.num_classes < 1:
-        raise UserError("the demo needs a class-conditional model")
-    out = Path(args.out)
-    labels = [c for c in range(model.config.num_classes) for _ in range(args.per_class)]
-    settings = settings_from(args, model)
-    check_writable(out)
-    print(f"model: {args.checkpoint} ({model.config.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"parameters); sampling {len(labels)} digits with cfg {settings.cfg}, temperature "
-          f"{settings.temperature} ...", flush=True)
-    # The GIF follows one digit per class (a small file); the grid shows them all.
-    recorder = GenerationRecorder(nrow=5, scale=4, select=list(range(0, len(labels), args.per_class)))
-    with progress_bar(len(labels), "sampling") as bar:
-        images = sample(model, labels, seed=args.seed, batch_size=None, on_step=recorder, progress=advance_to(bar),
-                        **vars(settings)).cpu()
-    paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif",
-             "bits_per_dim_file": out / "bits_per_dim.txt"}
-    save_grid(images, paths["grid"], nrow=args.per_class, scale=2)
-    recorder.save(paths["gif"])
-    print(f"class-conditional grid (one row per digit): {paths['grid']}")
-    print(f"generation GIF: {paths['gif']}", flush=True)
-
-    nll = measure(model, "mnist", "val", None, None, 100, args.seed)
-    write_text(f"{nll['bits_per_dim']:.4f} +- {nll['stderr']:.4f} bits/dim on the {nll['images']} held-out MNIST "
-               f"digits ({nll['passes']} pass(es))\n", paths["bits_per_dim_file"])
-    print(f"held-out bits/dim: {nll['bits_per_dim']:.4f} +- {nll['stderr']:.4f} ({nll['images']} digits): "
-          f"{paths['bits_per_dim_file']}")
-
-    paths["likelihood_maps"] = demo_maps(model, out, args.seed)
-    print(f"likelihood maps (two digits, then two with a pasted 6x6 noise block): {paths['likelihood_maps']}")
-
-    failed = False
-    if args.examples:
-        val = load_dataset("mnist", "val", model.config.img_size, model.config.channels)
-        try:
-            painter = model  # a model the user named does everything; else the bundled MAR model inpaints
-            if named is None:
-                args.checkpoint = DEFAULT_INPAINT_CHECKPOINT
-                painter = load_model(args)
-            for path in demo_examples(painter, out, data=stack(val, 8), seed=args.seed):
-                print(f"{DEMO_DESCRIPTIONS[path.name]}: {path}")
-        except Exception as e:  # the optional part must not hide the files already written
-            print(f"fractalgen demo: inpainting/editing example failed: {type(e).__name__}: {e}", file=sys.stderr)
-            failed = True
-    seconds = time.time() - started
-    print(f"demo finished in {seconds:.0f} s; files in {out}/")
-    emit_json(args, {"bits_per_dim": nll["bits_per_dim"], "stderr": nll["stderr"], "images": nll["images"],
-                     "seconds": round(seconds, 1), **{k: str(v) for k, v in paths.items()}})
-    return 1 if failed else 0
-
-
-def demo_maps(model, out: Path, seed: int) -> Path:
-    """Four held-out digits beside their bits per pixel; the last two carry a pasted block of noise."""
-    import torch
-
-    from ..data import load_dataset, stack
-    from ..files import save_image
-    from ..heatmap import maps_figure, paste_noise
-    from ..likelihood import pixel_bits
-
-    c = model.config
-    digits, _ = stack(load_dataset("mnist", "val", c.img_size, c.channels), 4)
-    noisy, _ = paste_noise(digits[2:], size=6, seed=seed)
-    images = torch.cat([digits[:2], noisy])
-    bits = pixel_bits(model, images)
-    titles = [f"{kind}: {float(b.double().mean()):.2f} bits/dim, {float(b.double().sum()) / 8:.0f} bytes"
-              for kind, b in zip(["digit", "digit", "pasted noise", "pasted noise"], bits)]
-    return save_image(maps_figure(images, bits, scale=6, titles=titles), out / "likelihood_maps.png")

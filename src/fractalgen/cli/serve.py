@@ -1,4 +1,4 @@
-"""`fractalgen serve`: the web demo (fractalgen.app) on this machine, at http://127.0.0.1:7860/ by default."""
+"""`fractalgen serve`: the web demo (fractalgen.cli.web) on this machine, at http://127.0.0.1:7860/ by default."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,7 @@ from .options import add_checkpoint, add_runtime, apply_runtime, integer
 def register(subparsers):
     p = subparsers.add_parser("serve", help="a web page to sample, inpaint and measure likelihood "
                                             '(needs the demo extra: pip install "fractalgen-pytorch[demo]")')
-    add_checkpoint(p, default=None)  # None: the bundled models (app.inpaint_checkpoint picks the inpainting one)
+    add_checkpoint(p, default=None)  # None: the bundled models (web.inpaint_checkpoint picks the inpainting one)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=integer(1, 65535), default=7860, help="port to listen on")
     p.add_argument("--workers", type=integer(1, 64), default=1, help="requests that run the model at once")
@@ -48,12 +48,12 @@ def server_folder():
 def run_serve(args) -> int:
     with server_folder() as folder:
         try:
-            from .. import app
+            from . import web
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in ("gradio", "gradio_client"):
                 raise UserError('the web demo needs Gradio: pip install "fractalgen-pytorch[demo]"') from None
             raise
         device = apply_runtime(args)
-        app.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,
+        web.serve(args.checkpoint, host=args.host, port=args.port, preset=args.preset, workers=args.workers,
                   queue_size=args.queue_size, device=device, folder=folder)
     return 0

@@ -6,6 +6,7 @@ digits, or any function a user or a test supplies.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -38,15 +39,24 @@ class FunctionFeatureNet(FeatureNet):
         return self._features(images), logits
 
 
-def mnist_classifier_net() -> FeatureNet:
-    """The small MNIST classifier (fractalgen.classifier): its (N, 128) penultimate activations as features
-    (a "classifier FID", common practice for digits) and its 10 logits (a classifier Inception Score).
-    Not comparable with Inception-based numbers."""
+def mnist_classifier_net(model=None) -> FeatureNet:
+    """The small MNIST classifier (`fractalgen.classifier`, e.g. `load_mnist_classifier()`): its (N, 128)
+    penultimate activations as features (a "classifier FID", common practice for digits) and its 10 logits
+    (a classifier Inception Score). Not comparable with Inception-based numbers."""
     from .. import classifier
 
-    model = classifier.load_mnist_classifier()
+    model = model if model is not None else _bundled_classifier()
     return FunctionFeatureNet("mnist-classifier", lambda images: classifier.features(images, model),
                               lambda images: model(classifier.prepare(images)))
+
+
+def _bundled_classifier():
+    """Deprecated (goes away in the next release): `mnist_classifier_net()` without a model."""
+    warnings.warn("mnist_classifier_net() without a model is deprecated: pass "
+                  "fractalgen.classifier.load_mnist_classifier()", DeprecationWarning, stacklevel=3)
+    from ..classifier import load_mnist_classifier
+
+    return load_mnist_classifier()
 
 
 def extract(net: FeatureNet, batches: Iterable[torch.Tensor], want_logits: bool = True,

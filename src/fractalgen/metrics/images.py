@@ -1,10 +1,11 @@
-"""Image sets to score: a folder of image files (searched recursively), an .npz, or the embedded digits.
+"""Image sets to score: a folder of image files (searched recursively), an .npz, or images in memory.
 
 An .npz holds `images` (our data format) or `arr_0` (the ADM evaluator's sample and reference
 batches), uint8, (N, H, W) or (N, H, W, C). Every image of a set must have the same size.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,20 @@ class ImageSet:
         else:
             raise UserError(f"images not found: {path}")
         self._describe()
+
+    @classmethod
+    def from_tensor(cls, images, source: str = "images") -> ImageSet:
+        """Images in memory in the library's layout, uint8 (N, C, H, W), tensor or array (e.g. the held-out
+        digits of `fractalgen.mnist_heldout()`); `source` names them."""
+        array = images.numpy(force=True) if isinstance(images, torch.Tensor) else np.asarray(images)
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] not in (1, 3) or not len(array):
+            raise UserError(f"{source}: images must be uint8 (N, C, H, W) with 1 or 3 channels, got "
+                            f"{array.dtype} {tuple(array.shape)}")
+        self = cls.__new__(cls)
+        self.source, self.files = source, []
+        self.array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
+        self._describe()
+        return self
 
     @classmethod
     def from_files(cls, files: list[Path]) -> ImageSet:
@@ -104,6 +119,8 @@ def _read_npz(path: Path) -> np.ndarray:
 
 def _embedded_digits() -> np.ndarray:
     """The 500 held-out digits of the embedded MNIST set (the `val` split), (500, 28, 28, 1)."""
+    warnings.warn('ImageSet("mnist") is deprecated: pass the digits of fractalgen.mnist_heldout() to '
+                  "ImageSet.from_tensor", DeprecationWarning, stacklevel=3)
     from ..data import mnist_split
 
     images, _ = mnist_split("val")
