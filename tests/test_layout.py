@@ -75,3 +75,27 @@ def test_nothing_imports_the_package_face_back():
 def test_no_importlib_tricks():
     for name, path in MODULES.items():
         assert "import_module(" not in path.read_text(), name
+
+
+APPLICATIONS = ("fractalgen.cli", "fractalgen.__main__", "fractalgen.app", "fractalgen.apps")
+DEPRECATED = {"fractalgen.checkpoint", "fractalgen.hub", "fractalgen.card"}  # re-exports kept for one release
+
+
+def test_formats_import_neither_the_command_line_nor_the_web_app():
+    for name, imported in GRAPH.items():
+        if name.startswith("fractalgen.formats"):
+            bad = [m for m in imported if m.startswith(APPLICATIONS)]
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_each_format_stands_alone_below_the_dispatcher():
+    """formats/__init__.py tells the formats apart and imports them; no format imports it back."""
+    for name, imported in GRAPH.items():
+        if name.startswith("fractalgen.formats."):
+            assert "fractalgen.formats" not in imported, f"{name} imports the dispatcher"
+
+
+def test_nothing_imports_the_deprecated_modules():
+    for name, imported in GRAPH.items():
+        if name not in DEPRECATED:
+            assert not imported & DEPRECATED, f"{name} imports {sorted(imported & DEPRECATED)}"

@@ -267,10 +267,10 @@ def add_demo(sub):
 
 
 def run_demo(args) -> int:
-    from ..checkpoint import DEFAULT_INPAINT_CHECKPOINT
     from ..conditional import DEMO_DESCRIPTIONS, demo_examples
     from ..data import load_dataset, stack
     from ..files import check_writable, save_grid, write_text
+    from ..formats import DEFAULT_INPAINT_CHECKPOINT
     from ..generation import sample
     from ..likelihood import measure
     from ..visualize import GenerationRecorder
