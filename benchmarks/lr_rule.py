@@ -38,9 +38,9 @@ def config(width: int):
 def run(out: Path, data: Path, width: int, batch: int, lr: float, steps: int, warmup: int) -> dict:
     """Train one point; its last training loss, held-out loss and unconditional bits/dim."""
     from fractalgen import nll_per_image
-    from fractalgen.checkpoint import load
     from fractalgen.data import load_dataset, stack
     from fractalgen.errors import UserError
+    from fractalgen.formats import load
     from fractalgen.train import TrainOptions, train
 
     options = TrainOptions(out=str(out), data=str(data), steps=steps, batch_size=batch, lr=lr, warmup_steps=warmup,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import fractalgen
-from fractalgen.checkpoint import safe_torch_load
+from fractalgen.formats.official import safe_torch_load
 
 # ---- shims -----------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import fractalgen
-from fractalgen.checkpoint import CheckpointError, official_state_dict, save_official
+from fractalgen import CheckpointError, save_official
 from fractalgen.config import PRESETS, ConfigError, ModelConfig
+from fractalgen.formats.official import official_state_dict
 from fractalgen.levels.base import patchify
 from fractalgen.levels.mar import revealed_positions
 

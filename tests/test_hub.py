@@ -9,10 +9,10 @@ import torch
 from safetensors import safe_open
 
 import fractalgen
-from fractalgen import checkpoint
-from fractalgen.card import CardFacts, Measurement
-from fractalgen.checkpoint import CheckpointError, official_state_dict
+from fractalgen import CardFacts, CheckpointError, Measurement
 from fractalgen.errors import UserError
+from fractalgen.formats.folder import parse_hub_id
+from fractalgen.formats.official import official_state_dict
 
 torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
 
@@ -180,10 +180,10 @@ def test_config_json_in_the_official_constructors_form(tmp_path):
 
 
 def test_hub_ids_are_told_apart_from_paths():
-    assert checkpoint.parse_hub_id("owner/name") == ("owner/name", None)
-    assert checkpoint.parse_hub_id("owner/name@v1.0") == ("owner/name", "v1.0")
+    assert parse_hub_id("owner/name") == ("owner/name", None)
+    assert parse_hub_id("owner/name@v1.0") == ("owner/name", "v1.0")
     for path in ("model.pth", "runs/x/model.safetensors", "./owner/name", "/abs/path", "a/b/c", "name"):
-        assert checkpoint.parse_hub_id(path) is None, path
+        assert parse_hub_id(path) is None, path
 
 
 def make_hub_cache(home, repo_id, folder, revision="0123456789abcdef0123456789abcdef01234567"):

@@ -155,3 +155,27 @@ def test_only_the_command_line_serves_the_web_page():
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & WEB_FRAMEWORKS, f"{name} imports {sorted(imported & WEB_FRAMEWORKS)}"
+
+
+APPLICATIONS = ("fractalgen.cli", "fractalgen.__main__", "fractalgen.app", "fractalgen.apps")
+DEPRECATED = {"fractalgen.checkpoint", "fractalgen.hub", "fractalgen.card"}  # re-exports kept for one release
+
+
+def test_formats_import_neither_the_command_line_nor_the_web_app():
+    for name, imported in GRAPH.items():
+        if name.startswith("fractalgen.formats"):
+            bad = [m for m in imported if m.startswith(APPLICATIONS)]
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_each_format_stands_alone_below_the_dispatcher():
+    """formats/__init__.py tells the formats apart and imports them; no format imports it back."""
+    for name, imported in GRAPH.items():
+        if name.startswith("fractalgen.formats."):
+            assert "fractalgen.formats" not in imported, f"{name} imports the dispatcher"
+
+
+def test_nothing_imports_the_deprecated_modules():
+    for name, imported in GRAPH.items():
+        if name not in DEPRECATED:
+            assert not imported & DEPRECATED, f"{name} imports {sorted(imported & DEPRECATED)}"

@@ -9,20 +9,18 @@ Sampling settings not given take the checkpoint's recommendation, else the confi
 """
 from __future__ import annotations
 
-from .card import CardFacts, Measurement
-from .checkpoint import CheckpointError, load, save, save_official
 from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .data import mnist_heldout
 from .files import save_grid, to_pil
+from .formats import CheckpointError, export, load, save, save_official, save_pretrained
+from .formats.card import CardFacts, Measurement
 from .generation import sample
-from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
 from .settings import SamplingSettings, resolve_settings
 from .version import __version__
-
 
 
 def build(config) -> FractalModel:

@@ -3,8 +3,8 @@
     fractalgen train --preset mnist_ar --data mnist --out runs/mnist      # the preset's own recipe
     torchrun --nproc_per_node=8 -m fractalgen train --preset fractalmar_in64 --data /imagenet --out runs/in64
 
-A run directory holds `checkpoint.pt` (everything needed to resume: model, optimizer, step,
-RNG states of every rank, data position, config and options), `model.safetensors` (the
+A run directory holds `checkpoint.pt` (formats/run.py: everything needed to resume: model, optimizer,
+step, RNG states of every rank, data position, config and options), `model.safetensors` (the
 weights for `fractalgen sample`), `metrics.jsonl` (loss, lr, grad norm, speed and memory every
 `log_every` steps; trainlog.py) and `samples/` (periodic grids). The checkpoint and the weights
 are written atomically (temporary file, fsync, rename), so a crash never leaves a half-written one.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import random
 import re
@@ -29,20 +28,20 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
 from .config import ConfigError, ModelConfig, config_for_data
 from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
-from .files import atomic_write, check_writable, save_grid
+from .files import check_writable, save_grid
+from .formats import load as load_checkpoint
+from .formats.ours import save_ours
+from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
 from .generation import sample
-from .jsonfile import parse_object
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
 from .trainlog import MetricsLog
 
-CHECKPOINT_NAME = "checkpoint.pt"
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
 
 
@@ -472,22 +471,11 @@ def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batche
     weights = full_model_state(model, sharded)
     optimizer_state = full_optimizer_state(model, optimizer, sharded)
     if d.main:
-        state = {
-            "model": weights,
-            "optimizer": optimizer_state,
-            "step": step,
-            "data_position": step,  # batches consumed; the order itself is drawn from (seed, epoch)
-            "epoch": step / batches.per_epoch,
-            "rng": states,
-            "config": model.config.to_json(),
-            "options": json.dumps(dataclasses.asdict(options)),
-            "world_size": d.world,
-        }
         try:
-            atomic_write(lambda f: torch.save(state, f), out / CHECKPOINT_NAME)
-            if options.keep_checkpoints:
-                atomic_write(lambda f: torch.save(state, f), out / f"checkpoint-{step:07d}.pt")
-            ckpt.save(unsharded(model, weights) if sharded else model, out / "model.safetensors")
+            write_checkpoint(out, model=weights, optimizer=optimizer_state, step=step, per_epoch=batches.per_epoch,
+                             rng=states, config=model.config, options=dataclasses.asdict(options),
+                             world_size=d.world, keep=options.keep_checkpoints)
+            save_ours(unsharded(model, weights) if sharded else model, out / "model.safetensors")
         except WriteError as e:  # a full disk: one line, and how to go on
             raise WriteError(f"{e} (training stopped at step {step}; make room, then --resume {out})") from None
     d.barrier()
@@ -508,32 +496,6 @@ def fit_checkpoint(load, path):
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise UserError(f"--resume {path}: the checkpoint is damaged or does not fit its own config "
                         f"({str(e).strip().splitlines()[0][:200]})") from None
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise UserError(f"--resume: no training checkpoint at {path}")
-    state = ckpt.safe_torch_load(path)
-    missing = [k for k in ("model", "optimizer", "step", "rng", "config") if k not in state]
-    if missing:
-        raise UserError(f"--resume: {path} is not a training checkpoint (missing {', '.join(missing)})")
-    # A damaged or hand-edited file fails here, not deep inside the loop; its config and options are
-    # JSON text, read as every JSON file is (jsonfile.py).
-    for key in ("config", "options"):
-        text = state.get(key, "{}")
-        if not isinstance(text, str):
-            raise UserError(f"--resume: {path} is damaged (its {key} is not JSON text)")
-        state[key] = parse_object(text, f"--resume: {path}: the stored {key}")
-    well_formed = (isinstance(state["step"], int) and not isinstance(state["step"], bool) and state["step"] >= 0
-                   and isinstance(state["model"], dict) and isinstance(state["optimizer"], dict)
-                   and isinstance(state["rng"], list) and all(isinstance(r, dict) for r in state["rng"]))
-    if not well_formed:
-        raise UserError(f"--resume: {path} is damaged (its step, weights, optimizer state or random states "
-                        f"are malformed)")
-    return state
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -563,7 +525,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     resume = read_checkpoint(options.resume) if options.resume else None
     if resume is not None and options.init is not None:
         raise UserError("give --resume (continue a run) or --init (start from its weights), not both")
-    initial = ckpt.load(options.init) if options.init is not None and resume is None else None
+    initial = load_checkpoint(options.init) if options.init is not None and resume is None else None
     summary = describe_data(options.data)
     if resume is not None:
         try:

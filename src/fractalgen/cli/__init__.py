@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..errors import UserError
+from ..formats import CheckpointError
 from ..version import __version__
 from . import codec, conditional, demo, evaluate, hub, plot, sample, serve, train
 from .options import HelpFormatter, Parser

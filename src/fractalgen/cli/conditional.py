@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .. import conditional
-from ..checkpoint import DEFAULT_INPAINT_CHECKPOINT
 from ..errors import UserError
 from ..files import check_writable, save_image, to_pil
+from ..formats import DEFAULT_INPAINT_CHECKPOINT
 from ..visualize import as_rgb, rows_figure, show_mask
 from .options import (
     add_checkpoint,

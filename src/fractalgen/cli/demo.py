@@ -48,7 +48,7 @@ def register(subparsers):
 
 
 def run_demo(args) -> int:
-    from ..checkpoint import DEFAULT_INPAINT_CHECKPOINT, load
+    from ..formats import DEFAULT_INPAINT_CHECKPOINT, load
     from ..data import load_dataset, stack
     from ..files import check_writable, save_grid, write_text
     from ..generation import sample

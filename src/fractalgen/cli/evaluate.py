@@ -91,8 +91,8 @@ def _scoring_arguments(p):
 # ---- handlers ------------------------------------------------------------------------------
 
 def run_evaluate(args) -> int:
-    from ..checkpoint import load
     from ..evaluation import evaluate_model
+    from ..formats import load
 
     set_threads(args.threads)
     # Under torchrun every process joins the group here and samples on its own GPU (LOCAL_RANK).

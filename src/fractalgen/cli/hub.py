@@ -1,4 +1,4 @@
-"""`fractalgen export`: any checkpoint as a Hugging Face-style model folder (hub.py).
+"""`fractalgen export`: any checkpoint as a Hugging Face-style model folder (formats/folder.py).
 
     fractalgen export --checkpoint runs/mnist --out mnist-fractalar --dtype bfloat16 --card card.json
 """
@@ -44,8 +44,8 @@ def read_card(path: str | None) -> dict:
 def run_export(args) -> int:
     import torch
 
-    from ..checkpoint import FOLDER_FILES
-    from ..hub import export
+    from ..formats import export
+    from ..formats.folder import FOLDER_FILES
 
     if args.checkpoint is None:
         raise UserError("give --checkpoint (a checkpoint file, a training run folder or a bundled model name)")

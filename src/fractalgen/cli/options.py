@@ -195,7 +195,7 @@ def apply_runtime(args):
 
 def load_model(args):
     """The model of --checkpoint/--preset on the chosen device (threads set first)."""
-    from ..checkpoint import load
+    from ..formats import load
 
     device = apply_runtime(args)
     return load(args.checkpoint, config=getattr(args, "preset", None), device=device)

@@ -118,7 +118,8 @@ def flag_type(bound):
 
 def run_train(args) -> int:
     from ..config import get_config
-    from ..train import CHECKPOINT_NAME, run_options, train
+    from ..formats.run import CHECKPOINT_NAME
+    from ..train import run_options, train
 
     set_threads(args.threads)
     out = args.out or args.resume

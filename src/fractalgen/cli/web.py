@@ -43,11 +43,11 @@ from starlette.responses import PlainTextResponse
 
 import fractalgen
 
-from ..checkpoint import BUNDLED, DEFAULT_INPAINT_CHECKPOINT
 from ..conditional import centre_box
 from ..data import center_crop_adm, mnist_split, pil_mode, to_pil_mode
 from ..errors import UserError
 from ..files import grid, to_pil
+from ..formats import BUNDLED, DEFAULT_INPAINT_CHECKPOINT
 from ..heatmap import heatmap_picture
 from ..visualize import GenerationRecorder, rows_figure, show_mask
 

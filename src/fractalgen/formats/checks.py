@@ -1,0 +1,63 @@
+"""What every reader checks: the one error it raises, loaded tensors against the model's, and a
+file's recommended sampling settings."""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from ..config import CFG_SCHEDULES, ModelConfig
+from ..settings import SETTING_MAX
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "metadata 'sampling'") -> dict:
+    """Recommended sampling settings (from metadata or a model folder's config.json), type and range checked."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {
+        "cfg": (lambda v: number(v) and abs(v) <= SETTING_MAX, f"a number between -{SETTING_MAX:g} and {SETTING_MAX:g}"),
+        "temperature": (lambda v: number(v) and 0 < v <= SETTING_MAX, f"a number > 0 and <= {SETTING_MAX:g}"),
+        "filter_threshold": (lambda v: number(v) and v >= 0, "a finite number >= 0"),
+        "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"one of {', '.join(CFG_SCHEDULES)}"),
+        "num_iter": (lambda v: isinstance(v, list) and len(v) == config.num_levels
+                     and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1 << 20 for k in v),
+                     f"a list of {config.num_levels} positive integers"),
+    }
+    for key, value in sampling.items():
+        if key not in checks:
+            raise CheckpointError(f"{path}: {where} has an unknown setting {key!r} "
+                                  f"(known: {', '.join(checks)})")
+        ok, wanted = checks[key]
+        if not ok(value):
+            raise CheckpointError(f"{path}: {where} field {key!r} must be {wanted}, "
+                                  f"got {json.dumps(value)[:60]}")
+    return sampling
+
+
+def check_tensors(state: dict, expected: dict, path, name=lambda key: key, context: str = ""):
+    """Keys, shapes, dtypes and finiteness of loaded tensors against the model's (meta) state dict.
+
+    One cheap pass over the weights: a NaN or an infinity would otherwise surface only as garbage
+    images or a 'nan' likelihood, far from its cause. `name` gives the key as the file spells it.
+    """
+    for key, want in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key {name(key)}{context}")
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {name(key)} is not a tensor")
+        if tuple(value.shape) != tuple(want.shape):
+            raise CheckpointError(f"{path}: shape mismatch for {name(key)}: checkpoint {tuple(value.shape)}, "
+                                  f"model {tuple(want.shape)}{context}")
+        if want.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: {name(key)} holds {str(value.dtype).replace('torch.', '')} values "
+                                  f"where floating-point weights belong")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: {name(key)} holds {bad} non-finite value(s) (NaN or infinity)")
