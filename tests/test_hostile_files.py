@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import fractalgen
 from fractalgen.checkpoint import official_state_dict
-from fractalgen.data import center_crop_adm
+from fractalgen.images import fit_picture as center_crop_adm
 
 torch.set_num_threads(1)
 
