@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fractalgen.data import EpochBatches, center_crop_adm, load_dataset, mnist_split, stack
+from fractalgen.data import EpochBatches, load_dataset, mnist_split, stack
+from fractalgen.images import fit_picture as center_crop_adm
 from fractalgen.errors import UserError
 
 

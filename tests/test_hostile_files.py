@@ -19,8 +19,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import fractalgen
-from fractalgen.data import center_crop_adm
 from fractalgen.formats.official import official_state_dict
+from fractalgen.images import fit_picture as center_crop_adm
 
 torch.set_num_threads(1)
 

@@ -83,7 +83,7 @@ def predict(images, classifier: DigitClassifier | None = None, batch_size: int =
 
 def read_labelled_pngs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The `{index:05d}_class{label}.png` files that `fractalgen sample --out` writes: uint8 (N, 1, 28, 28), labels."""
-    from PIL import Image
+    from .images import open_picture, to_channels
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -93,11 +93,7 @@ def read_labelled_pngs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise UserError(f"no *_classK.png sample files in {folder} (write them with fractalgen sample --out)")
     images, labels = [], []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                images.append(np.asarray(im.convert("L")))
-        except OSError as e:
-            raise UserError(f"cannot read {p}: {e}") from None
+        images.append(np.asarray(to_channels(open_picture(p), 1)))  # (H, W), by the picture rules
         labels.append(int(p.stem.split("_class")[1]))
     if any(im.shape != (28, 28) for im in images):
         raise UserError(f"{folder}: the MNIST classifier needs 28x28 images")

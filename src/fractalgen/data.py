@@ -14,19 +14,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .images import IMAGE_EXTENSIONS, PictureError, channels_of, header, mode_for, model_image, open_picture
 from .npz import NpzArchive
 
 ASSETS = Path(__file__).parent / "assets"
 MNIST_FILE = ASSETS / "mnist5k.npz"
 MNIST_SPLIT_SEED, MNIST_VAL = 0, 500  # fixed: every user gets the same 4,500 / 500 split
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, PIL's RGB -> L weights
 
 
@@ -54,46 +54,17 @@ def convert_channels(images: np.ndarray, channels: int, source: str) -> np.ndarr
     raise UserError(f"{source}: images have {c} channels, the model needs {channels}")
 
 
-MAX_ASPECT = 4  # long side / short side beyond which an image is cut to its centre square before resizing
+def __getattr__(name: str):
+    """Names that moved to fractalgen.images (the one picture reader): importable here for one release."""
+    from . import images as rules
 
-
-def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
-    """ADM's centre crop: halve with a box filter while the short side is >= 2x the target, bicubic resize, crop.
-
-    The crop keeps only the centre square, yet the resize scales the whole image: a strip 1 pixel
-    wide and 16M tall would become 64 x 1G pixels on the way to a 64x64 crop. Strips more elongated
-    than MAX_ASPECT are therefore cut to their centre square first, which bounds the work per image
-    by MAX_ASPECT * size**2 pixels (normal photographs are resized exactly as ADM does).
-    """
-    short = min(image.size)
-    if max(image.size) > MAX_ASPECT * short:
-        left, top = (image.size[0] - short) // 2, (image.size[1] - short) // 2
-        image = image.crop((left, top, left + short, top + short))
-    while min(image.size) >= 2 * size:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    scale = size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def pil_mode(channels: int) -> str:
-    if channels not in (1, 3):
-        raise UserError(f"image files can feed 1- or 3-channel models, not {channels}")
-    return "L" if channels == 1 else "RGB"
-
-
-def to_pil_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Odd modes (16-bit, palette, alpha, CMYK) to L or RGB; 16-bit values are scaled, not clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        image = Image.fromarray(np.round(arr / peak * 255).clip(0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "P", "PA"):  # for L too: a transparent pixel is white at any channel count
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha over white
-        image = Image.alpha_composite(background, image)
-    return image.convert(mode)
+    moved = {"center_crop_adm": rules.fit_picture, "pil_mode": rules.mode_for, "MAX_ASPECT": rules.MAX_ASPECT,
+             "to_pil_mode": lambda image, mode: rules.to_channels(image, 1 if mode == "L" else 3)}
+    if name not in moved:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"fractalgen.data.{name} is deprecated: use fractalgen.images (fit_picture, mode_for, "
+                  f"MAX_ASPECT, to_channels)", DeprecationWarning, stacklevel=2)
+    return moved[name]
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -117,7 +88,8 @@ class ImageFolder(torch.utils.data.Dataset):
     """Files under ROOT/<class>/ (classes sorted by name) or directly under ROOT (unlabelled)."""
 
     def __init__(self, root: Path, size: int, channels: int):
-        self.root, self.size, self.mode, self.name = root, size, pil_mode(channels), str(root)
+        self.root, self.size, self.mode, self.name = root, size, mode_for(channels), str(root)
+        self.channels = channels
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
         self.classes = [p.name for p in class_dirs]
         self.num_classes = len(class_dirs)
@@ -136,11 +108,8 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def load(self, index: int) -> torch.Tensor:
-        path = self.files[index][0]
-        with Image.open(path) as image:
-            image = center_crop_adm(to_pil_mode(image, self.mode), self.size)
-        arr = np.asarray(image, dtype=np.uint8).reshape(self.size, self.size, -1)  # (H, W, C)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        """One file as uint8 (C, S, S) by the picture rules (fractalgen.images); an animation: its first frame."""
+        return model_image(open_picture(self.files[index][0], first_frame=True), self.channels, self.size)
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
@@ -150,7 +119,7 @@ class ImageFolder(torch.utils.data.Dataset):
             i = (index + attempt) % len(self.files)
             try:
                 image = self.load(i)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+            except (OSError, ValueError, SyntaxError):  # a PictureError is a ValueError
                 self.bad += 1
                 if self.bad in (1, 10, 100, 1000):
                     note(f"unreadable image {self.files[i][0]} skipped ({self.bad} so far)")
@@ -353,12 +322,11 @@ def describe_data(spec: str) -> DataSummary:
     probes = train.files[::step][:SUMMARY_PROBES]
     for file, _ in probes:
         try:
-            with Image.open(file) as image:
-                size, mode = image.size, image.mode
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+            width, height, mode = header(file)
+        except PictureError:
             continue  # an unreadable file is counted (and skipped) when training reads it
-        sizes[size] = sizes.get(size, 0) + 1
-        channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+        sizes[(width, height)] = sizes.get((width, height), 0) + 1
+        channels = channels_of(mode)
         modes[channels] = modes.get(channels, 0) + 1
     def ranked(counter):  # most common first
         return tuple(sorted(counter, key=lambda k: -counter[k]))

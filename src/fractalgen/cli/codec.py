@@ -16,8 +16,6 @@ from ..codec import DEFAULT_BATCH, IMAGES_PER_STREAM, MAX_IMAGES_PER_STREAM
 from ..errors import UserError
 from .options import add_checkpoint, add_json, add_runtime, emit_json, integer, load_model
 
-READABLE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit modes: nothing lost by reading them as RGBA
-
 
 def register(subparsers):
     add_compress(subparsers)
@@ -80,8 +78,8 @@ def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool)
     """uint8 (N, C, H, W) images and labels (N,) or None from PNG files, folders or one .npz."""
     if len(sources) == 1 and sources[0].endswith(".npz"):
         return read_npz_images(Path(sources[0]), channels, size, with_labels)
-    from ..data import IMAGE_EXTENSIONS
     from ..files import label_of
+    from ..images import IMAGE_EXTENSIONS
 
     paths = []
     for source in map(Path, sources):
@@ -106,28 +104,10 @@ def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool)
 
 
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image file -> uint8 (C, H, W), refusing anything a conversion would change."""
-    from PIL import Image
+    """One image file -> uint8 (C, H, W), opened as every picture is; what a conversion would change is refused."""
+    from ..images import exact_image, open_picture
 
-    try:
-        with Image.open(path) as im:
-            if im.mode not in READABLE_MODES:
-                raise UserError(f"{path}: {im.mode} images are not 8-bit gray or RGB (lossless input needed)")
-            rgba = np.asarray(im.convert("RGBA"))
-    except UserError:
-        raise
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0][:200]}") from None
-    if (rgba[..., 3] != 255).any():
-        raise UserError(f"{path} has transparent pixels: the model codes opaque images only")
-    rgb = rgba[..., :3]
-    if rgb.shape[:2] != (size, size):
-        raise UserError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}: the model codes {size}x{size} images")
-    if channels == 1:
-        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
-            raise UserError(f"{path} is in colour: this model codes grayscale images")
-        return rgb[None, :, :, 0].copy()
-    return rgb.transpose(2, 0, 1).copy()
+    return exact_image(open_picture(path), channels, size, path)
 
 
 def read_npz_images(path: Path, channels: int, size: int, with_labels: bool):

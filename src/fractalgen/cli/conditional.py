@@ -3,8 +3,9 @@
     fractalgen inpaint --checkpoint mnist --image digit.png --box 4,14,24,28 --samples 4 --out out/
     fractalgen edit --checkpoint mnist --image digit.png --label 3 --out out/
 
-The image is loaded with Pillow; another size is centre-cropped to a square and resized to the
-model's size (with a note). A mask image must have the image's size: white = regenerate.
+The image is read by the picture rules every reader shares (fractalgen.images): converted to the
+model's channels, and another size resized and centre-cropped to the model's (with a note).
+A mask image must have the image's size: white = regenerate.
 Boxes are x0,y0,x1,y1 in the input image's pixels (x1, y1 exclusive). Writes the completions
 and a side-by-side strip (the input with the regenerated region tinted, then the completions).
 """
@@ -20,6 +21,7 @@ from .. import conditional
 from ..errors import UserError
 from ..files import check_writable, save_image, to_pil
 from ..formats import DEFAULT_INPAINT_CHECKPOINT
+from ..images import fit_mask, marked, model_image, open_picture, source_box, to_channels
 from ..visualize import as_rgb, rows_figure, show_mask
 from .options import (
     add_checkpoint,
@@ -34,7 +36,6 @@ from .options import (
     settings_from,
 )
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes without colour
 # What a box means for each command: the region to regenerate, or the region to keep.
 BOX_MEANS_KEEP = {"inpaint": False, "outpaint": True, "uncrop": True, "edit": False}
 HELP = {
@@ -75,11 +76,12 @@ def run(args) -> int:
         raise UserError(f"label {args.label} is out of range: the model has {k} classes"
                         + (f" (0..{k - 1})" if k else " (it is unconditional)"))
 
-    picture, converted = open_image(args.image, channels)
+    changes = []
+    picture = to_channels(open_picture(args.image), channels, changes)  # the model's mode, the input's size
     regenerate_full = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
-    image, regenerate, crop, fitted = fit_to_model(picture, regenerate_full, size)
-    if converted or fitted:  # one note line for everything done to the input
-        print(f"note: {args.image} is {'; '.join(t for t in (converted, fitted) if t)}", file=sys.stderr)
+    image, regenerate, crop = fit_to_model(picture, regenerate_full, size, changes)
+    if changes:  # one note line for everything done to the input
+        print(f"note: {args.image}: {'; '.join(changes)}", file=sys.stderr)
     known = ~regenerate
 
     out_dir = Path(args.out)
@@ -134,45 +136,11 @@ def paste_back(picture, completion: torch.Tensor, regenerate: np.ndarray, crop):
 
 # ---- inputs ---------------------------------------------------------------------------------------------
 
-def open_image(path, channels: int):
-    """A PIL image in the model's colour mode (L for one channel, RGB for three), and what the
-    conversion did ("" when nothing changed), for the note."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
-        raise UserError(f"image files can feed 1- or 3-channel models; this model has {channels} channels")
-    try:
-        with Image.open(path) as picture:
-            colour = picture.mode not in GRAY_MODES
-            converted = ""
-            if colour and mode == "L":
-                converted = f"a colour image ({picture.mode}), made grayscale for this grayscale model"
-            elif not colour and mode == "RGB":
-                converted = f"grayscale ({picture.mode}), repeated into RGB for this colour model"
-            picture = picture.convert(mode)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    if picture.width == 0 or picture.height == 0:
-        raise UserError(f"image {path} is empty ({picture.width}x{picture.height})")
-    return picture, converted
-
-
 def region_to_regenerate(args, image_size) -> np.ndarray:
     """Bool (h, w) at the input's size, True = regenerate, from --mask, --box or the command's default."""
     w, h = image_size
     if args.mask:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(args.mask) as m:
-                mask = np.asarray(m.convert("L")) > 127  # white = regenerate
-        except FileNotFoundError:
-            raise UserError(f"mask not found: {args.mask}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot read mask {args.mask}: {e}") from None
+        mask = marked(open_picture(args.mask, "mask"))  # white = regenerate
         if mask.shape != (h, w):
             raise UserError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but image {args.image} is {w}x{h}")
         return mask
@@ -196,25 +164,14 @@ def region_to_regenerate(args, image_size) -> np.ndarray:
     return regenerate
 
 
-def fit_to_model(picture, regenerate: np.ndarray, size: int):
-    """Centre-crop to a square and resize to the model's size.
+def fit_to_model(picture, regenerate: np.ndarray, size: int, changes: list[str]):
+    """The picture (already in the model's mode) and its region to regenerate at the model's size, by the
+    picture rules (fractalgen.images: ADM centre crop; a model pixel regenerated when any pixel it overlaps is).
 
-    -> uint8 (C, S, S), bool (S, S) to regenerate, the crop box (x0, y0, x1, y1) in the input's
-    pixels (None when the input already has the model's size), and what was done ("" if nothing).
+    -> uint8 (C, S, S), bool (S, S) to regenerate, and the square the model sees as (x0, y0, x1, y1) in the
+    input's pixels, rounded (None when the input already has the model's size); what was done is appended
+    to `changes`.
     """
-    from PIL import Image
-
-    w, h = picture.size
-    crop = None
-    if (w, h) != (size, size):
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        crop = (left, top, left + side, top + side)
-        picture = picture.crop(crop).resize((size, size), Image.BICUBIC)
-        mask = Image.fromarray(regenerate.astype(np.uint8) * 255).crop(crop).resize((size, size), Image.NEAREST)
-        regenerate = np.asarray(mask) > 127
-    fitted = "" if crop is None else (f"{w}x{h}, centre-cropped to {side}x{side} and resized to {size}x{size} "
-                                      f"(the model's size)")
-    array = np.asarray(picture)
-    image = torch.from_numpy(array.copy()).reshape(size, size, -1).permute(2, 0, 1).contiguous()  # (C, S, S)
-    return image, torch.from_numpy(regenerate.copy()), crop, fitted
+    image = model_image(picture, len(picture.getbands()), size, changes)
+    crop = None if picture.size == (size, size) else tuple(round(v) for v in source_box(*picture.size, size))
+    return image, torch.from_numpy(fit_mask(regenerate, size)), crop

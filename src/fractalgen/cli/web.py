@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import functools
 import io
 import os
@@ -44,11 +45,20 @@ from starlette.responses import PlainTextResponse
 import fractalgen
 
 from ..conditional import centre_box
-from ..data import center_crop_adm, mnist_split, pil_mode, to_pil_mode
+from ..data import mnist_split
 from ..errors import UserError
 from ..files import grid, to_pil
 from ..formats import BUNDLED, DEFAULT_INPAINT_CHECKPOINT
 from ..heatmap import heatmap_picture
+from ..images import (
+    AnimatedPicture,
+    PictureError,
+    PictureTooLarge,
+    header,
+    known_pixels,
+    model_image,
+    open_picture,
+)
 from ..visualize import GenerationRecorder, rows_figure, show_mask
 
 # ---- limits: what one request may cost ----------------------------------------------------------
@@ -107,28 +117,30 @@ def check_pixels(source, what: str) -> None:
     `source`: a path or a binary file object. Every picture reaching the server passes here first:
     the components' uploads (readable_uploads), the editor's drafts and the named endpoints' files.
     """
-    too_large = f"this page takes at most {MAX_UPLOAD_PIXELS:,} pixels"
-    try:
-        with Image.open(source) as image:
-            width, height = image.size  # from the header: nothing decoded yet
-    except Image.DecompressionBombError:  # Pillow's own bound (serve sets it) refused the header already
-        raise refuse(f"{what} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; {too_large}") from None
-    except UNREADABLE:
-        raise refuse(f"{what} {NOT_AN_IMAGE}") from None
-    if width * height > MAX_UPLOAD_PIXELS:
-        raise refuse(f"{what} is {width}x{height}; {too_large}")
+    with page_messages(what):
+        header(source, what, MAX_UPLOAD_PIXELS)
 
 
 def open_bounded(path, what: str = "the image") -> Image.Image:
-    """Open an uploaded file: its declared size checked first, then decoded whole."""
+    """Open an uploaded file as every picture is opened (fractalgen.images), bounded by MAX_UPLOAD_PIXELS."""
     if path is None:
         raise refuse(f"{what} is missing: upload one first")
-    check_pixels(path, what)
+    with page_messages(what):
+        return open_picture(path, what, MAX_UPLOAD_PIXELS)
+
+
+@contextlib.contextmanager
+def page_messages(what: str):
+    """The picture reader's refusals in the page's words (the path of a temporary file means nothing here)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except UNREADABLE:
+        yield
+    except PictureTooLarge as e:
+        declared = f"is {e.size[0]}x{e.size[1]}" if e.size else f"declares more than {e.bound:,} pixels"
+        raise refuse(f"{what} {declared}; this page takes at most {MAX_UPLOAD_PIXELS:,} pixels") from None
+    except AnimatedPicture as e:
+        raise refuse(f"{what} has {e.frames} frames (an animation or a multi-page file): "
+                     "upload one still picture") from None
+    except PictureError:
         raise refuse(f"{what} {NOT_AN_IMAGE}") from None
 
 
@@ -190,37 +202,19 @@ def readable_uploads(component, what: str):
 
 
 def to_model_image(image: Image.Image, model) -> tuple[torch.Tensor, list[str]]:
-    """A PIL image -> uint8 (C, S, S) at the model's size, read as `fractalgen nll` reads image files
-    (alpha over white, odd modes converted, ADM centre crop); also what was changed, in words."""
-    c, s = model.config.channels, model.config.img_size
+    """A PIL image -> uint8 (C, S, S) at the model's size, by the picture rules every reader shares
+    (fractalgen.images: alpha over white, 16-bit scaled, ADM centre crop); also what was changed, in words."""
     notes = []
-    if c == 1 and image.mode in ("RGB", "RGBA", "P", "CMYK"):
-        rgb = np.asarray(image.convert("RGB"))
-        if (rgb != rgb[..., :1]).any():
-            notes.append("colours converted to gray (the model is grayscale)")
-    if "A" in image.getbands() and image.getextrema()[-1][0] < 255:
-        notes.append("transparent pixels taken as white")
-    image = to_pil_mode(image, pil_mode(c))
-    if image.size != (s, s):
-        notes.append(f"resized from {image.width}x{image.height} to {s}x{s} (centre crop)")
-        image = center_crop_adm(image, s)
-    array = np.asarray(image, dtype=np.uint8).reshape(s, s, c)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1), notes
+    return model_image(image, model.config.channels, model.config.img_size, notes), notes
 
 
 def to_model_mask(mask: Image.Image, size: int) -> torch.Tensor:
     """A mask picture (white or painted = regenerate) -> bool (S, S), True where the pixel is KNOWN.
 
-    A mask of another size goes through the same centre crop as the image; a model pixel is
-    regenerated when any part of it is covered (box filter > 0), so a thin stroke still counts.
+    A mask of another size goes through the same centre crop as a picture of its size; a model pixel is
+    regenerated when any part of it is covered, so a thin stroke still counts (fractalgen.images.fit_mask).
     """
-    covered = np.asarray(mask.convert("L"), dtype=np.uint8) >= 128
-    picture = Image.fromarray(covered.astype(np.uint8) * 255)
-    if picture.size != (size, size):
-        side = min(picture.size)
-        left, top = (picture.width - side) // 2, (picture.height - side) // 2
-        picture = picture.crop((left, top, left + side, top + side)).resize((size, size), Image.BOX)
-    return torch.from_numpy(np.asarray(picture) == 0)
+    return known_pixels(mask, size)
 
 
 def class_names(model) -> list[str] | None:
@@ -498,7 +492,7 @@ class Demo:
         lines.append(f"compressed with the model (`fractalgen compress`): **{coded} bytes** as a complete file "
                      f"(header included), {compared(coded, png)} than the optimised PNG ({png} bytes)")
         if notes:
-            lines.append("input " + "; ".join(notes))
+            lines.append("input: " + "; ".join(notes))
         return f"{bpd:.3f}", likelihood_map(model, pixels), "\n\n".join(lines)
 
     @staticmethod
@@ -600,7 +594,8 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
             with gr.Row():
                 with gr.Column():
                     l_image = readable_uploads(gr.Image(type="filepath", label="image", format="png", height=260,
-                                                        elem_id="likelihood-image"), "the upload")
+                                                        image_mode=None, elem_id="likelihood-image"),
+                                               "the upload")
                     if takes_digits(sampler):
                         with gr.Row():
                             l_index = checked_number(gr.Number(0, precision=0, label="held-out digit (0..499)"),
@@ -623,8 +618,9 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
             a_seed = checked_number(gr.Number(0, precision=0, label="seed"), "the seed")
             a_cfg = checked_number(gr.Number(None, label="guidance"), "the guidance")
             a_temp = checked_number(gr.Number(None, label="temperature"), "the temperature")
-            a_image = readable_uploads(gr.Image(type="filepath", label="image"), "the image")
-            a_mask = readable_uploads(gr.Image(type="filepath", label="mask"), "the mask")
+            # image_mode=None: the file itself, not Gradio's RGB copy, reaches the picture reader
+            a_image = readable_uploads(gr.Image(type="filepath", label="image", image_mode=None), "the image")
+            a_mask = readable_uploads(gr.Image(type="filepath", label="mask", image_mode=None), "the mask")
             a_count = checked_number(gr.Number(1, precision=0, label="completions"), "completions")
             a_out = gr.Image(format="png", label="image")
             a_bpd = gr.Number(label="bits_per_dim")

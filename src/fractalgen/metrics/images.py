@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import UserError
+from ..images import channels_of, header, mode_for, open_picture, to_channels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -65,7 +65,8 @@ class ImageSet:
         return self
 
     def _describe(self):
-        self.mode = _mode_of(self.files[0]) if self.files else None  # files are read as "L" or "RGB"
+        # Files are read as "L" or "RGB", as the first one is, by the picture rules (fractalgen.images).
+        self.mode = mode_for(channels_of(header(self.files[0])[2])) if self.files else None
         self.size = None  # (H, W), set by the first read
         first = self._read_files(self.files[:1])[0] if self.files else self.array[0]
         self.height, self.width, self.channels = first.shape
@@ -88,26 +89,15 @@ class ImageSet:
 
     def _read_files(self, files: list[Path]) -> np.ndarray:
         images = []
+        channels = 1 if self.mode == "L" else 3
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    array = np.asarray(im.convert(self.mode))
-            except Exception as e:
-                raise UserError(f"cannot read image {f}: {str(e).splitlines()[0][:200]}") from None
+            array = np.asarray(to_channels(open_picture(f, first_frame=True), channels))
             array = array[..., None] if array.ndim == 2 else array  # (H, W) -> (H, W, 1)
             if self.size is not None and array.shape[:2] != self.size:
                 raise UserError(f"{f} is {array.shape[1]}x{array.shape[0]}, the first {self.width}x{self.height}: "
                                 f"all images of a set must have one size")
             images.append(array)
         return np.stack(images)
-
-
-def _mode_of(path: Path) -> str:
-    try:
-        with Image.open(path) as im:
-            return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-    except Exception as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _read_npz(path: Path) -> np.ndarray:
