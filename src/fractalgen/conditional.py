@@ -1,4 +1,4 @@
-"""Conditional pixel prediction (SPEC 11, paper figure 4): inpainting, outpainting, uncropping, editing.
+"""Conditional pixel prediction (paper figure 4): inpainting, outpainting, uncropping, editing.
 
 The known content is given first and the unknown part is generated conditioned on it, all the
 way down the recursion (the levels do the work, see `model.generate(known=...)`):

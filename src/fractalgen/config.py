@@ -21,9 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
 CFG_SCHEDULES = ("linear", "constant", "falling")
 
-# Fixed by the official code (SPEC 5): the guiding-pixel head is a small pixel head.
+# Fixed by the official code: the guiding-pixel head is a small pixel head.
 GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0
-# Fixed by the official AR blocks (SPEC 4), not taken from the dropout options.
+# Fixed by the official AR blocks, not taken from the dropout options.
 AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT = 0.1, 0.0
 
 
@@ -72,7 +72,7 @@ class LevelConfig:
 
     @property
     def guide_head(self) -> PixelHeadConfig:
-        """The guiding-pixel head: a small pixel head of fixed size (SPEC 5) on the level's condition."""
+        """The guiding-pixel head: a small pixel head of the official code's fixed size."""
         return PixelHeadConfig(width=GUIDE_HEAD_WIDTH, blocks=GUIDE_HEAD_BLOCKS, heads=GUIDE_HEAD_HEADS,
                                cond_width=self.cond_width, channels=self.channels, red_weight=GUIDE_HEAD_RED_WEIGHT)
 
@@ -366,7 +366,7 @@ def _official(name, sizes, widths, blocks, heads, kind, guiding, num_iter, cfg, 
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The five official models (SPEC 2, sampling settings SPEC 8).
+    # The paper's five models, with the authors' published sampling settings.
     "fractalar_in64": _official("fractalar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
                                 "ar", False, (64, 16), 11.0, 1.03),
     "fractalmar_in64": _official("fractalmar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),

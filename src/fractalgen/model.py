@@ -95,7 +95,7 @@ class FractalModel(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
              train: bool = True, guide_targets=None) -> torch.Tensor:
-        """Training loss (SPEC 7): mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
+        """Training loss: mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
         dropped with the config's probability; MAR levels mask with the training schedule.
