@@ -378,9 +378,9 @@ PRESETS: dict[str, ModelConfig] = {
     "fractalmar_huge_in256": _official("fractalmar_huge_in256", (256, 16, 4, 1), (1280, 640, 320, 64),
                                        (40, 10, 5, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 19.0, 1.1),
     # Small models for CPU work: 28x28 grayscale digits as a 7x7 grid of 4x4 patches.
-    # Sized for CPU training (mnist_ar: 1.60M parameters, mnist_mar: 1.41M, about 0.9 s and 0.7 s per
-    # step of 32 digits on one core): every pixel is a token of the last generator level, so its
-    # width sets the cost per image. Each is the shape of the bundled model of the same name.
+    # Sized for CPU training (mnist_ar: 1.60M parameters, mnist_mar: 1.41M): every pixel is a token
+    # of the last generator level, so its width sets the cost per image. Each is the shape of the
+    # bundled model of the same name.
     "mnist_ar": ModelConfig(
         img_sizes=(28, 4, 1), widths=(160, 64, 32), blocks=(4, 2, 1), heads=(4, 4, 2), kinds=("ar", "ar"),
         channels=1, num_classes=10, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,

@@ -260,7 +260,7 @@ def add_demo(sub):
     p.add_argument("--no-examples", dest="examples", action="store_false",
                    help="skip the inpainting and editing pictures")
     # One thread: the demo model's matrices are small, and on a busy machine more threads mostly wait
-    # for each other (measured on a loaded 2-core machine: 38 s with one thread; with two, unfinished after 10 min).
+    # for each other (python -m benchmarks.threads measures it).
     add_runtime(p, threads="1")
     add_json(p)
     p.set_defaults(func=run_demo)
