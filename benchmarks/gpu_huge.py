@@ -10,7 +10,7 @@ the schedule; the other steps get zeros at once (the work per step does not depe
 and are charged the time of the timed step nearest in patch count, scaled by patch count. The
 output says which it was, beside the paper's figure (PAPER_SECONDS_PER_IMAGE) and the goal (half of it).
 Random weights are fine for speed: the work per image does not depend on the weights.
-Official sampling settings (SPEC 8): the preset's iterations, cfg (linear) and temperature; FILTER.
+The authors' published sampling settings: the preset's iterations, cfg (linear) and temperature; FILTER.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conditional pixel prediction (SPEC 11): inpainting keeps what is known and draws the rest from
+"""Conditional pixel prediction (paper figure 4): inpainting keeps what is known and draws the rest from
 the model's own conditional distribution.
 
 Exactness: known pixels come back bit-identical for every level kind, depth, guiding pixel and

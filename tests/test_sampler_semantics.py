@@ -1,4 +1,4 @@
-"""What the sampler means, pinned to the authors' definitions (SPEC 5 and 6, their sampling code):
+"""What the sampler means, pinned to the authors' definitions (the paper and their sampling code):
 
 - temperature MULTIPLIES the logits (1.1 sharpens);
 - guidance is u + cfg * (c - u), centred on the UNconditional logits, after raising every
@@ -205,7 +205,7 @@ def test_sample_context_doubles_guided_batches():
     assert plain.doubled(t) is t and torch.equal(plain.doubled_rows(torch.tensor([1]), 2), torch.tensor([1]))
 
 
-# ---- the MAR masks of training and likelihood (SPEC 5) ---------------------------------------------------
+# ---- the MAR masks of training and likelihood (the authors' code) -------------------------------------
 
 def test_training_mask_counts_follow_the_truncated_normal_ratio():
     """Per row, ceil(N * (1 - 0.25 |z|)) tokens masked with z ~ N(0, 1) truncated at |z| <= 4 (mask

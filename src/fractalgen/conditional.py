@@ -1,4 +1,4 @@
-"""Conditional pixel prediction (SPEC 11, paper figure 4): inpainting, outpainting, uncropping, editing.
+"""Conditional pixel prediction (paper figure 4): inpainting, outpainting, uncropping, editing.
 
 The known content is given first and the unknown part is generated conditioned on it, all the
 way down the recursion (the levels do the work, see `model.generate(known=...)`):
@@ -140,9 +140,8 @@ def edit(model: FractalModel, images, label, known=None, **kwargs) -> torch.Tens
     """Class-conditional editing: inpainting with a chosen label (one for all images, or one per image).
 
     By default the top quarter of the rows is kept and the lower three quarters are regenerated,
-    with the model's recommended guidance (benchmarks/edit_accuracy.py measures the schedules: on
-    an 8,000-step mnist_mar, the falling schedule edited 88.2% of 500 digits as the target against
-    82.8% for the linear ramp, both at cfg 10; the bundled mnist_mar recommends falling at cfg 6).
+    with the model's recommended guidance (the bundled mnist_mar recommends the falling schedule,
+    which edits more digits into the target class than the linear ramp: benchmarks/edit_accuracy.py).
     """
     if model.config.num_classes == 0:
         raise ConditionalInputError("editing needs a class-conditional model; this one is unconditional")

@@ -21,9 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
 CFG_SCHEDULES = ("linear", "constant", "falling")
 
-# Fixed by the official code (SPEC 5): the guiding-pixel head is a small pixel head.
+# Fixed by the official code: the guiding-pixel head is a small pixel head.
 GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0
-# Fixed by the official AR blocks (SPEC 4), not taken from the dropout options.
+# Fixed by the official AR blocks, not taken from the dropout options.
 AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT = 0.1, 0.0
 
 
@@ -72,7 +72,7 @@ class LevelConfig:
 
     @property
     def guide_head(self) -> PixelHeadConfig:
-        """The guiding-pixel head: a small pixel head of fixed size (SPEC 5) on the level's condition."""
+        """The guiding-pixel head: a small pixel head of the official code's fixed size."""
         return PixelHeadConfig(width=GUIDE_HEAD_WIDTH, blocks=GUIDE_HEAD_BLOCKS, heads=GUIDE_HEAD_HEADS,
                                cond_width=self.cond_width, channels=self.channels, red_weight=GUIDE_HEAD_RED_WEIGHT)
 
@@ -366,7 +366,7 @@ def _official(name, sizes, widths, blocks, heads, kind, guiding, num_iter, cfg, 
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The five official models (SPEC 2, sampling settings SPEC 8).
+    # The paper's five models, with the authors' published sampling settings.
     "fractalar_in64": _official("fractalar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
                                 "ar", False, (64, 16), 11.0, 1.03),
     "fractalmar_in64": _official("fractalmar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
@@ -378,9 +378,9 @@ PRESETS: dict[str, ModelConfig] = {
     "fractalmar_huge_in256": _official("fractalmar_huge_in256", (256, 16, 4, 1), (1280, 640, 320, 64),
                                        (40, 10, 5, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 19.0, 1.1),
     # Small models for CPU work: 28x28 grayscale digits as a 7x7 grid of 4x4 patches.
-    # Sized for CPU training (mnist_ar: 1.60M parameters, mnist_mar: 1.41M, about 0.9 s and 0.7 s per
-    # step of 32 digits on one core): every pixel is a token of the last generator level, so its
-    # width sets the cost per image. Each is the shape of the bundled model of the same name.
+    # Sized for CPU training (mnist_ar: 1.60M parameters, mnist_mar: 1.41M): every pixel is a token
+    # of the last generator level, so its width sets the cost per image. Each is the shape of the
+    # bundled model of the same name.
     "mnist_ar": ModelConfig(
         img_sizes=(28, 4, 1), widths=(160, 64, 32), blocks=(4, 2, 1), heads=(4, 4, 2), kinds=("ar", "ar"),
         channels=1, num_classes=10, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,

@@ -95,7 +95,7 @@ class FractalModel(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
              train: bool = True, guide_targets=None) -> torch.Tensor:
-        """Training loss (SPEC 7): mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
+        """Training loss: mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
         dropped with the config's probability; MAR levels mask with the training schedule.
@@ -124,7 +124,7 @@ class FractalModel(nn.Module):
 
     # ---- sampling -----------------------------------------------------------------------
 
-    @torch.inference_mode()  # not no_grad: no view/version tracking; AR sampling 20-45% faster (RESULTS)
+    @torch.inference_mode()  # not no_grad: also no view/version tracking on sampling's many small ops
     def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
                  num_iter=None, generator=None, known: Known | None = None, on_step=None, coder=None):
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value

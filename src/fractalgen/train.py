@@ -615,8 +615,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
                                          num_workers=loader_workers(options.num_workers, device),
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; --precision bf16 gave
-    # 1.2-1.7x faster steps on this project's CPU, which has avx512_bf16: benchmarks/RESULTS.md).
+    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16
+    # instructions --precision bf16 gives faster steps: benchmarks/RESULTS.md).
     precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
     autocast = precision_context(precision, device)
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None

@@ -37,8 +37,8 @@ OPTION_FLAGS = {
              "(black: for digits and other images on a black background; 0 = off)",
     "mar_masks": "MAR levels' training masks: official (mask ratio ~ N(1, 0.25), mostly nearly all masked) or "
                  "uniform (masked count uniform over 1..N: every generation stage trained equally often)",
-    "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), on CPUs "
-                 "with bf16 instructions (avx512_bf16, AMX) 1.2-1.7x faster steps in benchmarks/RESULTS.md, "
+    "precision": "bf16: bf16 autocast (weights, optimizer, attention and pixel logits stay fp32), faster "
+                 "on CPUs with bf16 instructions (avx512_bf16, AMX; benchmarks/RESULTS.md), "
                  "slower on CPUs without them; fp32; auto: bf16 on GPUs with native bf16 (compute capability "
                  "8.0+), fp32 elsewhere",
 }

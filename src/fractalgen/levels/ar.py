@@ -1,4 +1,4 @@
-"""The AR level (SPEC 4): raster order, causal, LLaMA-style blocks with 2-D rotary embedding.
+"""The AR level (FractalAR's generator): raster order, causal, LLaMA-style blocks with 2-D rotary embedding.
 
 Sequence = [condition token, patch_0, ..., patch_{N-2}]; the output at position i has seen
 the condition and patches < i, and is the condition for patch i. Sampling feeds one token
@@ -25,7 +25,7 @@ class ARLevel(Level):
         self.cond_embed = nn.Linear(config.cond_width, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len + 1, width))
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        # The config's dropout options do not apply: the official AR blocks fix them (SPEC 4).
+        # The config's dropout options do not apply: the official AR blocks fix them.
         self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
                                      for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)

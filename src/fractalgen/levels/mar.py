@@ -1,4 +1,4 @@
-"""The MAR level (SPEC 5): random order, bidirectional, masked.
+"""The MAR level (FractalMAR's generator): random order, bidirectional, masked.
 
 Sequence = [guiding-pixel token] + [cond_{n-1}, ..., cond_0] + [patch tokens, masked ones
 replaced by a learned token]; pre-LN ViT blocks. Each patch hands five conditions to the

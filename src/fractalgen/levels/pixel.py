@@ -1,4 +1,4 @@
-"""The pixel head (SPEC 6): a causal transformer over the C channels of one pixel.
+"""The pixel head, the last level: a causal transformer over the C channels of one pixel.
 
 Sequence = [projection of the condition, embedding(channel 0), ..., embedding(channel C-2)];
 position c predicts channel c as a 256-way categorical whose output weights are the

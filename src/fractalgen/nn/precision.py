@@ -6,7 +6,7 @@ capability 8.0 on, as the authors train and sample; fp32 elsewhere, because bf16
 numbers the fp32 recipe gives and is slow where it is emulated, as on CPUs without bf16
 instructions; inside a caller's own autocast, auto keeps it).
 
-The checkpoints were trained with fp32 attention logits and fp32 pixel logits (SPEC). Autocast
+The checkpoints were trained with fp32 attention logits and fp32 pixel logits. Autocast
 lists SDPA and the batched matmuls among its reduced-precision ops, so an explicit `.float()` in
 front of them is cast straight back to bf16 when the caller runs under autocast. Code inside
 `fp32_island` runs with autocast off, on the fp32 tensors it is handed. (On CPUs this also avoids

@@ -1,4 +1,4 @@
-"""2-D rotary position embedding of the AR levels (SPEC 4)."""
+"""2-D rotary position embedding of the AR levels, as in the authors' code."""
 import torch
 
 from .precision import fp32_or_wider
