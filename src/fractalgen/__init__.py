@@ -16,13 +16,12 @@ from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
 from .data import mnist_heldout
 from .files import save_grid, to_pil
-from .generation import sample
 from .hub import export, save_pretrained
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
+from .samples import sample
 from .settings import SamplingSettings, resolve_settings
 from .version import __version__
-
 
 
 def build(config) -> FractalModel:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonfile import read_object
+from .settings import SCHEDULE_NAMES, SettingsError, check_setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
-CFG_SCHEDULES = ("linear", "constant", "falling")
+CFG_SCHEDULES = SCHEDULE_NAMES  # the names, as settings.py lists them (kept here for old imports)
 
 # Fixed by the official code (SPEC 5): the guiding-pixel head is a small pixel head.
 GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0
@@ -172,12 +173,14 @@ class ModelConfig:
                 raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
         if self.r_weight <= 0:
             raise ConfigError(f"r_weight must be positive, got {self.r_weight}")
-        if self.num_iter is not None and (len(self.num_iter) != n - 1 or any(k < 1 for k in self.num_iter)):
-            raise ConfigError(f"num_iter needs {n - 1} positive entries (one per generator level), got {list(self.num_iter)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ConfigError(f"unknown cfg schedule {self.cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+        presets = {"cfg": self.cfg, "temperature": self.temperature, "cfg_schedule": self.cfg_schedule}
+        if self.num_iter is not None:
+            presets["num_iter"] = self.num_iter
+        try:  # the sampling presets: the same checks as every other door of a setting
+            for name, value in presets.items():
+                check_setting(name, value, n - 1)
+        except SettingsError as e:
+            raise ConfigError(f"config field {e.setting!r}: {e}") from None
         if self.class_names is not None:
             names = self.class_names
             if len(names) != self.num_classes:

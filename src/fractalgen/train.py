@@ -34,12 +34,13 @@ from .config import ConfigError, ModelConfig, config_for_data
 from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
 from .files import atomic_write, check_writable, save_grid
-from .generation import sample
 from .jsonfile import parse_object
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
+from .samples import sample
+from .settings import SEED_MAX
 from .trainlog import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -139,7 +140,7 @@ OPTION_BOUNDS = {
     "batch_size": Bound(int, 1, 2**20), "lr": Bound(float, 0, 10, above=True), "blr": Bound(float, 0, 10, above=True),
     "weight_decay": Bound(float, 0, 10**3), "warmup_steps": Bound(int, 0, LONGEST),
     "warmup_epochs": Bound(float, 0, 10**9), "grad_clip": Bound(float, 0, 1e30, above=True),
-    "seed": Bound(int, 0, 2**31 - 1),  # numpy's legacy seeding takes 32 bits; each rank adds its rank
+    "seed": Bound(int, 0, SEED_MAX),
     "save_every": Bound(int, 1, LONGEST), "sample_every": Bound(int, 0, LONGEST),
     "num_workers": Bound(int, 0, 256),  # processes: more than any machine's loader needs
     "log_every": Bound(int, 1, LONGEST),

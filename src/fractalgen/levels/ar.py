@@ -57,9 +57,8 @@ class ARLevel(Level):
         )
 
     @torch.no_grad()
-    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel,
-               num_iter: int = 0, schedule=None, on_step=None):
-        """Generate B squares patch by patch in raster order with a KV cache (num_iter is ignored: N steps).
+    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel):
+        """Generate B squares patch by patch in raster order with a KV cache (ctx.steps is ignored: N steps).
 
         conds (R, Dc) with R = 2B when guided. Fully known patches are fed, not generated;
         partially known ones hand their known pixels to the next level (when coding, ctx.coder, every
@@ -70,6 +69,7 @@ class ARLevel(Level):
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
         dtype = self.pos_embed.dtype  # fp32, or float64 in the codec's coding pass
+        schedule, on_step = ctx.schedule, ctx.level_on_step
         patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
         logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
         known_full = None  # (B, N) bool: patches given whole; None when there are none
