@@ -267,7 +267,8 @@ def recommended_sampling(meta: dict, path, config: ModelConfig) -> dict:
 
 
 def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "metadata 'sampling'") -> dict:
-    """Recommended sampling settings (from metadata or a model folder's config.json), checked by settings.py."""
+    """Recommended sampling settings (from metadata or a model folder's config.json), checked by
+    settings.check_setting."""
     for key, value in sampling.items():
         if key not in SETTING_NAMES:
             raise CheckpointError(f"{path}: {where} has an unknown setting {key!r} "

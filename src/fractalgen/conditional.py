@@ -55,7 +55,8 @@ class ConditionalInputError(UserError, ValueError):
 @uses_threads
 @eval_mode
 def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch.Tensor | np.ndarray,
-            labels: int | str | Sequence | torch.Tensor | None = None, *legacy, settings: SamplingSettings | None = None,
+            labels: int | str | Sequence | torch.Tensor | None = None, *legacy,
+            settings: SamplingSettings | None = None,
             cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
             filter_threshold: float | None = None, num_iter: Sequence[int] | int | None = None,
             seed: int | None = None, n: int = 1, progress: Callable[[float], None] | None = None,
@@ -114,8 +115,8 @@ def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch
 
 
 # The positional parameters of inpaint() after labels, as they were before the settings became keyword-only.
-INPAINT_LEGACY_ORDER = ("cfg", "temperature", "num_iter", "seed", "samples", "cfg_schedule", "filter_threshold",
-                        "progress")
+INPAINT_LEGACY_ORDER = ("cfg", "temperature", "num_iter", "seed", "samples", "cfg_schedule",
+                        "filter_threshold", "progress")
 
 
 # ---- thin helpers that build the mask ------------------------------------------------------
@@ -152,7 +153,8 @@ def uncrop(model: FractalModel, images, fraction: float = 0.5, labels=None, *,
     pixels; rows and columns 7..20 of a 28x28 digit); `fraction` sets its side. `settings` and the
     keyword `options` as `inpaint` takes them.
     """
-    return outpaint(model, images, centre_box(model.config.img_size, fraction), labels, settings=settings, **options)
+    box = centre_box(model.config.img_size, fraction)
+    return outpaint(model, images, box, labels, settings=settings, **options)
 
 
 def top_rows_known(size: int, fraction: float = 0.25) -> torch.Tensor:

@@ -47,9 +47,10 @@ def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> t
 
 @uses_threads
 @eval_mode
-def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | None = None, n: int | None = None,
-           *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
-           cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
+def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | None = None,
+           n: int | None = None, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
+           cfg_schedule: str | None = None, temperature: float | None = None,
+           filter_threshold: float | None = None,
            num_iter: Sequence[int] | int | None = None, seed: int | None = None,
            batch_size: int | None = DEFAULT_BATCH_SIZE, on_step: Callable | None = None,
            progress: Callable[[float], None] | None = None, precision: str = "auto") -> torch.Tensor:

@@ -55,7 +55,8 @@ def run_export(args) -> int:
     if args.repo_id:
         card["repo_id"] = args.repo_id
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype, overwrite=args.overwrite)
+    folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype,
+                    overwrite=args.overwrite)
     files = {name: str(folder / name) for name in FOLDER_FILES}
     print(f"model folder: {folder} ({', '.join(files)}); load it with fractalgen.load({str(folder)!r})")
     emit_json(args, {"out": str(folder), **files})

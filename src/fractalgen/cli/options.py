@@ -174,7 +174,8 @@ class OldName(argparse.Action):
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} is deprecated and goes in the next release; use {self.new}", file=sys.stderr)
+        print(f"note: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
@@ -251,8 +252,9 @@ def settings_from(args, model) -> SamplingSettings:
     """The flags given, else the checkpoint's recommendation, else the preset's (settings.resolve_settings)."""
     try:
         return resolve_settings(model, **{name: getattr(args, name, None) for name in SETTING_NAMES})
-    except SettingsError as e:  # a flag that does not fit this model (--num-iter's count): named as argparse would
-        raise UserError(f"argument --{e.setting.replace('_', '-')}: must be {e.wanted}, got {shown(e.got)}") from None
+    except SettingsError as e:  # a flag that does not fit this model (--num-iter), worded as argparse would
+        flag = "--" + e.setting.replace("_", "-")
+        raise UserError(f"argument {flag}: must be {e.wanted}, got {shown(e.got)}") from None
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
