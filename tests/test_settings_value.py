@@ -182,3 +182,17 @@ def test_one_name_for_how_many_and_for_overwrite(tmp_path, capsys):
         assert main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "f"),
                      flag]) == 0
     assert "--force is deprecated" in capsys.readouterr().err
+
+
+def test_ar_dropouts_are_config_fields_written_only_when_changed():
+    from fractalgen.config import AR_ATTN_DROPOUT, AR_RESIDUAL_DROPOUT, PRESETS
+
+    config = PRESETS["tiny_ar"]
+    assert (config.ar_residual_dropout, config.ar_attn_dropout) == (AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
+    assert "ar_residual_dropout" not in config.to_dict()  # files read as they did
+    quiet = config.replace(ar_residual_dropout=0.0)
+    assert ModelConfig.from_dict(quiet.to_dict()) == quiet
+    block = fractalgen.build(quiet).levels[0].blocks[0]
+    assert all(m.p == 0.0 for m in block.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.raises(ConfigError, match="ar_attn_dropout"):
+        config.replace(ar_attn_dropout=1.0)

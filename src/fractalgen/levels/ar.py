@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import AR_ATTN_DROPOUT, AR_RESIDUAL_DROPOUT, LevelConfig
+from ..config import LevelConfig
 from ..nn import KVCache, LlamaBlock, rotary_table_2d
 from ..sampling import Known, SampleContext
 from .base import Level, LevelOutput, NextLevel, Normalize, patchify, unpatchify
@@ -25,9 +25,9 @@ class ARLevel(Level):
         self.cond_embed = nn.Linear(config.cond_width, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len + 1, width))
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        # The config's dropout options do not apply: the official AR blocks fix them (SPEC 4).
-        self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
-                                     for _ in range(config.blocks)])
+        # The MAR dropout options do not apply: AR blocks have their own (the official values by default).
+        self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, config.ar_residual_dropout,
+                                                config.ar_attn_dropout) for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def rotary(self, device, dtype=torch.float32):
