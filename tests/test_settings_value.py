@@ -150,7 +150,7 @@ def test_one_label_check_with_one_message():
     from fractalgen.model import check_labels
 
     model = tiny()
-    wording = "label 10 is out of range: the model has 10 classes \\(0..9\\)"
+    wording = "label 10 is out of range: the model has 10 classes, so labels are 0..9"
     images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     calls = [(ValueError, lambda: model.generate(labels=[10], num_iter=(1, 1))),
              (ConditionalInputError, lambda: fractalgen.inpaint(model, images, torch.ones(8, 8, dtype=torch.bool),

@@ -248,7 +248,8 @@ def label_problem(label: int, num_classes: int) -> str | None:
     if num_classes == 0:
         return "this model is unconditional: it takes no class label"
     if not 0 <= label < num_classes:
-        return f"label {label} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
+        return (f"label {label} is out of range: the model has {num_classes} classes, so labels are "
+                f"0..{num_classes - 1}")
     return None
 
 
