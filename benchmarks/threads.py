@@ -27,7 +27,7 @@ def commands(folder: Path) -> dict[str, list[str]]:
         "sample": ["sample", "--checkpoint", "mnist", "--per-class", "4", "--out", str(folder / "sample")],
         "nll": ["nll", "--checkpoint", "mnist", "--split", "val", "--limit", "100"],
         "inpaint": ["inpaint", "--checkpoint", "mnist", "--image", str(digit), "--box", "0,14,28,28",
-                    "--label", "3", "--samples", "4", "--out", str(folder / "inpaint")],
+                    "--label", "3", "--n", "4", "--out", str(folder / "inpaint")],
         "train": ["train", "--preset", "mnist_ar", "--data", "mnist", "--out", str(folder / "train"),
                   "--steps", "10", "--batch-size", "32", "--sample-every", "0", "--save-every", "100"],
     }

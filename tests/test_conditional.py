@@ -77,7 +77,7 @@ def test_known_pixels_come_back_bit_identical(name, guided):
         conditional.top_rows_known(s, 0.5),  # aligned: whole patches
     ])
     labels = [1, 4, 7] if guided else None
-    out = fractalgen.inpaint(model, images, known, labels=labels, cfg=3.0, seed=0, samples=2)
+    out = fractalgen.inpaint(model, images, known, labels=labels, cfg=3.0, seed=0, n=2)
     assert out.dtype == torch.uint8 and out.shape == (6, c, s, s)
     for i in range(3):
         for j in range(2):
@@ -102,7 +102,7 @@ def test_fully_known_input_returns_unchanged_without_running_the_model(monkeypat
         raise AssertionError("the model ran")
 
     monkeypatch.setattr(model, "generate", refuse)
-    out = fractalgen.inpaint(model, images, torch.ones(2, 8, 8, dtype=torch.bool), samples=3)
+    out = fractalgen.inpaint(model, images, torch.ones(2, 8, 8, dtype=torch.bool), n=3)
     assert torch.equal(out, images.repeat_interleave(3, 0))
 
 
@@ -237,7 +237,7 @@ def test_ar_inpainting_draws_from_the_conditional(guided):
     known = torch.tensor([[True, True], [False, False]])
     cfg = 3.0 if guided else 1.0
     out = fractalgen.inpaint(model, image, known, labels=3, cfg=cfg, cfg_schedule="constant", temperature=1.0,
-                             seed=0, samples=N_SAMPLES).view(N_SAMPLES, 4)
+                             seed=0, n=N_SAMPLES).view(N_SAMPLES, 4)
     assert (out[:, :2] == torch.tensor([40, 200], dtype=torch.uint8)).all()
 
     patches = patchify(image.float(), 1).expand(2, -1, -1)  # (2, 4, 1): the known pixels, for both halves
@@ -255,7 +255,7 @@ def test_ar_inpainting_cannot_look_ahead():
     model = tiny((2, 1), ("ar",), num_classes=0, peaky=3.0, seed=2)
     image = torch.tensor([[[[0, 250], [3, 77]]]], dtype=torch.uint8)
     known = torch.tensor([[False, True], [True, True]])
-    out = fractalgen.inpaint(model, image, known, seed=0, samples=N_SAMPLES, temperature=1.0)
+    out = fractalgen.inpaint(model, image, known, seed=0, n=N_SAMPLES, temperature=1.0)
     level = model.levels[0]
     p_marginal = pixel_probs(model, ar_condition(level, torch.zeros(1, 4, 1), model.null_class, 0))
     p_shifted = pixel_probs(model, ar_condition(level, patchify(image.float(), 1), model.null_class, 1))
@@ -296,7 +296,7 @@ def test_inpainting_one_unknown_pixel_draws_from_the_model_conditional(kinds):
     known = torch.ones(s, s, dtype=torch.bool)
     known[row, col] = False
     out = fractalgen.inpaint(model, image, known, labels=6, cfg=1.0, temperature=1.0, seed=0,
-                             samples=N_SAMPLES, num_iter=(4,) * len(kinds))
+                             n=N_SAMPLES, num_iter=(4,) * len(kinds))
     drawn = out[:, 0, row, col]
     p = pixel_probs(model, condition_by_hand(model, image.float(), row, col, label=6))
     wrong = pixel_probs(model, condition_by_hand(model, torch.zeros_like(image, dtype=torch.float), row, col, 6))

@@ -1,7 +1,5 @@
 """`fractalgen train` in a subprocess (plain or under torchrun), with switches for the tests.
 
-FRACTALGEN_TEST_NO_DROPOUT=1: the AR blocks' fixed residual dropout off, so that the loss is a
-    deterministic function of the batch (per-rank random streams cannot match one process's).
 FRACTALGEN_TEST_FLOAT64=1: the model (hence gradients and optimizer state) in float64, so that
     summing in another order changes the weights far below what a wrong update would.
 FRACTALGEN_TEST_STEP_DELAY=S: sleep S seconds per step, so that a signal lands mid-run.
@@ -12,11 +10,7 @@ import time
 
 from fractalgen import train
 from fractalgen.cli import main
-from fractalgen.levels import ar
 from fractalgen.model import FractalModel
-
-if os.environ.get("FRACTALGEN_TEST_NO_DROPOUT") == "1":
-    ar.AR_RESIDUAL_DROPOUT = 0.0
 
 if os.environ.get("FRACTALGEN_TEST_FLOAT64") == "1":
     train.FractalModel = lambda config: FractalModel(config).double()

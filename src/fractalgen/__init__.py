@@ -16,9 +16,9 @@ from .data import mnist_heldout
 from .files import save_grid, to_pil
 from .formats import CheckpointError, export, load, save, save_official, save_pretrained
 from .formats.card import CardFacts, Measurement
-from .generation import sample
 from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
+from .samples import sample
 from .settings import SamplingSettings, resolve_settings
 from .version import __version__
 

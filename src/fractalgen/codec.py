@@ -51,9 +51,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .model import FractalModel, as_labels, eval_mode
+from .model import FractalModel, as_labels, check_labels, eval_mode
 from .runtime import uses_threads
 from .sampling import Known, ValueCoder
+from .settings import SamplingSettings
 
 MAGIC = b"FGLC"
 VERSION = 2
@@ -373,10 +374,15 @@ def coding_pass(model: FractalModel, images: torch.Tensor | None, labels: torch.
         known = Known(values, torch.ones_like(values, dtype=torch.bool))
         n = images.shape[0]
     values, logp = model.generate(
-        labels=None if labels is None else labels.to(device), n=n, cfg=1.0, cfg_schedule="constant",
-        temperature=1.0, filter_threshold=0.0, num_iter=[lv.seq_len for lv in model.config.levels],
+        labels=None if labels is None else labels.to(device), n=n, settings=coding_settings(model),
         generator=generator, known=known, coder=coder)
     return values.round().to(torch.uint8).cpu(), logp.cpu()
+
+
+def coding_settings(model: FractalModel) -> SamplingSettings:
+    """What the coder samples with: unguided, temperature 1, one token per MAR step."""
+    return SamplingSettings(cfg=1.0, cfg_schedule="constant", temperature=1.0, filter_threshold=0.0,
+                            num_iter=tuple(lv.seq_len for lv in model.config.levels))
 
 
 def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_size: int):
@@ -569,6 +575,5 @@ def check_inputs(model: FractalModel, images, labels):
         raise CodecError(str(e)) from None
     if labels.numel() != images.shape[0]:
         raise CodecError(f"{labels.numel()} labels for {images.shape[0]} images")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= c.num_classes):
-        raise CodecError(f"labels must be in 0..{c.num_classes - 1}")
+    check_labels(labels, c.num_classes, CodecError)
     return images, labels

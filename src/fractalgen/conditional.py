@@ -27,17 +27,20 @@ Images are uint8 (N, C, H, W); `known` is bool, True where the pixel is given.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import UserError
-from .generation import make_generator, step_callback, to_uint8
-from .model import FractalModel, class_indices, eval_mode
+from .samples import make_generator, step_callback, to_uint8
+from .model import FractalModel, check_labels, class_indices, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
 from .sampling import Known
+from .settings import SamplingSettings, legacy_overrides, resolve_settings
 
 
 class ConditionalInputError(UserError, ValueError):
@@ -48,35 +51,49 @@ class ConditionalInputError(UserError, ValueError):
 
 @uses_threads
 @eval_mode
-def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperature=None, num_iter=None,
-            seed=None, samples: int = 1, cfg_schedule=None, filter_threshold=None, progress=None,
-            precision: str = "auto") -> torch.Tensor:
+def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch.Tensor | np.ndarray,
+            labels: int | str | Sequence | torch.Tensor | None = None, *legacy,
+            settings: SamplingSettings | None = None,
+            cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
+            filter_threshold: float | None = None, num_iter: Sequence[int] | int | None = None,
+            seed: int | None = None, n: int = 1, progress: Callable[[float], None] | None = None,
+            precision: str = "auto", samples: int | None = None) -> torch.Tensor:
     """Regenerate the unknown pixels of `images` conditioned on the known ones.
 
     images: uint8 (N, C, H, W) (or one image (C, H, W)) at the model's size.
     known: bool (N, H, W) or (H, W) (one mask for all images), True where the pixel is given;
         (N, C, H, W) gives a mask per channel.
     labels: None (unconditional), one class for all images, or one per image.
-    cfg, cfg_schedule, temperature, filter_threshold, num_iter: None takes the checkpoint's
-        recommendation, else the config's presets (`settings.resolve_settings`), as `sample` does.
+    settings, cfg, cfg_schedule, temperature, filter_threshold, num_iter: how to sample, as `sample`
+        takes them (None: the checkpoint's recommendation, else the config's presets).
+    n: completions per image (`samples`, its old name, is deprecated).
     precision: fp32, bf16 or auto (bf16 on GPUs with native bf16, fp32 elsewhere), as `sample` takes it.
     threads (keyword): CPU threads for this call, as `sample` takes them.
-    Returns uint8 (N*samples, C, H, W): the samples of image i are rows i*samples .. (i+1)*samples-1.
+    Returns uint8 (N*n, C, H, W): the completions of image i are rows i*n .. (i+1)*n-1.
     `progress(k)`: called after every level-0 step with the (fractional) number of rows done.
     Images with no unknown pixel come back unchanged without running the model. With nothing
     known, the images are those `fractalgen.sample` draws for the same labels, seed and settings
     (in one batch).
     """
+    given = legacy_overrides(legacy, "inpaint", INPAINT_LEGACY_ORDER, 5, cfg=cfg, cfg_schedule=cfg_schedule,
+                             temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
+                             seed=seed, samples=samples, progress=progress)
+    seed, samples, progress = (given.pop(k) for k in ("seed", "samples", "progress"))
+    if samples is not None:
+        warnings.warn("inpaint(samples=...) is deprecated: the number of completions per image is n=...",
+                      DeprecationWarning, stacklevel=4)  # the caller, past the two decorators
+        n = samples
     images = _as_images(model, images)
     autocast = precision_context(precision, model.device)  # an unknown name fails before any work
     N = images.shape[0]
     mask = _as_known(known, images.shape)
     labels = _as_labels(model, labels, N)
-    if samples < 1:
-        raise ConditionalInputError(f"samples must be >= 1, got {samples}")
-    images, mask = images.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+    settings = resolve_settings(model, settings=settings, **given)  # checked before any work
+    if n < 1:
+        raise ConditionalInputError(f"n (completions per image) must be >= 1, got {n}")
+    images, mask = images.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
     if labels is not None:
-        labels = labels.repeat_interleave(samples, 0)
+        labels = labels.repeat_interleave(n, 0)
     out = images.clone()
     todo = (~mask).flatten(1).any(1).nonzero(as_tuple=True)[0]  # rows with something to generate
     if todo.numel() == 0:
@@ -85,14 +102,18 @@ def inpaint(model: FractalModel, images, known, labels=None, cfg=None, temperatu
     device = model.device
     with autocast:
         values, _ = model.generate(
-            labels=None if labels is None else labels[todo].to(device), n=todo.numel(),
-            cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
-            num_iter=num_iter, generator=make_generator(model, seed),
+            labels=None if labels is None else labels[todo].to(device), n=todo.numel(), settings=settings,
+            generator=make_generator(model, seed),
             on_step=step_callback(None, progress, 0, len(todo)),
             known=Known(images[todo].to(device, torch.float32), mask[todo].to(device)),
         )
     out[todo] = to_uint8(values).to(out.device)
     return out
+
+
+# The positional parameters of inpaint() after labels, as they were before the settings became keyword-only.
+INPAINT_LEGACY_ORDER = ("cfg", "temperature", "num_iter", "seed", "samples", "cfg_schedule",
+                        "filter_threshold", "progress")
 
 
 # ---- thin helpers that build the mask ------------------------------------------------------
@@ -105,9 +126,11 @@ def box_mask(size: int, box: Sequence[int]) -> torch.Tensor:
     return inside
 
 
-def outpaint(model: FractalModel, images, box: Sequence[int], **kwargs) -> torch.Tensor:
-    """Keep the pixels inside box = (x0, y0, x1, y1) (end exclusive) and generate everything around them."""
-    return inpaint(model, images, box_mask(model.config.img_size, box), **kwargs)
+def outpaint(model: FractalModel, images, box: Sequence[int], labels=None, *,
+             settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
+    """Keep the pixels inside box = (x0, y0, x1, y1) (end exclusive) and generate everything around them.
+    `settings` and the keyword `options` (cfg=..., seed=..., n=...) as `inpaint` takes them."""
+    return inpaint(model, images, box_mask(model.config.img_size, box), labels, settings=settings, **options)
 
 
 def centre_box(size: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
@@ -119,13 +142,16 @@ def centre_box(size: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
     return (start, start, start + side, start + side)
 
 
-def uncrop(model: FractalModel, images, fraction: float = 0.5, **kwargs) -> torch.Tensor:
+def uncrop(model: FractalModel, images, fraction: float = 0.5, labels=None, *,
+           settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
     """Outpainting from a small known centre: keep the central square and generate the rest.
 
     By default the known centre is the central square of half the side (a quarter of the
-    pixels; rows and columns 7..20 of a 28x28 digit); `fraction` sets its side.
+    pixels; rows and columns 7..20 of a 28x28 digit); `fraction` sets its side. `settings` and the
+    keyword `options` as `inpaint` takes them.
     """
-    return outpaint(model, images, centre_box(model.config.img_size, fraction), **kwargs)
+    box = centre_box(model.config.img_size, fraction)
+    return outpaint(model, images, box, labels, settings=settings, **options)
 
 
 def top_rows_known(size: int, fraction: float = 0.25) -> torch.Tensor:
@@ -136,18 +162,20 @@ def top_rows_known(size: int, fraction: float = 0.25) -> torch.Tensor:
 
 
 @uses_threads
-def edit(model: FractalModel, images, label, known=None, **kwargs) -> torch.Tensor:
+def edit(model: FractalModel, images: torch.Tensor | np.ndarray, label: int | str | Sequence | torch.Tensor,
+         known: torch.Tensor | np.ndarray | None = None, *, settings: SamplingSettings | None = None,
+         **options: Any) -> torch.Tensor:
     """Class-conditional editing: inpainting with a chosen label (one for all images, or one per image).
 
     By default the top quarter of the rows is kept and the lower three quarters are regenerated,
-    with the model's recommended guidance (the bundled mnist_mar recommends the falling schedule,
-    which edits more digits into the target class than the linear ramp: benchmarks/edit_accuracy.py).
+    with the model's recommended settings (benchmarks/edit_accuracy.py compares the guidance
+    schedules for edits). `settings` and the keyword `options` as `inpaint` takes them.
     """
     if model.config.num_classes == 0:
         raise ConditionalInputError("editing needs a class-conditional model; this one is unconditional")
     if known is None:
         known = top_rows_known(model.config.img_size)
-    return inpaint(model, images, known, labels=label, **kwargs)
+    return inpaint(model, images, known, labels=label, settings=settings, **options)
 
 
 # ---- input checks ------------------------------------------------------------------------------
@@ -195,9 +223,7 @@ def _as_labels(model: FractalModel, labels, n: int) -> torch.Tensor | None:
         labels = labels.expand(n)
     if labels.numel() != n:
         raise ConditionalInputError(f"give one label, or one per image ({n}), got {labels.numel()}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)][0].item()
-        raise ConditionalInputError(f"label {bad} is out of range: the model has {k} classes (0..{k - 1})")
+    check_labels(labels, k, ConditionalInputError)
     return labels.contiguous()
 
 

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonfile import read_object
+from .settings import SCHEDULE_NAMES, SettingsError, check_setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATOR_KINDS = ("ar", "mar")
-CFG_SCHEDULES = ("linear", "constant", "falling")
+CFG_SCHEDULES = SCHEDULE_NAMES  # the names, as settings.py lists them (kept here for old imports)
 
 # Fixed by the official code: the guiding-pixel head is a small pixel head.
 GUIDE_HEAD_WIDTH, GUIDE_HEAD_BLOCKS, GUIDE_HEAD_HEADS, GUIDE_HEAD_RED_WEIGHT = 128, 3, 4, 5.0
-# Fixed by the official AR blocks, not taken from the dropout options.
+# The official AR blocks' own dropouts (not taken from the dropout options): the defaults of the
+# config fields ar_residual_dropout and ar_attn_dropout.
 AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT = 0.1, 0.0
 
 
@@ -57,10 +59,12 @@ class LevelConfig:
     num_conds: int  # conditions it consumes: 1 for AR, the model's num_conds for MAR
     guiding_pixel: bool  # predict the patch's mean colour first (MAR levels >= 1)
     channels: int  # colour channels of the image
-    attn_dropout: float  # MAR blocks (AR blocks fix their own, see AR_ATTN_DROPOUT)
+    attn_dropout: float  # MAR blocks (AR blocks have their own, below)
     proj_dropout: float
     pixel_mean: tuple[float, ...]  # per-channel normalisation of raw 0..255 values
     pixel_std: tuple[float, ...]
+    ar_residual_dropout: float = AR_RESIDUAL_DROPOUT  # AR blocks
+    ar_attn_dropout: float = AR_ATTN_DROPOUT
 
     @property
     def grid(self) -> int:
@@ -101,6 +105,9 @@ class ModelConfig:
     cfg_schedule: str = "linear"
     name: str = "custom"
     class_names: tuple[str, ...] | None = None  # one per class (from the training folder's class folders)
+    # The AR blocks' dropouts, fixed by the official code; written to files only when changed.
+    ar_residual_dropout: float = AR_RESIDUAL_DROPOUT
+    ar_attn_dropout: float = AR_ATTN_DROPOUT
 
     def __post_init__(self):
         self._check_types()
@@ -167,17 +174,19 @@ class ModelConfig:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 1 <= self.num_conds <= 5:
             raise ConfigError(f"num_conds must be 1..5 (a MAR level hands down 5 conditions), got {self.num_conds}")
-        for f in ("attn_dropout", "proj_dropout", "label_drop_prob"):
+        for f in ("attn_dropout", "proj_dropout", "label_drop_prob", "ar_residual_dropout", "ar_attn_dropout"):
             if not 0.0 <= getattr(self, f) < 1.0:
                 raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
         if self.r_weight <= 0:
             raise ConfigError(f"r_weight must be positive, got {self.r_weight}")
-        if self.num_iter is not None and (len(self.num_iter) != n - 1 or any(k < 1 for k in self.num_iter)):
-            raise ConfigError(f"num_iter needs {n - 1} positive entries (one per generator level), got {list(self.num_iter)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ConfigError(f"unknown cfg schedule {self.cfg_schedule!r} (choose from {', '.join(CFG_SCHEDULES)})")
+        presets = {"cfg": self.cfg, "temperature": self.temperature, "cfg_schedule": self.cfg_schedule}
+        if self.num_iter is not None:
+            presets["num_iter"] = self.num_iter
+        try:  # the sampling presets: the same checks as every other door of a setting
+            for name, value in presets.items():
+                check_setting(name, value, n - 1)
+        except SettingsError as e:
+            raise ConfigError(f"config field {e.setting!r}: {e}") from None
         if self.class_names is not None:
             names = self.class_names
             if len(names) != self.num_classes:
@@ -218,6 +227,8 @@ class ModelConfig:
                 proj_dropout=self.proj_dropout,
                 pixel_mean=self.pixel_mean,
                 pixel_std=self.pixel_std,
+                ar_residual_dropout=self.ar_residual_dropout,
+                ar_attn_dropout=self.ar_attn_dropout,
             ))
         return tuple(out)
 
@@ -236,8 +247,10 @@ class ModelConfig:
     # ---- (de)serialisation -------------------------------------------------
 
     def to_dict(self) -> dict:
+        """Every field, except the AR dropouts at their defaults (so files read as before)."""
         return {f.name: (list(v) if isinstance(v, tuple) else v)
-                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
+                if not (f.name in WRITTEN_WHEN_CHANGED and v == f.default)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -319,7 +332,8 @@ OFFICIAL_FIELDS = {
 }
 # Our additions accepted beside the official fields.
 EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name",
-                "class_names")
+                "class_names", "ar_residual_dropout", "ar_attn_dropout")
+WRITTEN_WHEN_CHANGED = ("ar_residual_dropout", "ar_attn_dropout")
 
 
 # The JSON type of every config field ("?": may be null). Numbers must be finite: NaN and
@@ -331,6 +345,7 @@ FIELD_TYPES = {
     "label_drop_prob": "number", "r_weight": "number", "pixel_mean": "list of number",
     "pixel_std": "list of number", "num_iter": "list of integer?", "cfg": "number", "temperature": "number",
     "cfg_schedule": "string", "name": "string", "class_names": "list of string?",
+    "ar_residual_dropout": "number", "ar_attn_dropout": "number",
 }
 TYPE_PHRASES = {"integer": "an integer", "number": "a finite number", "boolean": "true or false", "string": "a string"}
 MAX_DIMENSION = 1 << 20  # no size, width or count in a real model comes near it; bigger ones are damage

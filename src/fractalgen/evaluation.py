@@ -19,11 +19,11 @@ import torch.distributed as dist
 
 from .errors import UserError
 from .files import atomic_write, image_name, save_image, to_pil, write_text
-from .generation import sample
 from .jsonfile import read_object
 from .metrics import FeatureNet, ImageSet, Scores, Statistics, reference_statistics, score_images
 from .nn import precision_in_effect
 from .runtime import barrier, setup_distributed, sum_over_ranks
+from .samples import sample
 from .settings import SamplingSettings
 
 SETTINGS_FILE = "evaluate.json"  # the settings the images in a folder were made with
@@ -34,11 +34,11 @@ SETTINGS_FILE = "evaluate.json"  # the settings the images in a folder were made
 def class_schedule(num_images: int, num_classes: int) -> np.ndarray | None:
     """Labels 0..classes-1, each repeated num_images / classes times (the official protocol); None if unconditional."""
     if num_images < 1:
-        raise UserError(f"--num-images must be positive, got {num_images}")
+        raise UserError(f"--n must be positive, got {num_images}")
     if num_classes == 0:
         return None
     if num_images % num_classes:
-        raise UserError(f"--num-images {num_images} is not a multiple of the {num_classes} classes: "
+        raise UserError(f"--n {num_images} is not a multiple of the {num_classes} classes: "
                         f"equal images per class needs e.g. {num_images // num_classes * num_classes or num_classes}")
     return np.repeat(np.arange(num_classes), num_images // num_classes)
 
@@ -92,7 +92,7 @@ def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int
         t0 = time.perf_counter()
         # (B, C, H, W) uint8; .cpu() waits for the device
         images = sample(model, labels=batch_labels, n=len(indices), seed=seed * 1_000_003 + indices[0],
-                        batch_size=None, precision=precision, **vars(settings)).cpu()
+                        batch_size=None, precision=precision, settings=settings).cpu()
         seconds += time.perf_counter() - t0
         for i, image in zip(indices, images):
             save_image(to_pil(image), files[i])

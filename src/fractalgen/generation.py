@@ -1,97 +1,11 @@
-"""Sampling images from a model: `fractalgen.sample`.
-
-What decides the images: the model, the labels, the settings (`settings.resolve_settings`:
-argument > the checkpoint's recommendation > the config's presets), the seed and the batch
-size. Images are drawn `batch_size` at a time and batch i is drawn with its own generator
-seeded `seed + i`, so the same seed, settings and batch size give the same images from the
-library and from `fractalgen sample` (both default to DEFAULT_BATCH_SIZE); another batch size
-draws other images (a batch shares one random stream).
-"""
+"""Deprecated: `fractalgen.sample` lives in fractalgen.samples (this name goes in the next release)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 
-import torch
+from .samples import DEFAULT_BATCH_SIZE, count_and_labels, make_generator, sample, step_callback, to_uint8
 
-from .model import FractalModel, as_labels, eval_mode
-from .nn import precision_context
-from .runtime import uses_threads
+warnings.warn("fractalgen.generation is deprecated: import from fractalgen.samples "
+              "(or use fractalgen.sample)", DeprecationWarning, stacklevel=2)
 
-DEFAULT_BATCH_SIZE = 100
-
-
-def make_generator(model: FractalModel, seed: int | None) -> torch.Generator | None:
-    """A generator on the model's device seeded with `seed` (None: torch's global random stream)."""
-    if seed is None:
-        return None
-    generator = torch.Generator(device=model.device)
-    generator.manual_seed(int(seed))
-    return generator
-
-
-def to_uint8(values: torch.Tensor) -> torch.Tensor:
-    return values.round().clamp(0, 255).to(torch.uint8)
-
-
-def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> tuple[int, list | None]:
-    """(number of images, labels as a list of indices or None for unconditional); names are looked up
-    in `class_names`."""
-    if labels is not None:
-        labels = as_labels(labels, "cpu", class_names).tolist()  # floats, booleans and text refused, not truncated
-        return len(labels), labels
-    if n is None:
-        raise ValueError("give labels or n")
-    return int(n), None
-
-
-@uses_threads
-@eval_mode
-def sample(model: FractalModel, labels=None, n: int | None = None, cfg: float | None = None,
-           cfg_schedule: str | None = None, temperature: float | None = None, filter_threshold: float | None = None,
-           num_iter=None, seed: int | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
-           on_step: Callable | None = None, progress: Callable[[float], None] | None = None,
-           precision: str = "auto") -> torch.Tensor:
-    """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally; labels are
-    class indices or the model's class names (`model.class_names`, e.g. labels=["circle", "square"]).
-
-    Settings left None take the checkpoint's recommendation (`model.recommended`), else the
-    config's preset values; `num_iter` has one entry per level (AR levels always take one step
-    per patch). Temperature multiplies the logits (the authors' convention). Batch i of
-    `batch_size` images (None: one batch) is seeded `seed + i`. `on_step` follows level 0 of
-    the first batch (see visualize.GenerationRecorder); `progress(images_done)` is called after
-    every level-0 step with the (fractional) number of images generated so far. `precision`: fp32,
-    bf16 (autocast; faster on GPUs and on CPUs with bf16 instructions, other images than fp32) or
-    auto (bf16 on GPUs with native bf16, fp32 elsewhere; see nn/precision.py). `threads` (keyword):
-    CPU threads for this call, 'auto', a number or None (runtime.call_threads).
-    """
-    total, labels = count_and_labels(labels, n, model.class_names)
-    autocast = precision_context(precision, model.device)
-    batch_size = batch_size or max(total, 1)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = []
-    for i, start in enumerate(range(0, total, batch_size)):
-        count = min(batch_size, total - start)
-        chunk = labels[start:start + count] if labels is not None else None
-        with autocast:
-            values, _ = model.generate(labels=chunk, n=count, cfg=cfg, cfg_schedule=cfg_schedule,
-                                       temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
-                                       generator=make_generator(model, None if seed is None else seed + i),
-                                       on_step=step_callback(on_step if i == 0 else None, progress, start, count))
-        out.append(to_uint8(values))
-    if not out:
-        c, s = model.config.channels, model.config.img_size
-        return torch.zeros(0, c, s, s, dtype=torch.uint8)
-    return torch.cat(out)
-
-
-def step_callback(on_step, progress, done: int, count: int):
-    """One level-0 callback from an optional on_step and an optional progress(images_done)."""
-    if progress is None:
-        return on_step
-
-    def callback(canvas: torch.Tensor, filled: torch.Tensor):
-        if on_step is not None:
-            on_step(canvas, filled)
-        progress(done + count * float(filled.float().mean()))  # filled (B, C, H, W): the generated share
-    return callback
+__all__ = ["DEFAULT_BATCH_SIZE", "count_and_labels", "make_generator", "sample", "step_callback", "to_uint8"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .errors import UserError
-from .model import FractalModel, as_labels, eval_mode
+from .model import FractalModel, as_labels, check_labels, eval_mode
 from .runtime import uses_threads
 
 
@@ -47,8 +47,7 @@ def likelihood_labels(model: FractalModel, labels, n: int) -> torch.Tensor | Non
         labels = labels.expand(n)
     if labels.numel() != n:
         raise ValueError(f"{labels.numel()} labels for {n} images")
-    if n and (labels.min() < 0 or labels.max() >= model.config.num_classes):
-        raise ValueError(f"class labels must be in 0..{model.config.num_classes - 1}")
+    check_labels(labels, model.config.num_classes)
     return labels
 
 

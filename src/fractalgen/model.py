@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -15,8 +16,9 @@ import torch.nn as nn
 from .config import ModelConfig
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import init_weights
-from .sampling import CFG_SCHEDULES, Known, SampleContext
-from .settings import resolve_settings
+from .sampling import Known, SampleContext, ValueCoder
+from .settings import SamplingSettings, resolve_settings
+from .settings import check as check_settings
 
 
 class FractalModel(nn.Module):
@@ -59,8 +61,7 @@ class FractalModel(nn.Module):
         if labels is None or self.config.num_classes == 0:
             return null
         labels = labels.to(self.device)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"class labels must be in 0..{self.config.num_classes - 1}")
+        check_labels(labels, self.config.num_classes)
         emb = self.class_embed(labels)
         if drop_prob > 0:  # classifier-free guidance training
             drop = torch.rand(batch, device=emb.device) < drop_prob
@@ -124,20 +125,26 @@ class FractalModel(nn.Module):
 
     # ---- sampling -----------------------------------------------------------------------
 
-    @torch.inference_mode()  # not no_grad: also no view/version tracking on sampling's many small ops
-    def generate(self, labels=None, n=None, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
-                 num_iter=None, generator=None, known: Known | None = None, on_step=None, coder=None):
+    @torch.inference_mode()  # not no_grad: no view/version tracking, which AR sampling's many small ops pay for
+    def generate(self, labels=None, n: int | None = None, settings: SamplingSettings | None = None, *,
+                 generator: torch.Generator | None = None, known: Known | None = None,
+                 on_step: Callable | None = None, coder: ValueCoder | None = None,
+                 **overrides) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
         drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
 
+        `settings`: a SamplingSettings, built once by the caller (`settings.resolve_settings`);
+        None takes the checkpoint's recommendation, else the config's presets. Keyword `overrides`
+        (cfg=..., num_iter=...) change single settings, as `fractalgen.sample` takes them.
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
-        to the pixel heads (classifier-free guidance). Settings left None are resolved by
-        `settings.resolve_settings`: the checkpoint's recommendation, else the config's presets.
+        to the pixel heads (classifier-free guidance).
         Runs under inference mode: the tensors returned cannot be changed in place outside it (clone them).
         """
-        settings = resolve_settings(self, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
-                                    filter_threshold=filter_threshold, num_iter=num_iter)
+        if settings is None or overrides:
+            settings = resolve_settings(self, settings=settings, **overrides)
+        else:
+            check_settings(settings, self.config.num_levels)
         if labels is not None:
             labels = as_labels(labels, self.device, self.config.class_names)
             B = labels.numel()
@@ -159,6 +166,7 @@ class FractalModel(nn.Module):
         return self._sample_level(0, ctx, [cond], guidance, known)
 
     def _sample_level(self, depth: int, ctx: SampleContext, conds, guidance, known: Known | None):
+        """Level `depth` (ctx: the settings at that depth) generates its squares; the pixel head ends it."""
         if depth == len(self.levels):  # the pixel head: squares are single pixels
             kv = km = None
             if known is not None:
@@ -166,13 +174,8 @@ class FractalModel(nn.Module):
             values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
             C = self.config.channels
             return values.float().view(-1, C, 1, 1), logp.view(-1, C, 1, 1)
-        return self.levels[depth].sample(
-            conds, guidance, ctx, known,
-            next_level=partial(self._sample_level, depth + 1, ctx),
-            num_iter=ctx.num_iter[depth],
-            schedule=CFG_SCHEDULES[ctx.cfg_schedule] if depth == 0 else None,
-            on_step=ctx.on_step if depth == 0 else None,
-        )
+        return self.levels[depth].sample(conds, guidance, ctx, known,
+                                         next_level=partial(self._sample_level, depth + 1, ctx.deeper()))
 
 
 def eval_mode(function):
@@ -238,3 +241,28 @@ def as_labels(labels, device, class_names: tuple[str, ...] | None = None) -> tor
     elif values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
         raise ValueError(f"class labels must be integers, got a {values.dtype} tensor")
     return values.to(device=device, dtype=torch.long).view(-1)
+
+
+def label_problem(label: int, num_classes: int) -> str | None:
+    """Why `label` is no class of a model with `num_classes` classes (the one wording), or None."""
+    if num_classes == 0:
+        return "this model is unconditional: it takes no class label"
+    if not 0 <= label < num_classes:
+        return (f"label {label} is out of range: the model has {num_classes} classes, so labels are "
+                f"0..{num_classes - 1}")
+    return None
+
+
+def check_labels(labels, num_classes: int, error: type[Exception] = ValueError) -> None:
+    """Every class label (an int, a sequence of them, or an int64 tensor) is one of the model's classes,
+    else `error` (each caller's own exception type) with label_problem's words."""
+    if isinstance(labels, torch.Tensor):
+        if not labels.numel():
+            return
+        if num_classes and not bool(((labels < 0) | (labels >= num_classes)).any()):  # one host read
+            return
+        labels = labels.flatten().tolist()
+    for label in [labels] if isinstance(labels, int) else labels:
+        problem = label_problem(int(label), num_classes)
+        if problem is not None:
+            raise error(problem)

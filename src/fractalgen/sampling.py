@@ -1,6 +1,7 @@
 """Sampling as small pure functions: temperature -> guidance -> probabilities -> draw; schedules by name."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -98,7 +99,7 @@ def coding_order(seq_len: int, device=None) -> torch.Tensor:
 
 @dataclass
 class SampleContext:
-    """Settings handed down the recursion unchanged."""
+    """The settings handed down the recursion, and the depth they are read at (0: the outermost level)."""
 
     guided: bool  # conditions carry a conditional and an unconditional half (2B rows)
     temperature: float
@@ -111,6 +112,28 @@ class SampleContext:
     # Lossless coding (codec.py): values are not drawn but taken from the image (encoder) or read from
     # the stream (decoder); every value is visited, known or not. See ValueCoder.
     coder: "ValueCoder | None" = None
+    depth: int = 0  # the level sampling with this context; deeper levels get `deeper()`
+
+    # ---- the settings at this depth ----
+
+    @property
+    def steps(self) -> int:
+        """Steps at this level (MAR levels; an AR level takes one per patch)."""
+        return self.num_iter[self.depth]
+
+    @property
+    def schedule(self) -> Callable[[float, torch.Tensor], torch.Tensor] | None:
+        """Level 0's guidance schedule by progress; deeper levels use the guidance handed down (None)."""
+        return CFG_SCHEDULES[self.cfg_schedule] if self.depth == 0 else None
+
+    @property
+    def level_on_step(self) -> Callable | None:
+        """The progress callback, which follows level 0 only."""
+        return self.on_step if self.depth == 0 else None
+
+    def deeper(self) -> "SampleContext":
+        """The same settings for the next level down."""
+        return dataclasses.replace(self, depth=self.depth + 1)
 
     # Guided batches: every tensor of the B rows being generated goes through the transformers
     # twice, once with the conditions (rows :B) and once with the unconditional ones (rows B:).

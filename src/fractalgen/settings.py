@@ -1,27 +1,97 @@
-"""How to sample: one frozen `SamplingSettings`, resolved in exactly one place.
+"""How to sample: one frozen `SamplingSettings`, checked by one validator, resolved in one place.
 
 Precedence, per setting: an explicit argument (or command-line flag) > the checkpoint's
 recommendation (`model.recommended`, read from the checkpoint's metadata by `load`) > the
 config's preset values (`ModelConfig.cfg`, `.temperature`, `.cfg_schedule`, `.num_iter`).
 The guidance filter threshold has no preset value: its default is DEFAULT_FILTER_THRESHOLD.
+
+Every door a setting comes through (command-line flags, config files, checkpoint metadata, model
+folders, library arguments) checks it with `check_setting`, so the same value is accepted or
+refused alike everywhere, with the same words.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .config import CFG_SCHEDULES
 from .errors import UserError
+from .sampling import CFG_SCHEDULES
 
-SETTING_MAX = 1e4  # |cfg| and temperature: the published values are <= 29; 3e38 overflows the logits
+SETTING_MAX = 1e4  # |cfg| and temperature: the published values are far below; 3e38 overflows the logits
+MAX_STEPS = 1 << 20  # steps per level: no model has a sequence near it; bigger values are damage
 DEFAULT_FILTER_THRESHOLD = 1e-4  # the authors' value: conditional probabilities below it are not boosted
+SCHEDULE_NAMES: tuple[str, ...] = tuple(CFG_SCHEDULES)  # the one list of cfg schedule names
+SEED_MAX = 2**31 - 1  # numpy's legacy seeding takes 32 bits; every rank adds its rank to the seed
 
 
 class SettingsError(UserError, ValueError):
-    """A sampling setting out of range (a ValueError for library callers, one error line in the CLI)."""
+    """A sampling setting out of range (a ValueError for library callers, one error line in the CLI).
 
+    `setting` names it, `wanted` says what it must be ("> 0", "finite", ...) and `got` shows the value,
+    so each door can word the line its own way (argparse names the flag, a file names its field).
+    """
+
+    def __init__(self, setting: str, wanted: str, got: Any, numeric: bool = False):
+        self.setting, self.wanted, self.got = setting, wanted, got
+        self.phrase = f"a number {wanted}" if numeric and wanted[:1] in "<>" else wanted
+        super().__init__(f"{setting} must be {self.phrase}, got {shown(got)}")
+
+
+def shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text[:60] + "..." if len(text) > 60 else text
+
+
+# ---- the one validator ------------------------------------------------------------------------
+
+def is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def integral(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_setting(name: str, value, num_levels: int | None = None):
+    """`value` as the setting `name` holds it (float, str, or a tuple of ints for num_iter), or a
+    SettingsError. num_iter needs one entry per generator level when `num_levels` is given."""
+    if name in ("cfg", "temperature", "filter_threshold"):
+        if not is_number(value):
+            raise SettingsError(name, "a finite number", value)
+        value = float(value)
+        if not math.isfinite(value):
+            raise SettingsError(name, "finite", value)
+        low, low_strict, high = {"cfg": (-SETTING_MAX, False, SETTING_MAX), "temperature": (0.0, True, SETTING_MAX),
+                                 "filter_threshold": (0.0, False, 1.0)}[name]
+        if value < low or (low_strict and value == low):
+            raise SettingsError(name, f"{'>' if low_strict else '>='} {low:g}", value, numeric=True)
+        if value > high:
+            raise SettingsError(name, f"<= {high:g}", value, numeric=True)
+        return value
+    if name == "cfg_schedule":
+        if value not in SCHEDULE_NAMES:
+            raise SettingsError(name, f"one of the cfg schedules {', '.join(SCHEDULE_NAMES)}", value)
+        return str(value)
+    if name == "num_iter":
+        steps = (value,) if integral(value) else value
+        count = "" if num_levels is None else f"{num_levels} "
+        wanted = f"{count}positive integers" + ("" if num_levels is None else " (one per generator level)")
+        if (not isinstance(steps, Sequence) or isinstance(steps, str)
+                or not all(integral(k) and 1 <= k <= MAX_STEPS for k in steps)
+                or (num_levels is not None and len(steps) != num_levels) or not steps):
+            raise SettingsError(name, wanted, value)
+        return tuple(int(k) for k in steps)
+    raise SettingsError(name, f"one of the settings {', '.join(SETTING_NAMES)}", name)
+
+
+# ---- the value --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -30,6 +100,10 @@ class SamplingSettings:
     temperature: float  # multiplies the logits (the authors' convention: 1.1 sharpens)
     filter_threshold: float  # guidance leaves values whose conditional probability is below it alone
     num_iter: tuple[int, ...]  # steps per level (MAR levels; AR levels always take one step per patch)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # every setting checked once, when the value is made
+            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
 
     def describe(self) -> str:
         """One line for people: cfg 10.0 (linear), temperature 1.0, filter 0.0001, num_iter 49,16."""
@@ -40,58 +114,66 @@ class SamplingSettings:
         """Plain JSON-able values (num_iter as a list)."""
         return {**dataclasses.asdict(self), "num_iter": list(self.num_iter)}
 
+    def replace(self, **changes) -> SamplingSettings:
+        """These settings with some changed (None leaves a setting as it is)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(SamplingSettings))
 
 
-def resolve_settings(model, cfg=None, cfg_schedule=None, temperature=None, filter_threshold=None,
-                     num_iter=None) -> SamplingSettings:
-    """The settings to sample `model` with: each argument that is not None, else the checkpoint's
-    recommendation (`model.recommended`), else the config's preset value."""
+def check(settings: SamplingSettings, num_levels: int) -> None:
+    """Settings fit a model of `num_levels` generator levels (the rest was checked when they were made)."""
+    check_setting("num_iter", settings.num_iter, num_levels)
+
+
+# ---- resolution ---------------------------------------------------------------------------------
+
+def resolve_settings(model, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
+                     cfg_schedule: str | None = None, temperature: float | None = None,
+                     filter_threshold: float | None = None,
+                     num_iter: Sequence[int] | int | None = None) -> SamplingSettings:
+    """The settings to sample `model` with: each keyword that is not None, else `settings` (a whole
+    SamplingSettings), else the checkpoint's recommendation (`model.recommended`), else the
+    config's preset value. Checked against the model (num_iter: one entry per generator level)."""
+    overrides = legacy_overrides(legacy, "resolve_settings", SETTING_NAMES, cfg=cfg, cfg_schedule=cfg_schedule,
+                                 temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter)
     config = model.config
-    recommended = getattr(model, "recommended", None) or {}
-    presets = {"cfg": config.cfg, "cfg_schedule": config.cfg_schedule, "temperature": config.temperature,
-               "filter_threshold": DEFAULT_FILTER_THRESHOLD, "num_iter": config.default_num_iter}
-    explicit = {"cfg": cfg, "cfg_schedule": cfg_schedule, "temperature": temperature,
-                "filter_threshold": filter_threshold, "num_iter": num_iter}
+    if settings is not None:
+        if not isinstance(settings, SamplingSettings):
+            raise TypeError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        base = settings.to_dict()
+    else:
+        recommended = getattr(model, "recommended", None) or {}
+        presets = {"cfg": config.cfg, "cfg_schedule": config.cfg_schedule, "temperature": config.temperature,
+                   "filter_threshold": DEFAULT_FILTER_THRESHOLD, "num_iter": config.default_num_iter}
+        base = {name: next(source[name] for source in (recommended, presets) if source.get(name) is not None)
+                for name in SETTING_NAMES}
+    values = {name: overrides[name] if overrides.get(name) is not None else base[name] for name in SETTING_NAMES}
+    resolved = SamplingSettings(**values)
+    check(resolved, config.num_levels)
+    return resolved
 
-    def pick(name):
-        for source in (explicit, recommended, presets):
-            if source.get(name) is not None:
-                return source[name]
 
-    settings = SamplingSettings(cfg=float(pick("cfg")), cfg_schedule=str(pick("cfg_schedule")),
-                                temperature=float(pick("temperature")),
-                                filter_threshold=float(pick("filter_threshold")),
-                                num_iter=as_num_iter(pick("num_iter")))
-    check(settings, config.num_levels)
-    return settings
+def legacy_overrides(legacy: tuple, where: str, order: Sequence[str] = SETTING_NAMES, stacklevel: int = 3,
+                     **overrides) -> dict:
+    """The keyword arguments, with those given by position in an old signature (`order`: the names of
+    the old positional parameters past the ones still positional) moved in, with a DeprecationWarning."""
+    if not legacy:
+        return overrides
+    if len(legacy) > len(order):
+        raise TypeError(f"{where}() takes at most {len(order)} more positional arguments (deprecated), "
+                        f"got {len(legacy)}")
+    warnings.warn(f"{where}(): {', '.join(order[:len(legacy)])} by position is deprecated; pass them by "
+                  f"keyword (sampling settings also as settings=SamplingSettings(...))", DeprecationWarning,
+                  stacklevel=stacklevel)
+    for name, value in zip(order, legacy):
+        if overrides.get(name) is not None:
+            raise TypeError(f"{where}() got {name} both by position and by keyword")
+        overrides[name] = value
+    return overrides
 
 
 def as_num_iter(value) -> tuple[int, ...]:
     """A sequence of step counts, or one count for a one-level model."""
-    if isinstance(value, int):
-        return (value,)
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise SettingsError(f"num_iter (--num-iter) is one number per level, got {value!r}")
-    return tuple(int(v) for v in value)
-
-
-def check(settings: SamplingSettings, num_levels: int) -> None:
-    # NaN or infinite settings would not fail: they would draw noise. Refuse them here, for every caller.
-    if not all(math.isfinite(v) for v in (settings.cfg, settings.temperature, settings.filter_threshold)):
-        raise SettingsError(f"sampling settings must be finite, got cfg {settings.cfg}, temperature "
-                            f"{settings.temperature}, filter_threshold {settings.filter_threshold}")
-    if abs(settings.cfg) > SETTING_MAX or settings.temperature > SETTING_MAX:
-        raise SettingsError(f"cfg and temperature must be at most {SETTING_MAX:g} in size, got cfg {settings.cfg:g}, "
-                            f"temperature {settings.temperature:g}")
-    if settings.cfg_schedule not in CFG_SCHEDULES:
-        raise SettingsError(f"unknown cfg schedule {settings.cfg_schedule!r} "
-                            f"(choose from {', '.join(CFG_SCHEDULES)})")
-    if not settings.temperature > 0:
-        raise SettingsError(f"temperature (--temperature) must be positive, got {settings.temperature}")
-    if not settings.filter_threshold >= 0:
-        raise SettingsError(f"filter threshold (--filter-threshold) must be >= 0, got {settings.filter_threshold}")
-    if len(settings.num_iter) != num_levels or min(settings.num_iter) < 1:
-        raise SettingsError(f"num_iter (--num-iter) needs {num_levels} positive numbers (one per level), "
-                            f"got {list(settings.num_iter)}")
+    return check_setting("num_iter", value)

@@ -35,11 +35,12 @@ from .files import check_writable, save_grid
 from .formats import load as load_checkpoint
 from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
-from .generation import sample
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
+from .samples import sample
+from .settings import SEED_MAX
 from .trainlog import MetricsLog
 
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
@@ -138,7 +139,7 @@ OPTION_BOUNDS = {
     "batch_size": Bound(int, 1, 2**20), "lr": Bound(float, 0, 10, above=True), "blr": Bound(float, 0, 10, above=True),
     "weight_decay": Bound(float, 0, 10**3), "warmup_steps": Bound(int, 0, LONGEST),
     "warmup_epochs": Bound(float, 0, 10**9), "grad_clip": Bound(float, 0, 1e30, above=True),
-    "seed": Bound(int, 0, 2**31 - 1),  # numpy's legacy seeding takes 32 bits; each rank adds its rank
+    "seed": Bound(int, 0, SEED_MAX),
     "save_every": Bound(int, 1, LONGEST), "sample_every": Bound(int, 0, LONGEST),
     "num_workers": Bound(int, 0, 256),  # processes: more than any machine's loader needs
     "log_every": Bound(int, 1, LONGEST),

@@ -1,6 +1,6 @@
 """`fractalgen inpaint | outpaint | uncrop | edit`: conditional pixel prediction on one image file.
 
-    fractalgen inpaint --checkpoint mnist --image digit.png --box 4,14,24,28 --samples 4 --out out/
+    fractalgen inpaint --checkpoint mnist --image digit.png --box 4,14,24,28 --n 4 --out out/
     fractalgen edit --checkpoint mnist --image digit.png --label 3 --out out/
 
 The image is read by the picture rules every reader shares (fractalgen.images): converted to the
@@ -22,9 +22,11 @@ from ..errors import UserError
 from ..files import check_writable, save_image, to_pil
 from ..formats import DEFAULT_INPAINT_CHECKPOINT
 from ..images import fit_mask, marked, model_image, open_picture, source_box, to_channels
+from ..model import check_labels
 from ..visualize import as_rgb, rows_figure, show_mask
 from .options import (
     add_checkpoint,
+    add_old_name,
     add_runtime,
     add_sampling,
     advance_to,
@@ -60,7 +62,8 @@ def register(subparsers):
                            help="side of the known central square as a fraction of the image side (default: 0.5)")
         p.add_argument("--label", type=integer(0), required=name == "edit",
                        help="class label (omit for unconditional)" if name != "edit" else "target class label")
-        p.add_argument("--samples", type=integer(1), default=1, help="completions to draw (default: 1)")
+        p.add_argument("--n", type=integer(1), default=1, help="completions to draw (default: 1)")
+        add_old_name(p, "--samples", "--n", dest="n", type=integer(1))
         add_sampling(p, batch_size=None)
         add_runtime(p)
         p.add_argument("--out", required=True, help="output directory (existing files are never overwritten)")
@@ -71,10 +74,8 @@ def run(args) -> int:
     model = load_model(args)
     precision_used(args, model)  # a GPU without bf16 is refused before any file is touched
     size, channels = model.config.img_size, model.config.channels
-    if args.label is not None and not 0 <= args.label < model.config.num_classes:
-        k = model.config.num_classes
-        raise UserError(f"label {args.label} is out of range: the model has {k} classes"
-                        + (f" (0..{k - 1})" if k else " (it is unconditional)"))
+    if args.label is not None:
+        check_labels(args.label, model.config.num_classes, UserError)
 
     changes = []
     picture = to_channels(open_picture(args.image), channels, changes)  # the model's mode, the input's size
@@ -86,8 +87,8 @@ def run(args) -> int:
 
     out_dir = Path(args.out)
     stem = Path(args.image).stem
-    names = [f"{stem}_{args.command}_{i}.png" for i in range(args.samples)]
-    full_names = [f"{stem}_{args.command}_{i}_full.png" for i in range(args.samples)] if crop else []
+    names = [f"{stem}_{args.command}_{i}.png" for i in range(args.n)]
+    full_names = [f"{stem}_{args.command}_{i}_full.png" for i in range(args.n)] if crop else []
     strip_name = f"{stem}_{args.command}_strip.png"
     existing = [out_dir / n for n in names + full_names + [strip_name] if (out_dir / n).exists()]
     if existing:
@@ -97,24 +98,24 @@ def run(args) -> int:
     if known.all():
         print(f"fractalgen {args.command}: note: the mask has no pixel to regenerate; the input is returned unchanged",
               file=sys.stderr)
-    settings = {**vars(settings_from(args, model)), "seed": args.seed, "samples": args.samples,
-                "precision": args.precision}
-    with progress_bar(args.samples, args.command) as bar:
+    options = {"settings": settings_from(args, model), "seed": args.seed, "n": args.n,
+               "precision": args.precision}
+    with progress_bar(args.n, args.command) as bar:
         if args.command == "edit":
             completions = conditional.edit(model, image[None], args.label, known=known[None],
-                                           progress=advance_to(bar), **settings)
+                                           progress=advance_to(bar), **options)
         else:
             completions = conditional.inpaint(model, image[None], known[None], labels=args.label,
-                                              progress=advance_to(bar), **settings)
+                                              progress=advance_to(bar), **options)
     for name, completion in zip(names, completions):
         save_image(to_pil(completion), out_dir / name)
     for name, completion in zip(full_names, completions):
         save_image(paste_back(picture, completion, regenerate_full, crop), out_dir / name)
     label = "" if args.label is None else f" under class {args.label}"
-    title = f"{args.command}{label}: the input (red: regenerated), then {args.samples} completion(s)"
+    title = f"{args.command}{label}: the input (red: regenerated), then {args.n} completion(s)"
     strip = rows_figure([torch.cat([show_mask(image[None], known[None]), as_rgb(completions)])], title=title)
     save_image(strip, out_dir / strip_name)
-    print(f"wrote {args.samples} completion(s) and {strip_name} to {out_dir}")
+    print(f"wrote {args.n} completion(s) and {strip_name} to {out_dir}")
     if full_names:
         print(f"full-size: {full_names[0]}{' ...' if len(full_names) > 1 else ''} (the completed square pasted "
               f"back into the {picture.width}x{picture.height} picture)")

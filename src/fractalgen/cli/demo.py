@@ -51,7 +51,7 @@ def run_demo(args) -> int:
     from ..formats import DEFAULT_INPAINT_CHECKPOINT, load
     from ..data import load_dataset, stack
     from ..files import check_writable, save_grid, write_text
-    from ..generation import sample
+    from ..samples import sample
     from ..likelihood import measure_images
     from ..visualize import GenerationRecorder
 
@@ -73,8 +73,8 @@ def run_demo(args) -> int:
     # The GIF follows one digit per class (a small file); the grid shows them all.
     recorder = GenerationRecorder(nrow=5, scale=4, select=list(range(0, len(labels), args.per_class)))
     with progress_bar(len(labels), "sampling") as bar:
-        images = sample(model, labels, seed=args.seed, batch_size=None, on_step=recorder, progress=advance_to(bar),
-                        **vars(settings)).cpu()
+        images = sample(model, labels, settings=settings, seed=args.seed, batch_size=None, on_step=recorder,
+                        progress=advance_to(bar)).cpu()
     paths = {"grid": out / "samples_grid.png", "gif": out / "generation.gif",
              "bits_per_dim_file": out / "bits_per_dim.txt"}
     save_grid(images, paths["grid"], nrow=args.per_class, scale=2)
@@ -144,7 +144,7 @@ def demo_examples(model, out_dir, images: torch.Tensor, labels: torch.Tensor | N
     paths = []
 
     top_half = top_rows_known(size, 0.5).expand(images.shape[0], -1, -1)
-    completions = inpaint(model, images, top_half, labels=labels, samples=2, seed=seed)  # (2N, C, H, W)
+    completions = inpaint(model, images, top_half, labels=labels, n=2, seed=seed)  # (2N, C, H, W)
     rows = [images, show_mask(images, top_half), completions[0::2], completions[1::2]]
     given = "" if labels is None else f" (given the class: {', '.join(map(str, labels.tolist()))})"
     captions = ["original", "input: the red half is regenerated", "completion 1", "completion 2"]

@@ -1,11 +1,11 @@
 """`fractalgen evaluate | fid | ref-stats`: generation quality the way the paper reports it.
 
     fractalgen ref-stats imagenet64_val/ --out in64_stats.npz --inception inception-2015-12-05.pt
-    fractalgen evaluate --checkpoint fractalmar_in64.pth --preset fractalmar_in64 --num-images 50000 \\
+    fractalgen evaluate --checkpoint fractalmar_in64.pth --preset fractalmar_in64 --n 50000 \\
         --ref-stats adm_in64_stats.npz --out eval_in64/
     torchrun --nproc_per_node=8 -m fractalgen evaluate ...          # the sampling split across GPUs
     fractalgen fid samples/ --ref-stats in64_stats.npz
-    fractalgen evaluate --checkpoint mnist --num-images 1000 --features mnist-classifier --ref-images mnist \\
+    fractalgen evaluate --checkpoint mnist --n 1000 --features mnist-classifier --ref-images mnist \\
         --out eval_mnist/                                             # "classifier FID" on digits
 
 Features come from the FID Inception network (a local TorchScript file, see
@@ -25,6 +25,7 @@ from ..runtime import pick_device, rank, set_threads, setup_distributed
 from .options import (
     add_checkpoint,
     add_json,
+    add_old_name,
     add_runtime,
     add_sampling,
     emit_json,
@@ -38,10 +39,11 @@ FEATURE_NETS = ("inception", "mnist-classifier")
 
 def register(subparsers):
     p = subparsers.add_parser("evaluate", help="sample equal images per class, write PNGs, report FID/IS/precision/recall",
-                              description="Sample num_images / classes images of every class (resumable: images "
+                              description="Sample n / classes images of every class (resumable: images "
                                           "already in --out are kept), then score them against a reference.")
     add_checkpoint(p)
-    p.add_argument("--num-images", type=integer(1), default=50000, help="images to sample, a multiple of the classes")
+    p.add_argument("--n", type=integer(1), default=50000, help="images to sample, a multiple of the classes")
+    add_old_name(p, "--num-images", "--n", dest="n", type=integer(1))
     p.add_argument("--out", required=True, help="folder for the PNGs (rerun with the same folder to resume)")
     p.add_argument("--npz", help="also write all images to this .npz (arr_0: N,H,W,C uint8; labels)")
     add_sampling(p, batch_size=64)
@@ -106,7 +108,7 @@ def run_evaluate(args) -> int:
     # delay: first drawn once the run knows its total (images to sample + images to score)
     with tqdm(total=0, unit="img", dynamic_ncols=True, disable=rank() != 0, delay=0.5) as bar:
         scores, generation = evaluate_model(
-            model, Path(args.out), args.num_images, settings, net, reference, ref_images, args.batch_size,
+            model, Path(args.out), args.n, settings, net, reference, ref_images, args.batch_size,
             args.feature_batch_size, args.seed, Path(args.npz) if args.npz else None, args.splits, k=3,
             pr_images=args.pr_images, manifest=manifest, progress=bar, precision=args.precision)
     if scores is None:  # not rank 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..jsonfile import read_object
-from .options import add_checkpoint, add_json, add_runtime, apply_runtime, emit_json
+from .options import add_checkpoint, add_json, add_old_name, add_runtime, apply_runtime, emit_json
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -28,8 +28,9 @@ def add_export(sub):
     p.add_argument("--card", help="JSON file with the model card's facts, e.g. {\"dataset\": \"mnist\", "
                    "\"bits_per_dim\": 1.19, \"bits_per_dim_command\": \"fractalgen nll ...\"}")
     p.add_argument("--repo-id", help="the hub id the card's usage lines name (owner/name)")
-    p.add_argument("--force", action="store_true", help="replace config.json, model.safetensors and README.md "
-                   "if the folder already holds them")
+    p.add_argument("--overwrite", action="store_true", help="replace config.json, model.safetensors and "
+                   "README.md if the folder already holds them")
+    add_old_name(p, "--force", "--overwrite", dest="overwrite", nargs=0, const=True)
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_export)
@@ -54,7 +55,8 @@ def run_export(args) -> int:
     if args.repo_id:
         card["repo_id"] = args.repo_id
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype, overwrite=args.force)
+    folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype,
+                    overwrite=args.overwrite)
     files = {name: str(folder / name) for name in FOLDER_FILES}
     print(f"model folder: {folder} ({', '.join(files)}); load it with fractalgen.load({str(folder)!r})")
     emit_json(args, {"out": str(folder), **files})

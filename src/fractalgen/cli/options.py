@@ -4,15 +4,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from tqdm import tqdm
 
-from ..config import CFG_SCHEDULES
 from ..errors import UserError
-from ..generation import DEFAULT_BATCH_SIZE
 from ..nn import PRECISIONS, precision_in_effect
 from ..runtime import pick_device, rank, set_threads
-from ..settings import DEFAULT_FILTER_THRESHOLD, SETTING_MAX, SamplingSettings, SettingsError, resolve_settings
+from ..samples import DEFAULT_BATCH_SIZE
+from ..settings import (
+    DEFAULT_FILTER_THRESHOLD,
+    SCHEDULE_NAMES,
+    SEED_MAX,
+    SETTING_NAMES,
+    SamplingSettings,
+    SettingsError,
+    check_setting,
+    resolve_settings,
+    shown,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,7 +54,6 @@ class Parser(argparse.ArgumentParser):
 # Each function is an argparse `type=`: a bad value ends in one line naming the flag and the value,
 # before any work starts. Never a silent substitution: 0 epochs is an error, not the default.
 
-SEED_MAX = 2**31 - 1  # numpy's legacy seeding takes 32 bits; every rank adds its rank to the seed
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -89,7 +98,7 @@ def number(minimum: float | None = None, above: float | None = None, below: floa
 
 
 def seed(text: str) -> int:
-    """A random seed: 0 .. 2**31 - 1."""
+    """A random seed: 0 .. settings.SEED_MAX."""
     return integer(0, SEED_MAX)(text)
 
 
@@ -119,6 +128,26 @@ def class_list(text: str) -> list[str]:
     return parts
 
 
+def setting(name: str):
+    """The argparse type of the sampling setting `name` (a flag's text -> its value), checked by the
+    validator every other door uses (settings.check_setting)."""
+    def parse(text: str):
+        if name == "num_iter":
+            value = integer_list(text)
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_setting(name, value)
+        except SettingsError as e:
+            raise argparse.ArgumentTypeError(f"must be {e.wanted}, got {text.strip()}") from None
+
+    parse.__name__ = name
+    return parse
+
+
 def threads_flag(text: str):
     """'auto' (runtime.auto_threads) or a count of CPU threads."""
     if text.strip() == "auto":
@@ -136,6 +165,24 @@ def device(text: str) -> str:
 
 
 # ---- the flags ----------------------------------------------------------------------------------
+
+class OldName(argparse.Action):
+    """A flag's old name: still works for one release, hidden from --help, with a note on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_old_name(p, old: str, new: str, dest: str, **kwargs):
+    """`old` as a hidden alias of the flag `new` (stored in `dest`); a switch passes nargs=0, const=True."""
+    p.add_argument(old, dest=dest, action=OldName, new=new, default=argparse.SUPPRESS, **kwargs)
+
 
 def add_runtime(p, threads: str = "auto"):
     """--device and --threads (every command)."""
@@ -156,15 +203,15 @@ def add_checkpoint(p, default: str | None = "mnist"):
 def add_sampling(p, batch_size: int | None = DEFAULT_BATCH_SIZE):
     """The sampling settings (None: the checkpoint's recommendation, else the preset's), --seed,
     --precision, and --batch-size unless `batch_size` is None."""
-    p.add_argument("--cfg", type=number(minimum=-SETTING_MAX, maximum=SETTING_MAX),
+    p.add_argument("--cfg", type=setting("cfg"),
                    help="guidance scale (default: the checkpoint's recommendation, else the preset's)")
-    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES,
+    p.add_argument("--cfg-schedule", choices=SCHEDULE_NAMES,
                    help="guidance schedule: linear ramps 1 -> cfg, falling cfg -> 1, or constant (default: as --cfg)")
-    p.add_argument("--temperature", type=number(above=0, maximum=SETTING_MAX),
+    p.add_argument("--temperature", type=setting("temperature"),
                    help="logit temperature, multiplies the logits (default: as --cfg)")
-    p.add_argument("--filter-threshold", type=number(minimum=0, maximum=1),
+    p.add_argument("--filter-threshold", type=setting("filter_threshold"),
                    help=f"guidance filter threshold (default: as --cfg, else {DEFAULT_FILTER_THRESHOLD:g})")
-    p.add_argument("--num-iter", type=integer_list,
+    p.add_argument("--num-iter", type=setting("num_iter"),
                    help="steps per level, comma-separated, e.g. 64,16 (default: as --cfg)")
     p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -203,13 +250,11 @@ def load_model(args):
 
 def settings_from(args, model) -> SamplingSettings:
     """The flags given, else the checkpoint's recommendation, else the preset's (settings.resolve_settings)."""
-    num_iter = getattr(args, "num_iter", None)  # a list already (integer_list)
     try:
-        return resolve_settings(model, cfg=getattr(args, "cfg", None), cfg_schedule=getattr(args, "cfg_schedule", None),
-                                temperature=getattr(args, "temperature", None),
-                                filter_threshold=getattr(args, "filter_threshold", None), num_iter=num_iter)
-    except SettingsError as e:
-        raise UserError(str(e)) from None
+        return resolve_settings(model, **{name: getattr(args, name, None) for name in SETTING_NAMES})
+    except SettingsError as e:  # a flag that does not fit this model (--num-iter), worded as argparse would
+        flag = "--" + e.setting.replace("_", "-")
+        raise UserError(f"argument {flag}: must be {e.wanted}, got {shown(e.got)}") from None
 
 
 def parse_ints(text: str, flag: str) -> list[int]:

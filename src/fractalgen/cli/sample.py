@@ -41,7 +41,7 @@ def labels_for(model, classes: list[str] | None, per_class: int | None, n: int |
         raise UserError("this model is unconditional: use --n, not --classes/--per-class")
     if k == 0 or (classes is None and per_class is None and n is not None):
         return None, n or 16
-    from ..model import class_indices
+    from ..model import check_labels, class_indices
 
     try:
         chosen = class_indices(list(classes), model.class_names) if classes is not None else list(range(k))
@@ -49,9 +49,7 @@ def labels_for(model, classes: list[str] | None, per_class: int | None, n: int |
         raise UserError(f"--classes: {e}") from None
     if not chosen:
         raise UserError("--classes is empty")
-    for c in chosen:
-        if not 0 <= c < k:
-            raise UserError(f"class {c} is out of range: the model has {k} classes (0..{k - 1})")
+    check_labels(chosen, k, UserError)
     labels = [c for c in chosen for _ in range(per_class or 1)]
     if n is not None:
         labels = [labels[i % len(labels)] for i in range(n)]
@@ -60,11 +58,11 @@ def labels_for(model, classes: list[str] | None, per_class: int | None, n: int |
 
 def draw(model, labels, n, settings, args, on_step=None):
     """fractalgen.sample with the command's seed and batch size, with a progress bar; uint8 (N, C, H, W) on the CPU."""
-    from ..generation import sample
+    from ..samples import sample
 
     with progress_bar(n, "sampling") as bar:
         return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
-                      progress=advance_to(bar), precision=args.precision, **vars(settings)).cpu()
+                      progress=advance_to(bar), precision=args.precision, settings=settings).cpu()
 
 
 # ---- sample ------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from ..images import (
     model_image,
     open_picture,
 )
+from ..model import label_problem
 from ..visualize import GenerationRecorder, rows_figure, show_mask
 
 # ---- limits: what one request may cost ----------------------------------------------------------
@@ -261,10 +262,10 @@ def label_of(model, label) -> int | None:
     label = -1 if label is None else integer_of(label, "the class")
     if label == -1:
         return None
-    k = model.config.num_classes
-    if not 0 <= label < k:
-        raise refuse(f"class {label} is out of range: this model has {k} classes (0..{k - 1}); "
-                     f"-1 is unconditional" if k else "this model is unconditional: use class -1")
+    problem = label_problem(label, model.config.num_classes)
+    if problem is not None:
+        raise refuse(f"{problem}; -1 is unconditional" if model.config.num_classes else
+                     "this model is unconditional: use class -1")
     return label
 
 
@@ -375,7 +376,7 @@ class Demo:
         model = self.models.sampler
         labels = None if label_of(model, label) is None else [label_of(model, label)]
         images = fractalgen.sample(model, labels=labels, n=None if labels else 1, seed=seed_of(seed),
-                                   **settings(model, guidance, temperature).to_dict())
+                                   settings=settings(model, guidance, temperature))
         return to_pil(images[0])
 
     def sample_page(self, label, count, guidance, temperature, seed):
@@ -389,7 +390,7 @@ class Demo:
         scale = max(1, -(-DISPLAY_CELL // model.config.img_size))
         recorder = GenerationRecorder(nrow, scale)  # one frame per level-0 step
         images = fractalgen.sample(model, labels=labels, n=None if labels else count, seed=seed_of(seed),
-                                   on_step=recorder, **used.to_dict())
+                                   on_step=recorder, settings=used)
         gif = Path(tempfile.mkdtemp(dir=self.workdir)) / "generation.gif"
         recorder.save(gif)
         what = "unconditional" if chosen is None else f"class {chosen}"
@@ -405,7 +406,7 @@ class Demo:
         pixels, _ = to_model_image(open_bounded(image, "the image"), model)
         known = to_model_mask(open_bounded(mask, "the mask"), model.config.img_size)
         out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=seed_of(seed),
-                                 samples=completions)
+                                 n=completions)
         return to_pil(torch.cat(list(out), dim=-1))
 
     def inpaint_page(self, editor, label, completions, seed):
@@ -426,7 +427,7 @@ class Demo:
             raise refuse("nothing painted: brush over the part to regenerate, or press a preset")
         known = to_model_mask(Image.fromarray(painted.astype(np.uint8) * 255), model.config.img_size)
         out = fractalgen.inpaint(model, pixels[None], known, labels=label_of(model, label), seed=seed_of(seed),
-                                 samples=completions)
+                                 n=completions)
         rgb = out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out  # one strip: all in colour
         strip = rows_figure([torch.cat([show_mask(pixels[None], known[None]), rgb])], min_cell=DISPLAY_CELL)
         unknown = int((~known).sum())

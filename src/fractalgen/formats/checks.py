@@ -3,12 +3,11 @@ file's recommended sampling settings."""
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 
-from ..config import CFG_SCHEDULES, ModelConfig
-from ..settings import SETTING_MAX
+from ..config import ModelConfig
+from ..settings import SETTING_NAMES, SettingsError, check_setting
 
 
 class CheckpointError(ValueError):
@@ -16,27 +15,17 @@ class CheckpointError(ValueError):
 
 
 def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "metadata 'sampling'") -> dict:
-    """Recommended sampling settings (from metadata or a model folder's config.json), type and range checked."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    checks = {
-        "cfg": (lambda v: number(v) and abs(v) <= SETTING_MAX, f"a number between -{SETTING_MAX:g} and {SETTING_MAX:g}"),
-        "temperature": (lambda v: number(v) and 0 < v <= SETTING_MAX, f"a number > 0 and <= {SETTING_MAX:g}"),
-        "filter_threshold": (lambda v: number(v) and v >= 0, "a finite number >= 0"),
-        "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"one of {', '.join(CFG_SCHEDULES)}"),
-        "num_iter": (lambda v: isinstance(v, list) and len(v) == config.num_levels
-                     and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1 << 20 for k in v),
-                     f"a list of {config.num_levels} positive integers"),
-    }
+    """Recommended sampling settings (from metadata or a model folder's config.json), checked by
+    settings.check_setting."""
     for key, value in sampling.items():
-        if key not in checks:
+        if key not in SETTING_NAMES:
             raise CheckpointError(f"{path}: {where} has an unknown setting {key!r} "
-                                  f"(known: {', '.join(checks)})")
-        ok, wanted = checks[key]
-        if not ok(value):
-            raise CheckpointError(f"{path}: {where} field {key!r} must be {wanted}, "
-                                  f"got {json.dumps(value)[:60]}")
+                                  f"(known: {', '.join(SETTING_NAMES)})")
+        try:
+            check_setting(key, value, config.num_levels)
+        except SettingsError as e:
+            raise CheckpointError(f"{path}: {where} field {key!r} must be {e.phrase}, "
+                                  f"got {json.dumps(value)[:60]}") from None
     return sampling
 
 

@@ -189,7 +189,7 @@ def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None =
         existing = [name for name in FOLDER_FILES if (folder / name).exists()]
         if existing:
             raise UserError(f"{folder} already holds {', '.join(existing)}: choose another folder "
-                            f"(or overwrite=True / --force)")
+                            f"(or overwrite=True / --overwrite)")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder")
     settings = sampling_recommendation(model, sampling)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import AR_ATTN_DROPOUT, AR_RESIDUAL_DROPOUT, LevelConfig
+from ..config import LevelConfig
 from ..nn import KVCache, LlamaBlock, rotary_table_2d
 from ..sampling import Known, SampleContext
 from .base import Level, LevelOutput, NextLevel, Normalize, patchify, unpatchify
@@ -25,9 +25,9 @@ class ARLevel(Level):
         self.cond_embed = nn.Linear(config.cond_width, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len + 1, width))
         self.embed_norm = nn.LayerNorm(width, eps=1e-6)
-        # The config's dropout options do not apply: the official AR blocks fix them.
-        self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, AR_RESIDUAL_DROPOUT, AR_ATTN_DROPOUT)
-                                     for _ in range(config.blocks)])
+        # The MAR dropout options do not apply: AR blocks have their own (the official values by default).
+        self.blocks = nn.ModuleList([LlamaBlock(width, config.heads, config.ar_residual_dropout,
+                                                config.ar_attn_dropout) for _ in range(config.blocks)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def rotary(self, device, dtype=torch.float32):
@@ -57,9 +57,8 @@ class ARLevel(Level):
         )
 
     @torch.no_grad()
-    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel,
-               num_iter: int = 0, schedule=None, on_step=None):
-        """Generate B squares patch by patch in raster order with a KV cache (num_iter is ignored: N steps).
+    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel):
+        """Generate B squares patch by patch in raster order with a KV cache (ctx.steps is ignored: N steps).
 
         conds (R, Dc) with R = 2B when guided. Fully known patches are fed, not generated;
         partially known ones hand their known pixels to the next level (when coding, ctx.coder, every
@@ -70,6 +69,7 @@ class ARLevel(Level):
         B, N, p, C = guidance.shape[0], self.config.seq_len, self.config.patch_size, self.channels
         device = conds[0].device
         dtype = self.pos_embed.dtype  # fp32, or float64 in the codec's coding pass
+        schedule, on_step = ctx.schedule, ctx.level_on_step
         patches = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)
         logp = torch.zeros(B, N, C * p * p, device=device, dtype=dtype)  # per value, laid out like patches
         known_full = None  # (B, N) bool: patches given whole; None when there are none

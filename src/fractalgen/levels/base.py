@@ -75,13 +75,13 @@ class Level(nn.Module):
         raise NotImplementedError
 
     def sample(self, conds: list[torch.Tensor], guidance: torch.Tensor, ctx: SampleContext, known: Known | None,
-               next_level: NextLevel, num_iter: int, schedule=None, on_step=None):
+               next_level: NextLevel):
         """Generate B squares -> raw values (B, C, S, S) and the log-probability of what was drawn (B,).
 
         conds: list of (R, cond_width) with R = 2B when ctx.guided (conditional rows, then the
         unconditional ones); guidance (B,): the guidance scale of each row, handed down;
-        known: given content (None: nothing known); num_iter: steps at this level (MAR);
-        schedule: level 0 only, the guidance schedule by progress; on_step: level 0 progress callback.
+        known: given content (None: nothing known). The settings at this level ride in ctx:
+        ctx.steps (MAR), ctx.schedule (level 0's guidance by progress), ctx.level_on_step (level 0).
         """
         raise NotImplementedError
 

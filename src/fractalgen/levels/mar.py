@@ -202,12 +202,11 @@ class MARLevel(Level):
     # ---- sampling ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel,
-               num_iter: int, schedule=None, on_step=None):
+    def sample(self, conds, guidance, ctx: SampleContext, known: Known | None, next_level: NextLevel):
         """Generate B squares; conds (R, Dc) with R = 2B when guided, guidance (B,) handed down.
 
         Fully known patches start revealed and are never generated; the others are revealed
-        in random order, `num_iter` steps on a cosine schedule, by the next level, which gets
+        in random order, ctx.steps steps on a cosine schedule, by the next level, which gets
         the known pixels of partially known patches. When coding (ctx.coder) every patch is
         generated and the guiding pixel is the known patch's rounded mean. Returns raw values
         (B, C, S, S) and the log-probability of each drawn value (B, C, S, S), 0 where known; the
@@ -245,7 +244,8 @@ class MARLevel(Level):
             orders = coding_order(N, device).expand(B, N)
         else:
             orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
-        steps = min(N, num_iter)
+        steps = min(N, ctx.steps)
+        schedule, on_step = ctx.schedule, ctx.level_on_step
         left = N  # with nothing given whole: tokens still masked in every row, known on the host
         for step in range(steps):
             if known_full is None:
