@@ -247,3 +247,30 @@ def test_only_temporaries_this_program_made_are_removed(tmp_path):
     with RunLock(folder):
         pass
     assert all(path.read_text() == "the user's" for path in mine) and not stale.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: a real full disk (mounting needs root; skipped otherwise)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_real_full_disk_under_torch_save_is_one_write_error(small_disk):
+    """torch's zip writer reports a failed write as 'unexpected pos': the disk's own error is what the user
+    reads, the temporary file is removed, and an earlier file is kept."""
+    from fractalgen.files import atomic_write
+
+    path = small_disk / "checkpoint.pt"
+    atomic_write(lambda f: torch.save({"w": torch.zeros(1000)}, f), path)
+    kept = path.read_bytes()
+    with pytest.raises(WriteError, match=r"No space left on device; the previous checkpoint.pt is kept unchanged"):
+        atomic_write(lambda f: torch.save({"w": torch.zeros(1_000_000)}, f), path)
+    assert path.read_bytes() == kept and sorted(p.name for p in small_disk.iterdir()) == ["checkpoint.pt"]
