@@ -39,6 +39,7 @@ class RunLock:
 
     def __init__(self, folder):
         self.folder, self.fd = Path(folder), None
+        self.writing = False  # set by the holder once it writes into the folder
 
     def __enter__(self):
         return self.acquire()

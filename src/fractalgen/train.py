@@ -519,7 +519,7 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
     try:
         return train_locked(config, options, lock, classes_from_data, dry_run)
     finally:
-        if lock.fd is not None and not had_lock and not (out / CHECKPOINT_NAME).exists():
+        if lock.fd is not None and not had_lock and not lock.writing:
             (out / LOCK_NAME).unlink()  # refused before writing: the folder is left as it was
         lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
@@ -585,8 +585,6 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             dist.destroy_process_group()
         return {"step": 0, "total": total, "loss": None, "seconds": 0.0, "interrupted": None, "rank": d.rank,
                 "already_done": False, "dry_run": True}
-    if d.main:
-        check_writable(out)
     if resume is not None and int(resume["step"]) >= total:  # nothing to do: the checkpoint stays untouched
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -626,6 +624,9 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         elif d.main:
             print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
                   f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
+    if d.main:  # everything read and checked: from here on the run writes into its folder
+        lock.writing = True
+        check_writable(out)
     batches.start = step
     if d.enabled and not sharded:
         # Some parameters sit out some steps (null_class when no label is dropped): find them each step.
