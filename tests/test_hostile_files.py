@@ -332,3 +332,12 @@ def test_elongated_images_crop_to_their_centre():
     assert crop.shape == (3, 3) and crop.max() == 255
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8))
     assert center_crop_adm(photo, 8).size == (8, 8)
+
+
+@pytest.mark.parametrize("entry, words", [([1, 2], "'model' entry is a list, not a state dict"),
+                                          (None, "has no 'model' entry (its keys: args)")])
+def test_an_official_file_without_a_state_dict_says_what_it_holds(tmp_path, entry, words):
+    path = tmp_path / "checkpoint-last.pth"
+    torch.save({"args": None} if entry is None else {"model": entry, "args": None}, path)
+    with pytest.raises(fractalgen.CheckpointError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        fractalgen.load(path)

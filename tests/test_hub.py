@@ -267,3 +267,12 @@ def test_export_command_writes_a_folder_the_other_commands_read(tmp_path, capsys
     code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
                              tmp_path / "other", "--card", tmp_path / "bad.json")
     assert code == 2 and "not valid JSON" in err and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("text", ["a\x7fb", "nul\x00 esc\x1b", "sur\ud800rogate", "\u2028\ufffe", 'q"\\z\n'])
+def test_card_strings_with_any_character_keep_the_front_matter_valid(text):
+    """A DEL (or any character YAML does not allow as it is) in a --card string is written as an escape."""
+    yaml = pytest.importorskip("yaml")
+    from fractalgen.formats.card import yaml_scalar
+
+    assert yaml.safe_load(f"k: {yaml_scalar(text)}")["k"] == text

@@ -194,3 +194,83 @@ def test_the_atomic_writer_replaces_a_link_and_never_leaves_an_empty_file(tmp_pa
     with pytest.raises(UserError):  # a WriteError is a user error: one line in the CLI
         save_image(Image.new("L", (4, 4)), tmp_path / "x.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bits_per_dim.txt", "target.txt"]  # no empty, no temp file
+
+
+def test_a_waiting_resume_reads_the_checkpoint_only_with_the_lock(tiny, holder, monkeypatch, capsys):
+    """--resume is refused at the lock, before it reads checkpoint.pt: a run waiting while another finishes
+    must not continue from what it read before."""
+    import fractalgen.train as training
+
+    folder, _ = holder
+    read, real = [], training.read_checkpoint
+
+    def reading(path):
+        read.append(path)
+        return real(path)
+
+    code = main([str(a) for a in train_argv(tiny, folder)])  # a run to resume (written before the holder locks)
+    monkeypatch.setattr(training, "read_checkpoint", reading)
+    code = main([str(a) for a in train_argv(tiny, folder, "--resume", folder)])
+    assert code == 2 and "in use by another training" in capsys.readouterr().err
+    assert len(read) == 1  # the stored options (to parse the flags); the weights and step only once locked
+
+
+def test_a_folder_holding_a_model_or_a_run_is_left_as_it_was(tiny, tmp_path, capsys):
+    from test_train import tiny_config
+
+    import fractalgen
+
+    model_folder = Path(fractalgen.save_pretrained(fractalgen.build(tiny_config()), tmp_path / "exported"))
+    before = {p.name: p.read_bytes() for p in model_folder.iterdir()}
+    code = main([str(a) for a in train_argv(tiny, model_folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a model" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in model_folder.iterdir()} == before  # no lock file either
+    run = tmp_path / "run"
+    assert main([str(a) for a in train_argv(tiny, run)]) == 0
+    capsys.readouterr()
+    assert main([str(a) for a in train_argv(tiny, run)]) == 2  # a fresh run over a run: refused
+    assert "already holds a training run" in capsys.readouterr().err
+    refused = tmp_path / "never"
+    assert main([str(a) for a in train_argv(tiny, refused, "--resume", tmp_path / "missing")]) == 2
+    assert not refused.exists()  # a refused run leaves no folder behind
+
+
+def test_only_temporaries_this_program_made_are_removed(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mine = [folder / ".notes.txt.tmp", folder / ".data.npz.x1.tmp", folder / ".checkpoint.pt.tmp"]
+    for path in mine:
+        path.write_text("the user's")
+    stale = folder / ".checkpoint-0000010.pt.a1b2c3.tmp"
+    stale.write_text("a kill's")
+    with RunLock(folder):
+        pass
+    assert all(path.read_text() == "the user's" for path in mine) and not stale.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: a real full disk (mounting needs root; skipped otherwise)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_real_full_disk_under_torch_save_is_one_write_error(small_disk):
+    """torch's zip writer reports a failed write as 'unexpected pos': the disk's own error is what the user
+    reads, the temporary file is removed, and an earlier file is kept."""
+    from fractalgen.files import atomic_write
+
+    path = small_disk / "checkpoint.pt"
+    atomic_write(lambda f: torch.save({"w": torch.zeros(1000)}, f), path)
+    kept = path.read_bytes()
+    with pytest.raises(WriteError, match=r"No space left on device; the previous checkpoint.pt is kept unchanged"):
+        atomic_write(lambda f: torch.save({"w": torch.zeros(1_000_000)}, f), path)
+    assert path.read_bytes() == kept and sorted(p.name for p in small_disk.iterdir()) == ["checkpoint.pt"]

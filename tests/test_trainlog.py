@@ -126,3 +126,20 @@ def test_train_and_plot_commands(tmp_path, capsys):
     assert "--log-every: must be >= 1" in capsys.readouterr().err
     with pytest.raises(UserError, match="log_every must be >= 1"):  # library callers
         options(tmp_path, log_every=0)
+
+
+@pytest.mark.parametrize("values", [[10**400, 1.0], [1.7e308, 1.0], [1e308, -1e308], [5e-324, 1e-323], [5e-324],
+                                    [1e299, -1e299]])
+def test_plot_holds_extreme_numbers(tmp_path, values):
+    """Huge integers, the largest floats, +-1e308 (whose span overflows) and subnormal losses: a plot or
+    one clear line, in bounded time and memory, never an OverflowError, a math domain error or a runaway
+    tick list."""
+    from fractalgen.errors import UserError
+    from fractalgen.plot import MAX_TICKS, plot_metric, ticks
+
+    records = [{"step": i + 1, "loss": v} for i, v in enumerate(values)] + [{"step": 10**400, "loss": 1.0}]
+    try:
+        assert plot_metric(records, tmp_path / "p.png").is_file()
+    except UserError as e:
+        assert "no values of 'loss'" in str(e)
+    assert len(ticks(-1e300, 1e300)[0]) <= MAX_TICKS + 1 and len(ticks(5e-324, 1e-323)[0]) <= MAX_TICKS + 1

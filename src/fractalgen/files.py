@@ -40,7 +40,8 @@ def atomic_write(write: Callable, path: str | Path) -> Path:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = WriteRecorder(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,8 +51,32 @@ def atomic_write(write: Callable, path: str | Path) -> Path:
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             raise write_error(path, e) from None
+        failed = locals().get("recorder") and recorder.error
+        if failed:  # a writer that hides the file's error in its own (torch's zip writer: "unexpected pos")
+            raise write_error(path, failed) from None
         raise
     return path
+
+
+class WriteRecorder:
+    """A binary file that remembers the OSError of a failed write (a full disk), for writers that replace
+    it with an error of their own."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
 
 
 def write_error(path: Path, error: OSError) -> WriteError:

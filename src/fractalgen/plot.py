@@ -25,6 +25,10 @@ LABELS = {"loss": "training loss (mean since the previous point)", "lr": "learni
 LINE, GRID, AXIS, TEXT = (31, 97, 181), (225, 225, 225), (0, 0, 0), (20, 20, 20)
 
 
+MAX_TICKS = 20  # per axis
+LARGEST = 1e300  # larger steps or values are left out of the plot
+
+
 def font(size: int):
     try:
         return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
@@ -34,9 +38,9 @@ def font(size: int):
 
 def nice_step(span: float, target_ticks: int = 6) -> float:
     """A tick spacing of 1, 2 or 5 times a power of ten giving about `target_ticks` ticks over `span`."""
-    if span <= 0 or not math.isfinite(span):
-        return 1.0
     raw = span / target_ticks
+    if not (0 < raw < math.inf) or raw < 1e-300:  # no span, or one too small to take a logarithm of
+        return 1.0
     power = 10 ** math.floor(math.log10(raw))
     return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
@@ -48,6 +52,9 @@ def ticks(lo: float, hi: float) -> tuple[list[float], float, float]:
         lo, hi = lo - pad, hi + pad
     step = nice_step(hi - lo)
     first, last = math.floor(lo / step), math.ceil(hi / step)
+    while last - first > MAX_TICKS:  # a span nice_step could not size (extreme values): coarser ticks
+        step *= 10
+        first, last = math.floor(lo / step), math.ceil(hi / step)
     return [i * step for i in range(first, last + 1)], first * step, last * step
 
 
@@ -58,10 +65,19 @@ def tick_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def plottable(step, value) -> bool:
+    """A point the axes can hold: an integer step and a finite value, both within LARGEST (the span between
+    two such values is still a finite float)."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= LARGEST:
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= LARGEST if isinstance(value, int) else math.isfinite(value) and abs(value) <= LARGEST
+
+
 def plot_metric(records: list[dict], path, metric: str = "loss", title: str = "") -> Path:
     """Draw `metric` against `step` from metrics.jsonl records into the PNG `path`."""
-    points = [(r["step"], float(r[metric])) for r in records
-              if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    points = [(r["step"], float(r[metric])) for r in records if plottable(r.get("step"), r.get(metric))]
     if not points:
         known = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float))} - {"step"})
         raise UserError(f"no values of {metric!r} to plot (the log has: {', '.join(known) or 'nothing'})")

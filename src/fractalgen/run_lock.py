@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -20,9 +21,17 @@ from .errors import UserError
 LOCK_NAME = ".lock"
 
 
+# The files a training run writes; their temporaries are .{name}.{random}.tmp (files.atomic_write).
+RUN_FILES = re.compile(r"checkpoint(-\d+)?\.pt|model\.safetensors|metrics\.jsonl|step\d+\.png")
+
+
 def is_temporary(name: str) -> bool:
-    """The names the atomic writer gives its temporary files: .{final name}.{random}.tmp"""
-    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+    """Whether `name` is a temporary file the atomic writer made for one of RUN_FILES: a user's own
+    `.notes.txt.tmp` is not, and is never removed."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    final, _, random = name[1:-len(".tmp")].rpartition(".")
+    return bool(random) and RUN_FILES.fullmatch(final) is not None
 
 
 class RunLock:
@@ -30,6 +39,7 @@ class RunLock:
 
     def __init__(self, folder):
         self.folder, self.fd = Path(folder), None
+        self.writing = False  # set by the holder once it writes into the folder
 
     def __enter__(self):
         return self.acquire()

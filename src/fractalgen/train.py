@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import random
 import re
 import signal
@@ -37,7 +38,7 @@ from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
-from .run_lock import RunLock
+from .run_lock import LOCK_NAME, RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
 from .samples import sample
 from .settings import SEED_MAX
@@ -510,19 +511,40 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
     and names) replace the config's; otherwise they must agree (fit_classes). `dry_run`: print the
     data summary and the plan, check them, and return (with 'dry_run') before anything is written.
     A resumed run already at its total step returns at once (already_done) without writing anything.
-    Rank 0 holds the run folder's lock (run_lock.py) from the moment the inputs are checked until it
-    returns: a second training there is refused.
+    Rank 0 holds the run folder's lock (run_lock.py) from before it reads or checks anything there until
+    it returns: a second training there is refused, and a folder holding another run or a model is left
+    as it was.
     """
-    lock = RunLock(options.out)
+    lock, out = RunLock(options.out), Path(options.out)
+    created, had_lock = not out.exists(), os.path.lexists(out / LOCK_NAME)
     try:
         return train_locked(config, options, lock, classes_from_data, dry_run)
     finally:
+        if lock.fd is not None and not had_lock and not lock.writing:
+            (out / LOCK_NAME).unlink()  # refused before writing: the folder is left as it was
         lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def check_run_folder(out: Path, resume: str | None):
+    """A fresh run (or a resumed one writing elsewhere) must not write over a run or a model in `out`."""
+    if resume is not None and Path(resume).resolve() in (out.resolve(), (out / CHECKPOINT_NAME).resolve()):
+        return
+    if (out / CHECKPOINT_NAME).exists():
+        raise UserError(f"{out} already holds a training run: --resume {out}, or choose another --out")
+    held = [name for name in ("model.safetensors", "config.json")
+            if (out / name).is_file() and not (out / name).is_symlink()]  # a planted link is replaced, not kept
+    if held:
+        raise UserError(f"{out} already holds a model ({held[0]}): choose another --out (nothing there is replaced)")
 
 
 def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock, classes_from_data: bool,
                  dry_run: bool) -> dict:
     d, device = setup_distributed(options.device)
+    if d.main and not dry_run:  # one writer per run folder, from before anything in it is read or checked
+        lock.acquire()  # also removes temporary files a killed run left here
+        check_run_folder(Path(options.out), options.resume)
     resume = read_checkpoint(options.resume) if options.resume else None
     if resume is not None and options.init is not None:
         raise UserError("give --resume (continue a run) or --init (start from its weights), not both")
@@ -564,8 +586,6 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             dist.destroy_process_group()
         return {"step": 0, "total": total, "loss": None, "seconds": 0.0, "interrupted": None, "rank": d.rank,
                 "already_done": False, "dry_run": True}
-    if d.main:
-        check_writable(out)
     if resume is not None and int(resume["step"]) >= total:  # nothing to do: the checkpoint stays untouched
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -605,8 +625,9 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         elif d.main:
             print(f"note: the run was saved from {len(resume['rng'])} process(es), resumed on {d.world}: "
                   f"the data order continues exactly, the random streams start afresh", file=sys.stderr)
-    if d.main:  # inputs checked, nothing written yet: from here on, one writer per run folder
-        lock.acquire()  # also removes temporary files a killed run left here
+    if d.main:  # everything read and checked: from here on the run writes into its folder
+        lock.writing = True
+        check_writable(out)
     batches.start = step
     if d.enabled and not sharded:
         # Some parameters sit out some steps (null_class when no label is dropped): find them each step.

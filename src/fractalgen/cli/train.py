@@ -122,9 +122,6 @@ def run_train(args) -> int:
     from ..train import run_options, train
 
     set_threads(args.threads)
-    out = args.out or args.resume
-    if args.resume is None and not args.dry_run and out is not None and (Path(out) / CHECKPOINT_NAME).exists():
-        raise UserError(f"{out} already holds a training run: --resume {out}, or choose another --out")
     config = None if args.resume or not (args.preset or args.config) else get_config(args.preset or args.config)
     label_drop = {} if args.label_drop is None else {"label_drop_prob": args.label_drop}
     if config is not None:

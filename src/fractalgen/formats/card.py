@@ -90,7 +90,15 @@ def yaml_scalar(value) -> str:
         if not math.isfinite(value):
             raise UserError(f"cannot put {value} in a model card")
         return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)
+    return "".join(c if yaml_printable(c) else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+                   for c in json.dumps(str(value), ensure_ascii=False))
+
+
+def yaml_printable(c: str) -> bool:
+    """Whether YAML allows the character as it is (its printable set); others are written as escapes."""
+    o = ord(c)
+    return (0x20 <= o <= 0x7E or o in (0x09, 0x0A, 0x0D, 0x85) or 0xA0 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD
+            or 0x10000 <= o <= 0x10FFFF)
 
 
 def yaml_lines(value, indent: int = 0) -> list[str]:

@@ -159,9 +159,12 @@ def load_official(path, config=None) -> FractalModel:
     """An official-format file ({'model': state_dict, ...}) into a model of the matching config."""
     ckpt = safe_torch_load(path)
     state = ckpt.get("model")
-    if not isinstance(state, dict):
+    if state is None:
         keys = ", ".join(map(str, list(ckpt)[:5])) + (", ..." if len(ckpt) > 5 else "")
-        raise CheckpointError(f"{path} has no 'model' state dict (keys: {keys or 'none'})")
+        raise CheckpointError(f"{path} has no 'model' entry (its keys: {keys or 'none'})")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its 'model' entry is a {type(state).__name__}, not a state dict "
+                              "(parameter names and tensors)")
     cfg = get_config(config) if config is not None else _official_config_from_args(ckpt.get("args"))
     if cfg is None:
         raise CheckpointError(f"{path} is an official-format checkpoint: say which model it is "
