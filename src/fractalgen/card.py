@@ -152,7 +152,8 @@ def shown(m: Measurement) -> str:
 
 
 def architecture_table(config) -> list[str]:
-    rows = ["| level | kind | sees | as a grid of | sequence | width | blocks | heads |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| level | kind | sees | as a grid of | sequence | width | blocks | heads |",
+            "|---|---|---|---|---|---|---|---|"]
     for i, level in enumerate(config.levels):
         rows.append(f"| {i} | {level.kind.upper()} | {level.size}x{level.size} | {level.grid}x{level.grid} "
                     f"patches of {level.patch_size}x{level.patch_size} | {level.seq_len} | {level.width} | "

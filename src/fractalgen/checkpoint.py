@@ -273,7 +273,8 @@ def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "meta
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     checks = {
-        "cfg": (lambda v: number(v) and abs(v) <= SETTING_MAX, f"a number between -{SETTING_MAX:g} and {SETTING_MAX:g}"),
+        "cfg": (lambda v: number(v) and abs(v) <= SETTING_MAX,
+                f"a number between -{SETTING_MAX:g} and {SETTING_MAX:g}"),
         "temperature": (lambda v: number(v) and 0 < v <= SETTING_MAX, f"a number > 0 and <= {SETTING_MAX:g}"),
         "filter_threshold": (lambda v: number(v) and v >= 0, "a finite number >= 0"),
         "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"one of {', '.join(CFG_SCHEDULES)}"),

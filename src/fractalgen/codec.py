@@ -126,7 +126,7 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
         slices = split_rows(chunk, N, group)
         rows = slice(slices[0].start, slices[-1].stop)
         if classes > 1:  # a one-class model's labels are all 0: nothing to store
-            for stream, stream_rows in zip(chunk, slices):
+            for stream, stream_rows in zip(chunk, slices, strict=True):
                 stream.coder.encode(labels[stream_rows].numpy().astype(np.int32),
                                     constriction.stream.model.Uniform(classes))
         chunk_labels = None if labels is None else labels[rows]
@@ -307,7 +307,7 @@ class StreamCoding(ValueCoder):
         decoding = isinstance(self.hints, dict)
         starts = np.cumsum([0] + self.sizes[:-1]).tolist()
         if decoding:
-            for stream, start in zip(self.streams, starts):
+            for stream, start in zip(self.streams, starts, strict=True):
                 for row, logit, up in self.hints.get((stream.index, stream.step), ()):
                     points[start + row, logit] = floor[start + row, logit] + up
         elif bool(near.any()):
@@ -318,7 +318,7 @@ class StreamCoding(ValueCoder):
                 self.hints.append((stream.index, stream.step, row - starts[stream_number], 2 * logit + up))
         probs = probabilities(points, self.grid_bits)
         ids = given.cpu().numpy().astype(np.int32) if not decoding else np.empty(len(probs), dtype=np.int32)
-        for stream, start, size in zip(self.streams, starts, self.sizes):
+        for stream, start, size in zip(self.streams, starts, self.sizes, strict=True):
             rows = slice(start, start + size)
             if decoding:
                 ids[rows] = stream.coder.decode(self.family, probs[rows])
@@ -381,7 +381,7 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
     words = np.frombuffer(payload[reader.position:], dtype="<u4").astype(np.uint32)
     ends = np.cumsum(lengths).tolist()
     streams = [Stream(i, constriction.stream.queue.RangeDecoder(words[end - length:end]))
-               for i, (length, end) in enumerate(zip(lengths, ends))]
+               for i, (length, end) in enumerate(zip(lengths, ends, strict=True))]
     coder_model = float64_copy(model)
     C, H, W = header.shape
     images, labels = [], []
@@ -390,7 +390,7 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
         chunk_labels = None
         if header.has_labels:
             chunk_labels = torch.cat([read_labels(stream.coder, rows.stop - rows.start, classes)
-                                      for stream, rows in zip(chunk, slices)])
+                                      for stream, rows in zip(chunk, slices, strict=True)])
             labels.append(chunk_labels)
         coder = StreamCoding(chunk, [r.stop - r.start for r in slices], hints, header.grid_bits)
         n = slices[-1].stop - slices[0].start

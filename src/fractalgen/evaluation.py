@@ -94,7 +94,7 @@ def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int
         images = sample(model, labels=batch_labels, n=len(indices), seed=seed * 1_000_003 + indices[0],
                         batch_size=None, precision=precision, **vars(settings)).cpu()
         seconds += time.perf_counter() - t0
-        for i, image in zip(indices, images):
+        for i, image in zip(indices, images, strict=True):
             save_image(to_pil(image), files[i])
         generated += len(indices)
         if on_images is not None:

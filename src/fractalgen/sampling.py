@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -110,7 +110,7 @@ class SampleContext:
     on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
     # Lossless coding (codec.py): values are not drawn but taken from the image (encoder) or read from
     # the stream (decoder); every value is visited, known or not. See ValueCoder.
-    coder: "ValueCoder | None" = None
+    coder: ValueCoder | None = None
 
     # Guided batches: every tensor of the B rows being generated goes through the transformers
     # twice, once with the conditions (rows :B) and once with the unconditional ones (rows B:).

@@ -32,8 +32,8 @@ def add_compress(sub):
     p.add_argument("--out", required=True, help="the compressed file to write (never overwritten)")
     p.add_argument("--labels", action="store_true", help="code class-conditionally and store the labels (from the "
                    ".npz 'labels' array, or file names ending _class{K}.png)")
-    p.add_argument("--batch-size", type=integer(1), default=512, help="images coded side by side (recorded in the file; "
-                   "decoding uses the same)")
+    p.add_argument("--batch-size", type=integer(1), default=512,
+                   help="images coded side by side (recorded in the file; decoding uses the same)")
     add_runtime(p, threads="1")
     add_json(p)
     p.set_defaults(func=run_compress)
@@ -88,7 +88,7 @@ def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool)
     labels = None
     if with_labels:
         found = [label_of(p.name) for p in paths]
-        missing = [p.name for p, k in zip(paths, found) if k is None]
+        missing = [p.name for p, k in zip(paths, found, strict=True) if k is None]
         if missing:
             raise UserError(f"--labels: {missing[0]} has no label in its name (expected NNNNN_class{{K}}.png)")
         labels = torch.tensor(found)

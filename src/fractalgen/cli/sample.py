@@ -344,5 +344,5 @@ def demo_maps(model, out: Path, seed: int) -> Path:
     images = torch.cat([digits[:2], noisy])
     bits = pixel_bits(model, images)
     titles = [f"{kind}: {float(b.double().mean()):.2f} bits/dim, {float(b.double().sum()) / 8:.0f} bytes"
-              for kind, b in zip(["digit", "digit", "pasted noise", "pasted noise"], bits)]
+              for kind, b in zip(["digit", "digit", "pasted noise", "pasted noise"], bits, strict=True)]
     return save_image(maps_figure(images, bits, scale=6, titles=titles), out / "likelihood_maps.png")

@@ -89,7 +89,7 @@ class PixelHead(nn.Module):
         x = self.cond_proj(cond)[:, None]  # (R, 1, W)
         for c in range(self.channels):
             h = self.embed_norm(x)
-            for block, cache in zip(self.blocks, caches):
+            for block, cache in zip(self.blocks, caches, strict=True):
                 h = block(h, causal=True, cache=cache)
             logits = self._next_channel_logits(self.norm(h)[:, 0], c)  # (R, 256)
             logits = apply_temperature(logits, ctx.temperature)
