@@ -24,7 +24,7 @@ from .settings import SamplingSettings, resolve_settings
 from .version import __version__ as __version__
 
 
-def build(config) -> FractalModel:
+def build(config: str | dict | ModelConfig) -> FractalModel:
     """A freshly initialised model from a preset name, a ModelConfig or a dict (ours or official names)."""
     return FractalModel(get_config(config))
 

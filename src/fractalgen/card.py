@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UserError
 
@@ -120,7 +121,7 @@ def front_matter(model, facts: CardFacts, measurements: list[Measurement]) -> di
     if config.num_classes:
         tags.append("class-conditional")
     tags += [t for t in facts.tags if t not in tags]
-    meta = {"license": facts.license, "library_name": "fractalgen",
+    meta: dict[str, Any] = {"license": facts.license, "library_name": "fractalgen",
             "pipeline_tag": "unconditional-image-generation", "tags": tags}
     if facts.dataset:
         meta["datasets"] = [facts.dataset]

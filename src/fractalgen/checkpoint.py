@@ -213,7 +213,7 @@ def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalMod
     return model
 
 
-def save_official(model: FractalModel, path, **extra):
+def save_official(model: FractalModel, path: str | Path, **extra) -> None:
     """Export to the official layout ({'model': state_dict, **extra}), written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model).items()}
     atomic_write(lambda f: torch.save({"model": state, **extra}, f), path)
@@ -228,7 +228,8 @@ def stored_tensors(state: dict, dtype: torch.dtype | None = None) -> dict:
             .cpu().contiguous() for k, v in state.items()}
 
 
-def save(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
+def save(model: FractalModel, path: str | Path, dtype: torch.dtype | None = None,
+         sampling: dict | None = None) -> None:
     """Safetensors weights with the config and the recommended sampling settings as metadata.
 
     `sampling` (e.g. {"cfg": 10.0, "temperature": 1.0}) defaults to the model's own
@@ -466,7 +467,8 @@ def resolve(path) -> Path:
     return p
 
 
-def load(path, config=None, device=None) -> FractalModel:
+def load(path: str | Path, config: str | Path | dict | ModelConfig | None = None,
+         device: str | torch.device | None = None) -> FractalModel:
     """Load any checkpoint into a model in eval mode: ours, official, a bundled name, a model folder
     (config.json + model.safetensors) or a Hugging Face hub id ("owner/name", from the local cache)."""
     folder = model_folder(path)

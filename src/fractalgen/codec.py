@@ -44,6 +44,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from typing import Any
 
 import constriction
 import numpy as np
@@ -95,7 +96,7 @@ class Header:
 # ---- public API --------------------------------------------------------------------------------
 
 @uses_threads
-def compress(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_BATCH,
+def compress(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = DEFAULT_BATCH,
              images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
     """Losslessly compress uint8 images (N, C, H, W) at the model's size into bytes.
 
@@ -142,7 +143,8 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
 
 
 @uses_threads
-def decompress(model: FractalModel, data: bytes, return_labels: bool = False, batch_size: int = DEFAULT_BATCH):
+def decompress(model: FractalModel, data: bytes, return_labels: bool = False, batch_size: int = DEFAULT_BATCH
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """The images (uint8 (N, C, H, W), CPU) that `compress` coded into `data`; with
     return_labels=True, (images, labels or None). About `batch_size` images are decoded side by side
     (whole streams); it changes the speed, never the result. Raises CodecError (one clear line) when
@@ -172,7 +174,7 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
     return (images, labels) if return_labels else images
 
 
-def read_header(data: bytes) -> Header:
+def read_header(data: bytes | memoryview) -> Header:
     """Parse and check the header of a compressed stream (and the payload's length and crc)."""
     data = memoryview(data)
     if len(data) < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
@@ -218,7 +220,7 @@ class Stream:
     """One range-coded stream: its images side by side, one `code` call (step) at a time."""
 
     index: int
-    coder: object  # constriction's RangeEncoder or RangeDecoder
+    coder: Any  # constriction's RangeEncoder or RangeDecoder
     step: int = 0
 
 
@@ -398,10 +400,10 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
         for stream in chunk:
             if not stream.coder.maybe_exhausted():
                 raise CodecError("the payload is damaged (a stream holds more than its images)")
-    images = torch.cat(images) if images else torch.zeros(0, C, H, W, dtype=torch.uint8)
+    decoded = torch.cat(images) if images else torch.zeros(0, C, H, W, dtype=torch.uint8)
     if not header.has_labels:
-        return images, None
-    return images, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        return decoded, None
+    return decoded, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 
 def read_labels(decoder, count: int, num_classes: int) -> torch.Tensor:

@@ -442,7 +442,7 @@ def config_for_data(image_size: int, channels: int, num_classes: int) -> ModelCo
     )
 
 
-def get_config(config) -> ModelConfig:
+def get_config(config: str | Path | dict | ModelConfig) -> ModelConfig:
     """A preset name, a ModelConfig, a dict (ours or official field names) or a JSON file path."""
     if isinstance(config, ModelConfig):
         return config

@@ -52,8 +52,8 @@ def heatmap_picture(image: torch.Tensor, bits: torch.Tensor, vmax: float | None 
     font = ImageFont.load_default(max(11, scale + 5))
     pad, bar_w, label_w, title_h = 2 * scale, 3 * scale, 6 * scale + 24, 3 * scale + 10
 
-    left = Image.fromarray(to_hwc(image[None])[0]).resize((w, h), Image.NEAREST)
-    right = Image.fromarray(colourize(per_pixel, vmax)).resize((w, h), Image.NEAREST)
+    left = Image.fromarray(to_hwc(image[None])[0]).resize((w, h), Image.Resampling.NEAREST)
+    right = Image.fromarray(colourize(per_pixel, vmax)).resize((w, h), Image.Resampling.NEAREST)
     bar = colourize(np.linspace(vmax, 0.0, h)[:, None].repeat(bar_w, 1), vmax)  # top = vmax
 
     canvas = Image.new("RGB", (pad + w + pad + w + pad + bar_w + label_w, title_h + h + pad), "white")

@@ -27,6 +27,7 @@ import torch
 from . import checkpoint as ckpt
 from .card import CardFacts, facts_from_dict, model_card
 from .checkpoint import CARD_NAME, CONFIG_NAME, FOLDER_FILES, WEIGHTS_NAME
+from .config import ModelConfig
 from .errors import UserError
 from .files import save_bytes
 from .model import FractalModel
@@ -59,7 +60,7 @@ def folder_config(model: FractalModel, sampling: dict) -> dict:
     return {**config.to_official(), **ours, "sampling": sampling}
 
 
-def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None = None,
+def save_pretrained(model: FractalModel, folder: str | Path, card: CardFacts | dict | None = None,
                     dtype: torch.dtype | None = None, sampling: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Write `model` as a model folder: config.json, model.safetensors and a README.md model card.
@@ -93,8 +94,9 @@ def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None =
     return folder
 
 
-def export(checkpoint, folder, config=None, card: CardFacts | dict | None = None,
-           dtype: torch.dtype | None = None, sampling: dict | None = None, overwrite: bool = False) -> Path:
+def export(checkpoint: str | Path, folder: str | Path, config: str | Path | dict | ModelConfig | None = None,
+           card: CardFacts | dict | None = None, dtype: torch.dtype | None = None, sampling: dict | None = None,
+           overwrite: bool = False) -> Path:
     """Any checkpoint `fractalgen.load` reads (official .pth, ours, a training run folder, a bundled
     name, another model folder) as a model folder."""
     model = ckpt.load(checkpoint, config=config)
