@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo serve bench numbers setup browser clean mutants
+.PHONY: test lint demo serve bench numbers setup browser clean mutants
 
 # The venv and PyTorch, shared by every target; then the package with the extras a target needs.
 TORCH_STAMP := $(VENV)/.installed-torch
@@ -33,7 +33,14 @@ setup: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "make browser installs chromium with apt-get: run it as root (sudo make browser)" >&2; exit 1; }; apt-get update && apt-get install -y chromium; }
 
-test: $(STAMP) $(DEMO_STAMP)
+# The gates `make test` runs first: ruff (style, imports, likely bugs) over everything, mypy over the
+# package (configuration of both in pyproject.toml; .pre-commit-config.yaml runs the same two).
+# ruff's --config keeps a user-level ruff configuration out. Both come with the dev extra.
+lint: $(STAMP) $(DEMO_STAMP)
+	$(VENV)/bin/ruff check --config pyproject.toml .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) $(DEMO_STAMP) lint
 	$(PY) -m pytest
 
 serve: $(DEMO_STAMP)
@@ -47,7 +54,7 @@ bench: $(STAMP)
 
 # Re-measures the bundled models' README figures and prints each beside the README's (slow: minutes).
 numbers: $(STAMP)
-	$(PY) -m benchmarks.numbers
+	$(PY) -m benchmarks.readme_numbers
 
 # Opt-in and slow (not part of `make test`): mutation testing of sampling.py, levels/ and model.py
 # (configuration in pyproject.toml, [tool.mutmut]); survivors are listed at the end.

@@ -119,7 +119,8 @@ def main(argv=None):
                               torch.from_numpy(labels[:args.digits]).long() if name == "mnist" else None,
                               args.encode_batch_size, codec.IMAGES_PER_STREAM) for name in names]
         for case in written:
-            print(f"{case['name']}: {case['images']} digits, {case['bytes']} bytes, encoded in {case['encode_s']:.1f} s "
+            print(f"{case['name']}: {case['images']} digits, {case['bytes']} bytes, "
+                  f"encoded in {case['encode_s']:.1f} s "
                   f"({1000 * case['encode_s'] / case['images']:.1f} ms/digit, {args.threads} threads)")
         print("\n| variant | threads | model | batch | decoded exactly | ms/digit |\n|---|---|---|---|---|---|")
         failures = 0

@@ -37,7 +37,7 @@ def pasted_reference(images, targets, kept_rows: int, classifier, seed: int = 0)
     train_images, train_labels = (torch.from_numpy(a) for a in mnist_split("train"))
     g = torch.Generator().manual_seed(seed)
     random_pick, nearest_pick = [], []
-    for image, k in zip(images[:, 0], targets.tolist()):
+    for image, k in zip(images[:, 0], targets.tolist(), strict=True):
         pool = (train_labels == k).nonzero(as_tuple=True)[0]
         random_pick.append(pool[torch.randint(len(pool), (1,), generator=g)].item())
         distance = (train_images[pool, :kept_rows].float() - image[:kept_rows].float()).pow(2).sum((1, 2))

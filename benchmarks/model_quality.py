@@ -78,7 +78,8 @@ def main(argv=None):
             cfg = fractalgen.resolve_settings(model).cfg
         row = sample_scores(model, cfg, args.per_class, args.seed, classifier, reference, args.cfg_schedule)
         curve.append(row)
-        print(f"cfg {cfg:g} ({row['cfg_schedule']}): {100 * row['accuracy']:.1f}% recognised, classifier FID {row['classifier_fid']:.1f} "
+        print(f"cfg {cfg:g} ({row['cfg_schedule']}): {100 * row['accuracy']:.1f}% recognised, "
+              f"classifier FID {row['classifier_fid']:.1f} "
               f"({row['samples']} samples, {row['seconds']} s)", flush=True)
     result["curve"] = curve
     if args.json:

@@ -172,7 +172,7 @@ def their_masks(theirs, masks):
     while hasattr(node, "generator"):
         levels.append(node.generator)
         node = node.next_fractal
-    for level, mask in zip(levels, masks):
+    for level, mask in zip(levels, masks, strict=False):
         level.random_masking = level.random_masking_uniform = lambda x, orders, m=mask: m.float()
     try:
         yield

@@ -57,7 +57,8 @@ def measure(preset: str, steps: int, batch_size: int, threads: int, folder: Path
     first, last = (records[0], records[-1]) if len(records) > 1 else ({"step": 0, "wall_s": 0.0}, records[-1])
     # From the end of the first logged window: it holds start-up (first batches, allocator warm-up).
     steps_timed, seconds = last["step"] - first["step"], last["wall_s"] - first["wall_s"]
-    return {"preset": preset, "data": "mnist" if data == "mnist" else "random", "batch_size": batch_size, "steps": steps, "steps_per_s": steps_timed / seconds,
+    return {"preset": preset, "data": "mnist" if data == "mnist" else "random", "batch_size": batch_size,
+            "steps": steps, "steps_per_s": steps_timed / seconds,
             "images_per_s": steps_timed * batch_size / seconds, "peak_memory_mb": last["peak_memory_mb"],
             "steps_timed": steps_timed, "final_loss": last["loss"]}
 
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     print("| preset | data | batch | steps/s | images/s | peak memory (MiB, whole process) | load average |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| `{r['preset']}` | {r['data']} | {r['batch_size']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | "
+        print(f"| `{r['preset']}` | {r['data']} | {r['batch_size']} | {r['steps_per_s']:.2f} | "
+              f"{r['images_per_s']:.1f} | "
               f"{r['peak_memory_mb']:.0f} | {r['load_average']:.1f} |")
     return 0
 

@@ -38,7 +38,8 @@ def run_cases(cases: dict, seconds: float = 180, memory_gib: float = 2.0, cwd=No
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps({k: [str(a) for a in v] for k, v in cases.items()}),
+    given = json.dumps({k: [str(a) for a in v] for k, v in cases.items()})
+    proc = subprocess.run([sys.executable, "-c", CHILD], input=given,
                           capture_output=True, text=True, timeout=seconds, preexec_fn=limits, env=env, cwd=cwd,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

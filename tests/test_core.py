@@ -143,7 +143,7 @@ def test_mar_conditions_of_revealed_patches_equal_the_full_pass():
             rows = torch.arange(B)[:, None].expand_as(first).flatten()
             uniform_expected = level.neighbour_conds(level.hidden(patches, mask, conds, guide), rows, first.flatten())
         assert len(got) == len(expected) == len(uniform) == 5
-        for a, e in zip(got + uniform, expected + uniform_expected):
+        for a, e in zip(got + uniform, expected + uniform_expected, strict=True):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
@@ -246,7 +246,7 @@ def test_own_format_round_trip(tmp_path):
     fractalgen.save(model, tmp_path / "m.safetensors", sampling={"cfg": 3.0})
     loaded = fractalgen.load(tmp_path / "m.safetensors")  # no config argument: it travels with the weights
     assert loaded.config == model.config and loaded.recommended == {"cfg": 3.0}
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -373,7 +373,7 @@ def test_tied_cross_entropy_equals_the_plain_one(layout):
     fused = tied_cross_entropy(h, table, bias, targets, chunk=8)
     got = torch.autograd.grad((fused * weights).sum(), (h, table, bias))
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from fractalgen.data import EpochBatches, load_dataset, mnist_split, stack
-from fractalgen.images import fit_picture as center_crop_adm
 from fractalgen.errors import UserError
+from fractalgen.images import fit_picture as center_crop_adm
 
 
 def test_mnist_split_is_fixed_disjoint_and_complete():
@@ -106,9 +106,9 @@ def test_adm_centre_crop_sizes():
 
 def test_epoch_batches_resume_and_ranks():
     full = EpochBatches(10, 4, rank=0, world=1, seed=3, flip=True)
-    first = [b for _, b in zip(range(7), full)]
+    first = [b for _, b in zip(range(7), full, strict=False)]
     resumed = EpochBatches(10, 4, rank=0, world=1, seed=3, flip=True, start=3)
-    assert [b for _, b in zip(range(4), resumed)] == first[3:]
+    assert [b for _, b in zip(range(4), resumed, strict=False)] == first[3:]
     assert len({i for b in first[:2] for i, _ in b}) == 8  # an epoch never repeats an image
     ranks = [EpochBatches(10, 4, rank=r, world=2, seed=3, flip=True) for r in range(2)]
     assert next(iter(ranks[0])) + next(iter(ranks[1])) == first[0]

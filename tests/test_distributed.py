@@ -150,9 +150,9 @@ def test_ranks_split_each_global_batch_and_epochs_reshuffle():
     single = EpochBatches(size, batch, rank=0, world=1, seed=5, flip=True)
     ranks = [EpochBatches(size, batch, rank=r, world=world, seed=5, flip=True) for r in range(world)]
     per_epoch = size // batch
-    steps = [b for _, b in zip(range(3 * per_epoch), single)]
-    split = [list(b) for _, b in zip(range(len(steps)), zip(*(iter(r) for r in ranks)))]
-    for step, parts in zip(steps, split):
+    steps = [b for _, b in zip(range(3 * per_epoch), single, strict=False)]
+    split = [list(b) for _, b in zip(range(len(steps)), zip(*(iter(r) for r in ranks), strict=False), strict=False)]
+    for step, parts in zip(steps, split, strict=True):
         assert all(len(p) == batch // world for p in parts)
         assert [item for part in parts for item in part] == step  # the ranks' slices, in order: one-process batch
     epochs = [sorted(i for b in steps[e * per_epoch:(e + 1) * per_epoch] for i, _ in b) for e in range(3)]

@@ -82,8 +82,8 @@ def test_the_counter_sees_host_reads():
         bool(x.sum())
         with torch.inference_mode():
             (x > 0).nonzero(as_tuple=True)
-    assert counter.ops == ["aten::multinomial", "aten::nonzero", "aten::index (boolean mask)", "aten::_local_scalar_dense",
-                           "aten::nonzero_numpy"]
+    assert counter.ops == ["aten::multinomial", "aten::nonzero", "aten::index (boolean mask)",
+                           "aten::_local_scalar_dense", "aten::nonzero_numpy"]
 
 
 def test_bf16_kv_cache_is_stored_in_fp32():
@@ -110,5 +110,5 @@ def test_counting_on_the_host_draws_what_reading_the_device_draws(name, steps):
         generator = torch.Generator().manual_seed(4)
         runs.append(model.generate(labels=[1, 2], cfg=2.0, num_iter=(steps,) * model.config.num_levels,
                                    generator=generator, known=known) + (generator.get_state(),))
-    for host, device in zip(*runs):
+    for host, device in zip(*runs, strict=True):
         assert torch.equal(host, device)

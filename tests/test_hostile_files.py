@@ -77,7 +77,8 @@ def deep_args(folder):
         "deep": ["sample", "--checkpoint", folder / "deep.pth", "--n", "1", "--num-iter", "16,4",
                  "--out", folder / "out", "--device", "cpu", "--threads", "1"],
         "doubled": ["nll", "--checkpoint", folder / "doubled.pth", "--data", folder / "d.npz", "--device", "cpu"],
-        "wide": ["sample", "--checkpoint", folder / "wide.pth", "--n", "1", "--out", folder / "out2", "--device", "cpu"],
+        "wide": ["sample", "--checkpoint", folder / "wide.pth", "--n", "1", "--out", folder / "out2",
+                 "--device", "cpu"],
     }
 
 
@@ -292,7 +293,8 @@ def hostile_npz(folder):
     checkpoint = tiny_gray_checkpoint(folder)
     cases = {}
     for name in BAD_NPZ:
-        cases[name] = ["nll", "--checkpoint", checkpoint, "--data", folder / name, "--split", "train", "--device", "cpu"]
+        cases[name] = ["nll", "--checkpoint", checkpoint, "--data", folder / name, "--split", "train",
+                       "--device", "cpu"]
         cases["stats-" + name] = ["fid", folder, "--ref-stats", folder / name]
     return cases
 

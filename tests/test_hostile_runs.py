@@ -134,7 +134,7 @@ def test_hostile_run_and_model_folders_are_one_line(outcomes, case, command, wor
                                          ("metrics_wall", ["metrics.jsonl:1", "wall_s"])])
 def test_a_damaged_log_does_not_block_resume(outcomes, case, words):
     """The log is a record, not the run's state: the resume trains on, says why wall time restarts."""
-    (code, out, err), root = outcomes[0][case], outcomes[1]
+    (code, _, err), root = outcomes[0][case], outcomes[1]
     assert code == 0 and "Traceback" not in err, err
     note = [line for line in err.splitlines() if line.startswith("note: ")]
     assert len(note) == 1 and all(w in note[0] for w in words), err

@@ -111,7 +111,7 @@ def test_cli_web_and_library_give_the_model_the_same_tensors(tmp_path, model_inp
     (values, known), *others = model_inputs
     assert values.shape == (1, channels, 8, 8) and known.shape == values.shape
     assert not known.all() and known.any()
-    for route, (other_values, other_known) in zip(routes[1:], others):
+    for route, (other_values, other_known) in zip(routes[1:], others, strict=True):
         assert torch.equal(other_values, values), route
         assert torch.equal(other_known, known), route
     assert torch.equal(values[0].round().to(torch.uint8), pixels)

@@ -17,7 +17,7 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
 
 
 def test_the_figures_benchmarks_numbers_remeasures_are_the_readmes():
-    from benchmarks.numbers import ENTRIES
+    from benchmarks.readme_numbers import ENTRIES
 
     text = README.read_text()
     missing = [entry.name for entry in ENTRIES if entry.readme not in text]

@@ -29,7 +29,7 @@ from fractalgen.data import mnist_split
 pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytorch[demo]")
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo's tests need fractalgen-pytorch[demo]")
 Client, handle_file = gradio_client.Client, gradio_client.handle_file
-from fractalgen.cli import web as app  # after the skips: it imports gradio
+from fractalgen.cli import web as app  # noqa: E402 (after the skips: it imports gradio)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

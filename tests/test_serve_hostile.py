@@ -16,10 +16,10 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo's tests need fractalgen-pytorch[demo]")
 httpx = pytest.importorskip("httpx", reason="the web demo's tests need fractalgen-pytorch[demo]")
-from test_serve import NETWORK_MARK, Client, Server, free_port, handle_file, pixels
+from test_serve import NETWORK_MARK, Client, Server, free_port, handle_file, pixels  # noqa: E402 (after the skips)
 
-from fractalgen.cli import web as app
-from fractalgen.cli import main as cli_main
+from fractalgen.cli import main as cli_main  # noqa: E402
+from fractalgen.cli import web as app  # noqa: E402
 
 HUGE = 13000  # pixels per side declared by the hostile PNG: 169 M pixels, ten times the page's bound
 PROBE_HOST = "fractalgen-probe.invalid"  # a name that never resolves: the server must not even look it up

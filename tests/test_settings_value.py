@@ -56,7 +56,7 @@ def test_one_validator_at_every_door(name, value, ok):
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         doors["flag"] = lambda: setting(name)(text)
     errors = (SettingsError, ConfigError, CheckpointError, argparse.ArgumentTypeError)
-    for door, call in doors.items():
+    for call in doors.values():
         if ok:
             call()
         else:

@@ -1,6 +1,5 @@
 """The training loop: the recipe's pieces, a loss that falls, and a resume that continues exactly."""
 import itertools
-import json
 import math
 
 import numpy as np
@@ -152,9 +151,10 @@ def test_random_shift_moves_each_image_within_the_limit_and_fills_with_zero():
     out = random_shift(images, 2, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
     seen = set()
-    for x, y in zip(images, out):
+    for x, y in zip(images, out, strict=True):
         match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                 if torch.equal(torch.roll(x, (dy, dx), (1, 2))[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)],
+                 if torch.equal(torch.roll(x, (dy, dx), (1, 2))[:, max(dy, 0):8 + min(dy, 0),
+                                                                max(dx, 0):8 + min(dx, 0)],
                                 y[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)])]
         assert len(match) == 1, match
         dy, dx = match[0]

@@ -20,7 +20,7 @@ from .likelihood import bits_per_dim, nll_per_image, pixel_bits
 from .model import FractalModel
 from .samples import sample
 from .settings import SamplingSettings, resolve_settings
-from .version import __version__
+from .version import __version__ as __version__
 
 
 def build(config) -> FractalModel:
@@ -30,7 +30,8 @@ def build(config) -> FractalModel:
 
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
-    "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress", "decompress", "CodecError",
+    "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress",
+    "decompress", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]

@@ -125,7 +125,7 @@ def train_classifier(epochs: int = 8, batch_size: int = 64, seed: int = 0) -> tu
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * (len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for b in range(len(x) // batch_size):
             index = order[b * batch_size:(b + 1) * batch_size]
@@ -151,7 +151,8 @@ def main():
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else CLASSIFIER_FILE
     save_file(state, str(path), metadata={"accuracy_val500": f"{accuracy:.4f}"})
     val_images, val_labels = mnist_split("val")
-    bf16_accuracy = float((predict(val_images, load_mnist_classifier(path)) == torch.from_numpy(val_labels)).float().mean())
+    predicted = predict(val_images, load_mnist_classifier(path))
+    bf16_accuracy = float((predicted == torch.from_numpy(val_labels)).float().mean())
     print(f"held-out accuracy after the bf16 round trip: {bf16_accuracy:.1%}; written {path}")
 
 

@@ -45,6 +45,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from typing import Any
 
 import constriction
 import numpy as np
@@ -101,7 +102,7 @@ class Header:
 # ---- public API --------------------------------------------------------------------------------
 
 @uses_threads
-def compress(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_BATCH,
+def compress(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = DEFAULT_BATCH,
              images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
     """Losslessly compress uint8 images (N, C, H, W) at the model's size into bytes.
 
@@ -132,7 +133,7 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
         slices = split_rows(chunk, N, group)
         rows = slice(slices[0].start, slices[-1].stop)
         if classes > 1:  # a one-class model's labels are all 0: nothing to store
-            for stream, stream_rows in zip(chunk, slices):
+            for stream, stream_rows in zip(chunk, slices, strict=True):
                 stream.coder.encode(labels[stream_rows].numpy().astype(np.int32),
                                     constriction.stream.model.Uniform(classes))
         chunk_labels = None if labels is None else labels[rows]
@@ -148,7 +149,8 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
 
 
 @uses_threads
-def decompress(model: FractalModel, data: bytes, return_labels: bool = False, batch_size: int = DEFAULT_BATCH):
+def decompress(model: FractalModel, data: bytes, return_labels: bool = False, batch_size: int = DEFAULT_BATCH
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """The images (uint8 (N, C, H, W), CPU) that `compress` coded into `data`; with
     return_labels=True, (images, labels or None). About `batch_size` images are decoded side by side
     (whole streams); it changes the speed, never the result. Raises CodecError (one clear line) when
@@ -179,7 +181,7 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
     return (images, labels) if return_labels else images
 
 
-def read_header(data: bytes) -> Header:
+def read_header(data: bytes | memoryview) -> Header:
     """Parse and check the header of a compressed stream (and the payload's length and crc)."""
     data = memoryview(data)
     if len(data) < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
@@ -237,7 +239,7 @@ class Stream:
     """One range-coded stream: its images side by side, one `code` call (step) at a time."""
 
     index: int
-    coder: object  # constriction's RangeEncoder or RangeDecoder
+    coder: Any  # constriction's RangeEncoder or RangeDecoder
     step: int = 0
 
 
@@ -326,7 +328,7 @@ class StreamCoding(ValueCoder):
         decoding = isinstance(self.hints, dict)
         starts = np.cumsum([0] + self.sizes[:-1]).tolist()
         if decoding:
-            for stream, start in zip(self.streams, starts):
+            for stream, start in zip(self.streams, starts, strict=True):
                 for row, logit, up in self.hints.get((stream.index, stream.step), ()):
                     points[start + row, logit] = floor[start + row, logit] + up
         elif bool(near.any()):
@@ -337,7 +339,7 @@ class StreamCoding(ValueCoder):
                 self.hints.append((stream.index, stream.step, row - starts[stream_number], 2 * logit + up))
         probs = probabilities(points, self.grid_bits)
         ids = given.cpu().numpy().astype(np.int32) if not decoding else np.empty(len(probs), dtype=np.int32)
-        for stream, start, size in zip(self.streams, starts, self.sizes):
+        for stream, start, size in zip(self.streams, starts, self.sizes, strict=True):
             rows = slice(start, start + size)
             if decoding:
                 ids[rows] = stream.coder.decode(self.family, probs[rows])
@@ -405,7 +407,7 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
     words = np.frombuffer(payload[reader.position:], dtype="<u4").astype(np.uint32)
     ends = np.cumsum(lengths).tolist()
     streams = [Stream(i, constriction.stream.queue.RangeDecoder(words[end - length:end]))
-               for i, (length, end) in enumerate(zip(lengths, ends))]
+               for i, (length, end) in enumerate(zip(lengths, ends, strict=True))]
     coder_model = float64_copy(model)
     C, H, W = header.shape
     images, labels = [], []
@@ -414,7 +416,7 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
         chunk_labels = None
         if header.has_labels:
             chunk_labels = torch.cat([read_labels(stream.coder, rows.stop - rows.start, classes)
-                                      for stream, rows in zip(chunk, slices)])
+                                      for stream, rows in zip(chunk, slices, strict=True)])
             labels.append(chunk_labels)
         coder = StreamCoding(chunk, [r.stop - r.start for r in slices], hints, header.grid_bits)
         n = slices[-1].stop - slices[0].start
@@ -422,10 +424,10 @@ def decode_v2(model: FractalModel, header: Header, payload: memoryview, batch_si
         for stream in chunk:
             if not stream.coder.maybe_exhausted():
                 raise CodecError("the payload is damaged (a stream holds more than its images)")
-    images = torch.cat(images) if images else torch.zeros(0, C, H, W, dtype=torch.uint8)
+    decoded = torch.cat(images) if images else torch.zeros(0, C, H, W, dtype=torch.uint8)
     if not header.has_labels:
-        return images, None
-    return images, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        return decoded, None
+    return decoded, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 
 def read_labels(decoder, count: int, num_classes: int) -> torch.Tensor:

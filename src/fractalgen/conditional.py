@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .samples import make_generator, step_callback, to_uint8
 from .model import FractalModel, check_labels, class_indices, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
+from .samples import make_generator, step_callback, to_uint8
 from .sampling import Known
 from .settings import SamplingSettings, legacy_overrides, resolve_settings
 

@@ -120,7 +120,8 @@ class ModelConfig:
         self._validate()
 
     def _check_types(self):
-        """Every field has its type (configs arrive as JSON from files and checkpoint metadata): one line names the field."""
+        """Every field has its type (configs arrive as JSON from files and checkpoint metadata): one line
+        names the field."""
         for f in dataclasses.fields(self):
             kind, value = FIELD_TYPES[f.name], getattr(self, f.name)
             optional = kind.endswith("?")
@@ -141,7 +142,8 @@ class ModelConfig:
     def _validate(self):
         n = len(self.img_sizes)
         if n < 2:
-            raise ConfigError(f"need at least two image sizes (a generator and the pixel head), got {list(self.img_sizes)}")
+            raise ConfigError(f"need at least two image sizes (a generator and the pixel head), "
+                              f"got {list(self.img_sizes)}")
         for f in ("widths", "blocks", "heads"):
             if len(getattr(self, f)) != n:
                 raise ConfigError(f"{f} has {len(getattr(self, f))} entries, img_sizes has {n}")
@@ -149,19 +151,21 @@ class ModelConfig:
             raise ConfigError(f"kinds needs one entry per generator level ({n - 1}), got {len(self.kinds)}")
         if self.img_sizes[-1] != 1:
             raise ConfigError(f"the last image size must be 1 (the pixel head), got {self.img_sizes[-1]}")
-        for a, b in zip(self.img_sizes, self.img_sizes[1:]):
+        for a, b in zip(self.img_sizes, self.img_sizes[1:], strict=False):
             if not isinstance(a, int) or not isinstance(b, int) or b < 1 or a <= b or a % b:
-                raise ConfigError(f"each image size must be a multiple of the next, larger than it: {a} and {b} in {list(self.img_sizes)}")
+                raise ConfigError(f"each image size must be a multiple of the next, larger than it: {a} and {b} "
+                                  f"in {list(self.img_sizes)}")
         for kind in self.kinds:
             if kind not in GENERATOR_KINDS:
                 raise ConfigError(f"unknown generator kind {kind!r} (choose from {', '.join(GENERATOR_KINDS)})")
-        for w, h in zip(self.widths, self.heads):
+        for w, h in zip(self.widths, self.heads, strict=False):
             if w < 1 or h < 1 or w % h:
                 raise ConfigError(f"width {w} is not divisible by {h} heads")
         for i, kind in enumerate(self.kinds):
             head_dim = self.widths[i] // self.heads[i]
             if kind == "ar" and head_dim % 4:
-                raise ConfigError(f"AR level {i}: head dim {head_dim} must be a multiple of 4 for the 2-D rotary embedding")
+                raise ConfigError(f"AR level {i}: head dim {head_dim} must be a multiple of 4 for the 2-D rotary "
+                                  "embedding")
         if any(b < 0 for b in self.blocks):
             raise ConfigError(f"blocks must be >= 0, got {list(self.blocks)}")
         if self.channels < 1:
@@ -241,7 +245,7 @@ class ModelConfig:
     def default_num_iter(self) -> tuple[int, ...]:
         return self.num_iter if self.num_iter is not None else tuple(lv.seq_len for lv in self.levels)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation -------------------------------------------------
@@ -253,7 +257,7 @@ class ModelConfig:
                 if not (f.name in WRITTEN_WHEN_CHANGED and v == f.default)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Our own field names, or the official constructor's (see OFFICIAL_FIELDS)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object (field names and values), got {_describe(d)}")
@@ -271,7 +275,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def from_official(cls, d: dict, **overrides) -> "ModelConfig":
+    def from_official(cls, d: dict, **overrides) -> ModelConfig:
         """Build from the official constructor's field names (plus optional `channels`)."""
         d = dict(d)
         unknown = sorted(set(d) - set(OFFICIAL_FIELDS) - set(EXTRA_FIELDS))
@@ -319,7 +323,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "ModelConfig":
+    def from_json_file(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(read_object(path, f"config file {path}", ConfigError))
 
 

@@ -264,7 +264,7 @@ class DataSummary:
         split = ", ".join(f"{name} {count}" for name, count in self.splits.items())
         if self.class_counts:
             names = self.class_names or tuple(str(i) for i in range(self.num_classes))
-            shown = ", ".join(f"{n} {c}" for n, c in zip(names[:20], self.class_counts[:20]))
+            shown = ", ".join(f"{n} {c}" for n, c in zip(names[:20], self.class_counts[:20], strict=True))
             more = f", ... ({self.num_classes - 20} more)" if self.num_classes > 20 else ""
             classes = f"{self.num_classes} classes: {shown}{more}"
         else:
@@ -370,6 +370,7 @@ class EpochBatches(torch.utils.data.Sampler):
             order = torch.randperm(self.size, generator=g)
             flips = torch.rand(self.size, generator=g) < 0.5 if self.flip else torch.zeros(self.size, dtype=torch.bool)
             for b in range(first, self.per_epoch):
-                chunk = order[b * self.global_batch:(b + 1) * self.global_batch][self.rank * local:(self.rank + 1) * local]
+                batch = order[b * self.global_batch:(b + 1) * self.global_batch]
+                chunk = batch[self.rank * local:(self.rank + 1) * local]
                 yield [(int(i), bool(flips[i])) for i in chunk]
                 position += 1

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch.distributed as dist
+from PIL import Image
 
 from .errors import UserError
 from .files import atomic_write, image_name, save_image, to_pil, write_text
@@ -94,13 +96,13 @@ def generate_images(model, out: Path, labels: np.ndarray | None, num_images: int
         images = sample(model, labels=batch_labels, n=len(indices), seed=seed * 1_000_003 + indices[0],
                         batch_size=None, precision=precision, settings=settings).cpu()
         seconds += time.perf_counter() - t0
-        for i, image in zip(indices, images):
-            save_image(to_pil(image), files[i])
+        for i, image in zip(indices, images, strict=True):
+            save_image(cast(Image.Image, to_pil(image)), files[i])
         generated += len(indices)
         if on_images is not None:
             on_images(len(indices))
-    generated, seconds = sum_over_ranks([float(generated), seconds])
-    return Generation(files=files, generated=int(generated), seconds=seconds)
+    total, seconds = sum_over_ranks([float(generated), seconds])
+    return Generation(files=files, generated=int(total), seconds=seconds)
 
 
 # ---- the whole protocol --------------------------------------------------------------------
@@ -154,7 +156,7 @@ def evaluate_model(model, out: Path, num_images: int, settings: SamplingSettings
     progress.n = todo  # exact again after the round-robin estimate
     images = ImageSet.from_files(generation.files)
     if npz is not None:
-        arrays = {"arr_0": images.read_all()}  # (N, H, W, C) uint8, the ADM evaluator's sample format
+        arrays: dict[str, Any] = {"arr_0": images.read_all()}  # (N, H, W, C) uint8, the ADM evaluator's sample format
         if labels is not None:
             arrays["labels"] = labels
         atomic_write(lambda f: np.savez(f, **arrays), npz)

@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -174,7 +175,7 @@ def to_pil(images: torch.Tensor) -> Image.Image | list[Image.Image]:
     """uint8 (C, H, W) -> a PIL image (L for one channel, RGB for three); (N, C, H, W) -> a list of them."""
     images = torch.as_tensor(images)
     if images.dim() == 4:
-        return [to_pil(image) for image in images]
+        return [cast(Image.Image, to_pil(image)) for image in images]
     array = images.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
@@ -211,6 +212,6 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
 
 def save_each(images: torch.Tensor, labels, folder: str | Path, first_index: int = 0) -> list[Path]:
     """One PNG per image (uint8 (N, C, H, W)), named by `image_name`; returns the paths."""
-    return [save_image(to_pil(image), Path(folder) / image_name(first_index + i, None if labels is None
-                                                                 else labels[i]))
+    return [save_image(cast(Image.Image, to_pil(image)),
+                       Path(folder) / image_name(first_index + i, None if labels is None else labels[i]))
             for i, image in enumerate(images)]

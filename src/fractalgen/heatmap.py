@@ -52,8 +52,8 @@ def heatmap_picture(image: torch.Tensor, bits: torch.Tensor, vmax: float | None 
     font = ImageFont.load_default(max(11, scale + 5))
     pad, bar_w, label_w, title_h = 2 * scale, 3 * scale, 6 * scale + 24, 3 * scale + 10
 
-    left = Image.fromarray(to_hwc(image[None])[0]).resize((w, h), Image.NEAREST)
-    right = Image.fromarray(colourize(per_pixel, vmax)).resize((w, h), Image.NEAREST)
+    left = Image.fromarray(to_hwc(image[None])[0]).resize((w, h), Image.Resampling.NEAREST)
+    right = Image.fromarray(colourize(per_pixel, vmax)).resize((w, h), Image.Resampling.NEAREST)
     bar = colourize(np.linspace(vmax, 0.0, h)[:, None].repeat(bar_w, 1), vmax)  # top = vmax
 
     canvas = Image.new("RGB", (pad + w + pad + w + pad + bar_w + label_w, title_h + h + pad), "white")
@@ -81,7 +81,7 @@ def maps_figure(images: torch.Tensor, bits: torch.Tensor, vmax: float | None = N
     if vmax is None:
         vmax = shared_vmax(bits)
     pictures = [heatmap_picture(image, b, vmax, scale, None if titles is None else titles[i])
-                for i, (image, b) in enumerate(zip(images, bits))]
+                for i, (image, b) in enumerate(zip(images, bits, strict=True))]
     canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
     top = 0
     for picture in pictures:
@@ -95,7 +95,7 @@ def save_maps(images: torch.Tensor, bits: torch.Tensor, folder, names: list[str]
     if vmax is None:
         vmax = shared_vmax(bits)
     return [save_image(heatmap_picture(image, b, vmax), Path(folder) / name)
-            for image, b, name in zip(images, bits, names)]
+            for image, b, name in zip(images, bits, names, strict=True)]
 
 
 def paste_noise(images: torch.Tensor, size: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

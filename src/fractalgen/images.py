@@ -94,7 +94,7 @@ def open_header(source, what: str = "image", max_pixels: int | None = None) -> I
     except FileNotFoundError:
         raise PictureError(f"{what} not found: {source}") from None
     except Image.DecompressionBombError:  # Pillow's bound: the header declares over twice MAX_IMAGE_PIXELS
-        raise PictureTooLarge(name, None, pixel_bound(None)) from None
+        raise PictureTooLarge(name, None, pixel_bound(None) or 0) from None  # Pillow refused: it has a bound
     except UNREADABLE as e:
         raise PictureError(f"cannot read {name}: {reason(e)}") from None
     width, height = image.size
@@ -128,7 +128,7 @@ def open_picture(source, what: str = "image", max_pixels: int | None = None,
     with open_header(source, what, max_pixels) as image:
         try:
             if not first_frame and getattr(image, "is_animated", False) and image.format != "MPO":
-                raise AnimatedPicture(name, image.n_frames)
+                raise AnimatedPicture(name, getattr(image, "n_frames", 2))
             image.load()
         except PictureError:
             raise
@@ -173,7 +173,7 @@ def to_channels(picture: Image.Image, channels: int, notes: list[str] | None = N
             notes.append(f"16-bit values ({source}) scaled to 8 bits")
     if picture.mode in WITH_ALPHA:
         picture = picture.convert("RGBA")
-        if notes is not None and picture.getextrema()[3][0] < 255:
+        if notes is not None and int(np.asarray(picture.getchannel("A")).min()) < 255:
             notes.append("transparent pixels laid over white")
         background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
         picture = Image.alpha_composite(background, picture)
@@ -223,8 +223,8 @@ def fit_picture(picture: Image.Image, size: int) -> Image.Image:
     if cut is not None:
         picture = picture.crop(cut)
     for _ in range(halvings):
-        picture = picture.resize(tuple(s // 2 for s in picture.size), resample=Image.BOX)
-    picture = picture.resize(resized, resample=Image.BICUBIC)
+        picture = picture.resize((picture.width // 2, picture.height // 2), resample=Image.Resampling.BOX)
+    picture = picture.resize(resized, resample=Image.Resampling.BICUBIC)
     return picture.crop((left, top, left + size, top + size))
 
 
@@ -267,7 +267,7 @@ def overlapped(start: float, stop: float, cells: int, parts: int) -> list[tuple[
     edges = start + (stop - start) * np.arange(parts + 1) / parts
     first = np.clip(np.floor(edges[:-1] + 1e-9).astype(int), 0, cells - 1)  # tolerance: edges on a cell border
     last = np.clip(np.ceil(edges[1:] - 1e-9).astype(int), first + 1, cells)
-    return list(zip(first.tolist(), last.tolist()))
+    return list(zip(first.tolist(), last.tolist(), strict=True))
 
 
 def fit_mask(marks: np.ndarray, size: int) -> np.ndarray:

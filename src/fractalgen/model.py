@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from .config import ModelConfig
 from .levels import LEVEL_KINDS, PixelHead
-from .levels.base import init_weights
+from .levels.base import Level, init_weights
 from .sampling import Known, SampleContext, ValueCoder
 from .settings import SamplingSettings, resolve_settings
 from .settings import check as check_settings
@@ -84,7 +85,7 @@ class FractalModel(nn.Module):
         conds = [self.class_condition(labels, B, drop)]
         owner = torch.arange(B, device=x.device)
         guide_terms = []
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(cast(Sequence[Level], self.levels)):
             spec = masks[i] if masks is not None and masks[i] is not None else ("train" if train else "eval")
             target = guide_targets[i] if guide_targets is not None else None
             out = level.forward_train(x, conds, spec, weighted=train, guide_target=target)
@@ -174,7 +175,7 @@ class FractalModel(nn.Module):
             values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
             C = self.config.channels
             return values.float().view(-1, C, 1, 1), logp.view(-1, C, 1, 1)
-        return self.levels[depth].sample(conds, guidance, ctx, known,
+        return cast(Level, self.levels[depth]).sample(conds, guidance, ctx, known,
                                          next_level=partial(self._sample_level, depth + 1, ctx.deeper()))
 
 

@@ -106,7 +106,8 @@ class NpzArchive:
                 local = f.read(30)
             if len(local) < 30 or local[:4] != b"PK\x03\x04":
                 raise ValueError("bad local file header")
-            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                     + int.from_bytes(local[28:30], "little"))
             size = math.prod(shape) * dtype.itemsize
             if start + npy_header + size > self.path.stat().st_size:
                 raise UserError(f"{self.path}: array {name!r} declares shape {shape} ({gib(size)}), more than "

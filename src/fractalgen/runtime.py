@@ -13,6 +13,7 @@ import os
 import re
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,7 +109,7 @@ def call_threads(option: str | int | None = "auto"):
     global _calls_inside
     keep = option is None or _calls_inside > 0 or (str(option) == "auto" and caller_chose_threads())
     before = torch.get_num_threads()
-    wanted = before if keep else choose_threads(option)
+    wanted = before if keep or option is None else choose_threads(option)
     _calls_inside += 1
     try:
         if wanted != before:
@@ -133,7 +134,7 @@ def uses_threads(function):
     at = len(parameters) - (parameters[-1].kind is inspect.Parameter.VAR_KEYWORD if parameters else 0)
     parameters.insert(at, inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default="auto",
                                             annotation="str | int | None"))
-    wrapper.__signature__ = signature.replace(parameters=parameters)
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -148,7 +149,7 @@ NEWER_TORCH = {
 
 def torch_version() -> tuple[int, int]:
     """(major, minor) of the torch running now."""
-    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()  # type: ignore[union-attr]
     return int(major), int(minor)
 
 
@@ -201,7 +202,7 @@ def setup_distributed(device_option: str, timeout: timedelta | None = None) -> t
     if use_cuda:  # one GPU per process, chosen by torchrun's LOCAL_RANK
         torch.cuda.set_device(d.local_rank)
     if not dist.is_initialized():
-        kwargs = {"timeout": timeout} if timeout is not None else {}
+        kwargs: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return d, torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
 

@@ -5,8 +5,8 @@ import dataclasses
 import functools
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -111,7 +111,7 @@ class SampleContext:
     on_step: Callable | None = None  # level-0 progress callback (canvas, filled) for animations
     # Lossless coding (codec.py): values are not drawn but taken from the image (encoder) or read from
     # the stream (decoder); every value is visited, known or not. See ValueCoder.
-    coder: "ValueCoder | None" = None
+    coder: ValueCoder | None = None
     depth: int = 0  # the level sampling with this context; deeper levels get `deeper()`
 
     # ---- the settings at this depth ----
@@ -131,7 +131,7 @@ class SampleContext:
         """The progress callback, which follows level 0 only."""
         return self.on_step if self.depth == 0 else None
 
-    def deeper(self) -> "SampleContext":
+    def deeper(self) -> SampleContext:
         """The same settings for the next level down."""
         return dataclasses.replace(self, depth=self.depth + 1)
 

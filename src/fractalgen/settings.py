@@ -167,7 +167,7 @@ def legacy_overrides(legacy: tuple, where: str, order: Sequence[str] = SETTING_N
     warnings.warn(f"{where}(): {', '.join(order[:len(legacy)])} by position is deprecated; pass them by "
                   f"keyword (sampling settings also as settings=SamplingSettings(...))", DeprecationWarning,
                   stacklevel=stacklevel)
-    for name, value in zip(order, legacy):
+    for name, value in zip(order, legacy, strict=False):
         if overrides.get(name) is not None:
             raise TypeError(f"{where}() got {name} both by position and by keyword")
         overrides[name] = value

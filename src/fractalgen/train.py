@@ -62,7 +62,8 @@ class TrainOptions:
     grad_clip: float = 3.0
     flip: bool = True
     shift: int = 0  # random translation by up to this many pixels, zero fill (augmentation; 0 = off)
-    mar_masks: str = "official"  # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
+    # MAR levels' training masks: "official" (ratio ~ N(1, 0.25)) or "uniform" (count ~ U{1..N})
+    mar_masks: str = "official"
     precision: str = "auto"  # bf16 autocast (fp32 weights, optimizer and islands) or fp32; auto: nn/precision.py
     seed: int = 0
     grad_checkpointing: bool = False
@@ -249,7 +250,8 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
     stored = {}
     if "resume" in given:
         stored = read_checkpoint(given["resume"])["options"]
-        stored = {k: v for k, v in stored.items() if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
+        stored = {k: v for k, v in stored.items()
+                  if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
     recipe = dict(PRESET_RECIPES.get(preset, {})) if "resume" not in given else {}
     if "epochs" in given:  # a length asked for in epochs replaces the recipe's length in steps
         recipe.pop("steps", None)

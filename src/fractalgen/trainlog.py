@@ -105,7 +105,9 @@ class MetricsLog:
         os.close(open_for_append(self.path))  # a path that cannot be appended to fails now, not mid-run
         self.wall_before = self.previous_wall(start_step)  # training time of the runs this one continues
         self.started = self.window_started = time.perf_counter()
-        self.losses, self.grad_norms, self.images = [], [], 0
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.images = 0
 
     def previous_wall(self, start_step: int) -> float:
         if start_step == 0 or not self.path.exists():

@@ -76,7 +76,8 @@ def rows_figure(rows: list[torch.Tensor], min_cell: int = 96, gap: int = 2, capt
     if captions is None and not lines:
         return stack_vertically(pictures, gap)
     bands = [text_band(line, pictures[0].width) for line in lines]
-    for caption, picture in zip(captions or [None] * len(rows), pictures):
+    shown: list[str | None] = list(captions) if captions else [None] * len(rows)
+    for caption, picture in zip(shown, pictures, strict=True):
         bands += ([text_band(caption, picture.width)] if caption else []) + [picture]
     return stack_vertically(bands, gap)
 

@@ -95,11 +95,11 @@ def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool)
     images = np.stack([read_image(p, channels, size) for p in paths])
     labels = None
     if with_labels:
-        found = [label_of(p.name) for p in paths]
-        missing = [p.name for p, k in zip(paths, found) if k is None]
+        labelled = [label_of(p.name) for p in paths]
+        missing = [p.name for p, k in zip(paths, labelled, strict=True) if k is None]
         if missing:
             raise UserError(f"--labels: {missing[0]} has no label in its name (expected NNNNN_class{{K}}.png)")
-        labels = torch.tensor(found)
+        labels = torch.tensor(labelled)
     return torch.from_numpy(images), labels
 
 

@@ -107,9 +107,9 @@ def run(args) -> int:
         else:
             completions = conditional.inpaint(model, image[None], known[None], labels=args.label,
                                               progress=advance_to(bar), **options)
-    for name, completion in zip(names, completions):
+    for name, completion in zip(names, completions, strict=True):
         save_image(to_pil(completion), out_dir / name)
-    for name, completion in zip(full_names, completions):
+    for name, completion in zip(full_names, completions, strict=False):
         save_image(paste_back(picture, completion, regenerate_full, crop), out_dir / name)
     label = "" if args.label is None else f" under class {args.label}"
     title = f"{args.command}{label}: the input (red: regenerated), then {args.n} completion(s)"

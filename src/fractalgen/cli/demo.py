@@ -48,11 +48,11 @@ def register(subparsers):
 
 
 def run_demo(args) -> int:
-    from ..formats import DEFAULT_INPAINT_CHECKPOINT, load
     from ..data import load_dataset, stack
     from ..files import check_writable, save_grid, write_text
-    from ..samples import sample
+    from ..formats import DEFAULT_INPAINT_CHECKPOINT, load
     from ..likelihood import measure_images
+    from ..samples import sample
     from ..visualize import GenerationRecorder
 
     started = time.time()
@@ -121,7 +121,7 @@ def demo_maps(model, digits: torch.Tensor, out: Path, seed: int) -> Path:
     images = torch.cat([digits[:2], noisy])
     bits = pixel_bits(model, images)
     titles = [f"{kind}: {float(b.double().mean()):.2f} bits/dim, {float(b.double().sum()) / 8:.0f} bytes"
-              for kind, b in zip(["digit", "digit", "pasted noise", "pasted noise"], bits)]
+              for kind, b in zip(["digit", "digit", "pasted noise", "pasted noise"], bits, strict=True)]
     return save_image(maps_figure(images, bits, scale=6, titles=titles), out / "likelihood_maps.png")
 
 

@@ -38,7 +38,8 @@ FEATURE_NETS = ("inception", "mnist-classifier")
 
 
 def register(subparsers):
-    p = subparsers.add_parser("evaluate", help="sample equal images per class, write PNGs, report FID/IS/precision/recall",
+    p = subparsers.add_parser("evaluate",
+                              help="sample equal images per class, write PNGs, report FID/IS/precision/recall",
                               description="Sample n / classes images of every class (resumable: images "
                                           "already in --out are kept), then score them against a reference.")
     add_checkpoint(p)

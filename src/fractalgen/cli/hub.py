@@ -54,7 +54,8 @@ def run_export(args) -> int:
     card = read_card(args.card)
     if args.repo_id:
         card["repo_id"] = args.repo_id
-    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    dtype_name = DTYPES[args.dtype]
+    dtype = getattr(torch, dtype_name) if dtype_name else None
     folder = export(args.checkpoint, args.out, config=args.preset, card=card, dtype=dtype,
                     overwrite=args.overwrite)
     files = {name: str(folder / name) for name in FOLDER_FILES}

@@ -132,6 +132,7 @@ def setting(name: str):
     """The argparse type of the sampling setting `name` (a flag's text -> its value), checked by the
     validator every other door uses (settings.check_setting)."""
     def parse(text: str):
+        value: float | list[int]
         if name == "num_iter":
             value = integer_list(text)
         else:

@@ -18,7 +18,8 @@ def register(subparsers):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=integer(1, 65535), default=7860, help="port to listen on")
     p.add_argument("--workers", type=integer(1, 64), default=1, help="requests that run the model at once")
-    p.add_argument("--queue-size", type=integer(1, 10000), default=4, help="requests that may wait; later ones are told to retry")
+    p.add_argument("--queue-size", type=integer(1, 10000), default=4,
+                   help="requests that may wait; later ones are told to retry")
     # One thread per request by default: the demo model's matrices are small, and requests run side by side.
     add_runtime(p, threads="1")
     p.set_defaults(func=run_serve)

@@ -82,7 +82,8 @@ def register(subparsers):
         shown = f" (default: {default})" if default not in (None, "") and "default" not in text else ""
         p.add_argument("--" + dest.replace("_", "-"), type=kind, choices=(bound.choices or None) if bound else None,
                        help=text + shown)
-    p.add_argument("--label-drop", type=number(minimum=0, below=1), help="label dropout for guidance (default: the config's, 0.1)")
+    p.add_argument("--label-drop", type=number(minimum=0, below=1),
+                   help="label dropout for guidance (default: the config's, 0.1)")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no random horizontal flips (e.g. for digits)")
     for dest, text in SWITCHES.items():
@@ -139,7 +140,8 @@ def run_train(args) -> int:
         emit_json(args, {**result, "out": str(out)})
         return 0
     if result["already_done"]:
-        print(f"already at step {result['step']} (of {result['total']}): nothing to train, {Path(out) / CHECKPOINT_NAME} "
+        print(f"already at step {result['step']} (of {result['total']}): nothing to train, "
+              f"{Path(out) / CHECKPOINT_NAME} "
               f"left as it was; give a larger --steps to train longer")
         emit_json(args, {**result, "out": str(out)})
         return 0

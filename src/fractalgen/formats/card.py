@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UserError
 
@@ -128,7 +129,7 @@ def front_matter(model, facts: CardFacts, measurements: list[Measurement]) -> di
     if config.num_classes:
         tags.append("class-conditional")
     tags += [t for t in facts.tags if t not in tags]
-    meta = {"license": facts.license, "library_name": "fractalgen",
+    meta: dict[str, Any] = {"license": facts.license, "library_name": "fractalgen",
             "pipeline_tag": "unconditional-image-generation", "tags": tags}
     if facts.dataset:
         meta["datasets"] = [facts.dataset]
@@ -160,7 +161,8 @@ def shown(m: Measurement) -> str:
 
 
 def architecture_table(config) -> list[str]:
-    rows = ["| level | kind | sees | as a grid of | sequence | width | blocks | heads |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| level | kind | sees | as a grid of | sequence | width | blocks | heads |",
+            "|---|---|---|---|---|---|---|---|"]
     for i, level in enumerate(config.levels):
         rows.append(f"| {i} | {level.kind.upper()} | {level.size}x{level.size} | {level.grid}x{level.grid} "
                     f"patches of {level.patch_size}x{level.patch_size} | {level.seq_len} | {level.width} | "

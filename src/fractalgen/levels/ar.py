@@ -86,7 +86,7 @@ class ARLevel(Level):
         token = self.cond_embed(conds[0])  # (R, D): position 0
         for t in range(N):
             x = self.embed_norm(token[:, None] + self.pos_embed[:, t])
-            for block, cache in zip(self.blocks, caches):
+            for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, rotary[t:t + 1], cache)
             h = self.norm(x)[:, 0]  # (R, D): the condition for patch t
             # The rows that generate patch t: all of them when nothing is given whole; else finding

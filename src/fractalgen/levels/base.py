@@ -65,7 +65,7 @@ class Level(nn.Module):
         self.config = config
 
     def forward_train(self, x: torch.Tensor, conds: list[torch.Tensor], mask_spec="train",
-                      weighted: bool = True, guide_target: torch.Tensor | None = None) -> "LevelOutput":
+                      weighted: bool = True, guide_target: torch.Tensor | None = None) -> LevelOutput:
         """x (B, C, S, S) raw values, conds list of (B, cond_width) -> what goes to the next level.
 
         mask_spec (MAR levels): "train", "uniform", "eval", "all" or a bool (B, N) tensor, True = masked.

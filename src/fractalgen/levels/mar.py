@@ -274,7 +274,7 @@ class MARLevel(Level):
                 next_conds = self.revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
                                                  ctx.doubled(first), None if valid is None else ctx.doubled(valid))
                 next_known = None
-                if known is not None:
+                if known_values is not None and known_mask is not None:
                     next_known = Known(known_values[rows, index].view(-1, C, p, p),
                                        known_mask[rows, index].view(-1, C, p, p))
                 values, child_logp = next_level(next_conds, guidance[rows], next_known)

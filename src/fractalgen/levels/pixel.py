@@ -7,6 +7,8 @@ width 128, is the guiding-pixel head of MAR levels (it predicts a patch's mean c
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -35,7 +37,7 @@ class PixelHead(nn.Module):
     def _tied_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every channel's output weights: tables (C, 256, W) and biases (C, 1, 256), in fp32 or wider
         (the 256-way logits against them are an fp32 island, as the checkpoints expect)."""
-        table = fp32_or_wider(torch.stack([cb.weight for cb in self.codebooks]))
+        table = fp32_or_wider(torch.stack([cast(nn.Embedding, cb).weight for cb in self.codebooks]))
         bias = fp32_or_wider(torch.stack(list(self.logit_bias)))
         return table, bias
 
@@ -44,7 +46,7 @@ class PixelHead(nn.Module):
         # One addmm: slicing the ModuleLists and stacking every table per draw cost more than the matmul.
         with fp32_island(h.device.type):
             return torch.addmm(fp32_or_wider(self.logit_bias[c]), fp32_or_wider(h),
-                               fp32_or_wider(self.codebooks[c].weight).t())
+                               fp32_or_wider(cast(nn.Embedding, self.codebooks[c]).weight).t())
 
     def _hidden(self, cond: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The states that predict each channel, channel-major: (C, M, W) in fp32 or wider."""
@@ -89,17 +91,17 @@ class PixelHead(nn.Module):
         x = self.cond_proj(cond)[:, None]  # (R, 1, W)
         for c in range(self.channels):
             h = self.embed_norm(x)
-            for block, cache in zip(self.blocks, caches):
+            for block, cache in zip(self.blocks, caches, strict=True):
                 h = block(h, causal=True, cache=cache)
             logits = self._next_channel_logits(self.norm(h)[:, 0], c)  # (R, 256)
             logits = apply_temperature(logits, ctx.temperature)
             if ctx.guided:
                 logits = guide(logits, guidance, ctx.filter_threshold)  # (B, 256)
             if ctx.coder is not None:  # lossless coding: the image's value (encoder) or the stream's (decoder)
-                ids, lp = ctx.coder.code(logits, None if known_mask is None else known_values[:, c].long())
+                ids, lp = ctx.coder.code(logits, None if known_values is None else known_values[:, c].long())
             else:
                 ids, lp = draw(logits, ctx.generator)
-                if known_mask is not None:
+                if known_values is not None and known_mask is not None:
                     given = known_mask[:, c]
                     ids = torch.where(given, known_values[:, c].long(), ids)
                     lp = lp.masked_fill(given, 0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def save_statistics(stats: Statistics, path) -> None:
         raise UserError(f"statistics files end in .npz: {path}")
     if path.exists():
         raise UserError(f"{path} exists: not overwriting it (choose another --out or remove it)")
-    arrays = {"mu": stats.mu, "sigma": stats.sigma}
+    arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma}
     if stats.count is not None:
         arrays["count"] = np.int64(stats.count)
     if stats.feature_net:

@@ -28,6 +28,7 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,7 +88,8 @@ def exact_fp32(device: torch.device):
     features), and no caller's autocast. The settings are restored on the way out."""
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: reading the legacy flags after this API errs
-        settings = [(matmul, "fp32_precision", "ieee"), (conv.conv, "fp32_precision", "ieee")]
+        settings: list[tuple[Any, str, Any]] = [(matmul, "fp32_precision", "ieee"),
+                                                (conv.conv, "fp32_precision", "ieee")]  # type: ignore[attr-defined]
     else:
         settings = [(matmul, "allow_tf32", False), (conv, "allow_tf32", False)]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]

@@ -14,5 +14,5 @@ from .precision import (
 from .rotary import apply_rotary, rotary_table_2d
 
 __all__ = ["PRECISIONS", "Attention", "KVCache", "LlamaBlock", "ViTBlock", "apply_rotary", "fp32_island",
-           "precision_context", "precision_in_effect", "resolve_precision", "rotary_table_2d", "select_tokens",
-           "tied_cross_entropy"]
+           "fp32_or_wider", "precision_context", "precision_in_effect", "resolve_precision", "rotary_table_2d",
+           "select_tokens", "tied_cross_entropy"]

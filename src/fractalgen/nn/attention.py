@@ -12,11 +12,12 @@ class KVCache:
 
     def __init__(self, max_len: int):
         self.max_len = max_len
-        self.k = self.v = None
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
         self.length = 0
 
-    def append(self, k: torch.Tensor, v: torch.Tensor):
-        if self.k is None:  # one allocation per sampling call instead of a concatenation per step
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None or self.v is None:  # one allocation per sampling call instead of a concatenation per step
             B, H, _, hd = k.shape
             self.k = k.new_empty(B, H, self.max_len, hd)
             self.v = v.new_empty(B, H, self.max_len, hd)

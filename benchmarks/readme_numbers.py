@@ -1,7 +1,7 @@
 """Re-measure the bundled models' numbers the README states, and print each beside the README's figure.
 
-    python -m benchmarks.numbers                 # every entry (about 30 minutes on an idle 2-core machine)
-    python -m benchmarks.numbers --only nll      # the entries whose name contains "nll"
+    python -m benchmarks.readme_numbers              # every entry (about 30 minutes on an idle 2-core machine)
+    python -m benchmarks.readme_numbers --only nll   # the entries whose name contains "nll"
 
 Each entry is a command anyone can type, the value read from its output, and the figure the README
 prints (tests/test_readme.py checks that every figure below appears in README.md, so the two cannot
