@@ -19,8 +19,6 @@ from test_train import tiny_config
 import fractalgen
 from fractalgen.cli import main
 
-torch.set_num_threads(1)
-
 
 def run(*argv) -> tuple[int, str, str]:
     """main() in this process; argparse's exits are exit codes. Any other exception fails the test."""

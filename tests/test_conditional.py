@@ -22,8 +22,6 @@ from fractalgen.config import ModelConfig
 from fractalgen.levels.base import patchify
 from fractalgen.sampling import apply_temperature, guide
 
-torch.set_num_threads(1)  # the test machine has two shared cores
-
 
 def tiny(sizes, kinds, channels=1, guiding=False, num_classes=10, seed=0, peaky=0.0):
     """A small seeded model with perturbed weights; `peaky` scales random pixel-head biases so the

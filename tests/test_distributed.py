@@ -26,8 +26,6 @@ from fractalgen.levels import ar
 from fractalgen.model import FractalModel
 from fractalgen.train import Dist, TrainOptions, read_checkpoint, train
 
-torch.set_num_threads(1)
-
 WORKER = Path(__file__).with_name("train_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 STEPS, SAVE, LR = 6, 3, 3e-3

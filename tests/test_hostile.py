@@ -19,8 +19,6 @@ from test_train import tiny_config, tiny_data
 from fractalgen.cli import main
 from fractalgen.data import load_dataset
 
-torch.set_num_threads(1)
-
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])

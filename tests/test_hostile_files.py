@@ -22,8 +22,6 @@ import fractalgen
 from fractalgen.checkpoint import official_state_dict
 from fractalgen.data import center_crop_adm
 
-torch.set_num_threads(1)
-
 
 # Every command line of this file runs in ONE bounded child (torch imported once): the builders
 # below write their hostile files into a folder and return {case name: argv}; the tests read the outcomes.

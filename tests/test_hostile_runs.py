@@ -18,8 +18,6 @@ from fractalgen.cli import main
 from fractalgen.errors import UserError
 from fractalgen.train import run_options
 
-torch.set_num_threads(1)
-
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parser, unless bounded first
 
 

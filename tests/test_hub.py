@@ -14,8 +14,6 @@ from fractalgen.card import CardFacts, Measurement
 from fractalgen.checkpoint import CheckpointError, official_state_dict
 from fractalgen.errors import UserError
 
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
 TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["mar", "ar"],
         "channels": 1, "num_classes": 3, "num_conds": 5, "pixel_mean": [0.5], "pixel_std": [0.5],
         "num_iter": [2, 4], "cfg": 1.5, "name": "tiny_gray"}

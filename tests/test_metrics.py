@@ -33,15 +33,6 @@ from fractalgen.metrics import (
 from fractalgen.metrics import inception as inception_module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: extra threads only add synchronisation, which on a busy 2-core machine costs seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- Frechet distance ----------------------------------------------------------------------
 
 def random_covariance(rng, d):

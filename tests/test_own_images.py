@@ -21,8 +21,6 @@ from fractalgen.train import (
     train,
 )
 
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
 GRAY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
         "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
 

@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import torch
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -11,7 +10,6 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the snippets' files land here
     snippets = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert snippets
-    torch.set_num_threads(1)
     for code in snippets:
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})
 

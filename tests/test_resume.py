@@ -19,8 +19,6 @@ from fractalgen import train as train_module
 from fractalgen.errors import UserError
 from fractalgen.train import read_checkpoint, train
 
-torch.set_num_threads(1)
-
 WORKER = Path(__file__).with_name("train_worker.py")
 STEPS = 12  # 16 images, batch 4: three epochs, so the resumed order crosses epoch boundaries (with flips)
 

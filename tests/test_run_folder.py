@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from fractalgen.cli import main
 from fractalgen.errors import UserError, WriteError
@@ -24,9 +23,6 @@ with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """
-
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture

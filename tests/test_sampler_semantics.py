@@ -34,8 +34,6 @@ from fractalgen.sampling import (
     linear_cfg,
 )
 
-torch.set_num_threads(1)
-
 
 # ---- pure functions on hand-made logits ----------------------------------------------------------
 

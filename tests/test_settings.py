@@ -12,8 +12,6 @@ from fractalgen.cli import main
 from fractalgen.config import ModelConfig
 from fractalgen.settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
 
-torch.set_num_threads(1)
-
 
 def tiny(kinds=("mar", "mar", "mar"), sizes=(8, 4, 2, 1), guiding=True, seed=0):
     n = len(sizes)

@@ -9,8 +9,6 @@ from fractalgen import runtime
 from fractalgen.config import ModelConfig
 from fractalgen.errors import UserError
 
-torch.set_num_threads(1)  # the test machine has two shared cores
-
 
 def tiny_model():
     config = ModelConfig(img_sizes=(4, 2, 1), widths=(32, 32, 32), blocks=(1, 1, 1), heads=(2, 2, 2),
