@@ -1,9 +1,9 @@
 """The README's Python snippets run as written."""
 import re
-from pathlib import Path
 
+from frame import ROOT
 
-README = Path(__file__).parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def test_readme_python_snippets_run(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from frame import tiny_inputs
 
 from fractalgen.cli import main
 from fractalgen.errors import UserError, WriteError
@@ -89,11 +90,7 @@ def train_argv(data, out, *more):
 
 @pytest.fixture
 def tiny(tmp_path):
-    from test_train import tiny_config, tiny_data
-
-    data = Path(tiny_data(tmp_path / "d.npz"))
-    (tmp_path / "tiny.json").write_text(tiny_config().to_json())
-    return data
+    return Path(tiny_inputs(tmp_path)[0])
 
 
 def test_a_second_training_in_a_locked_folder_is_refused(tiny, holder, capsys):
