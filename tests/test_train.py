@@ -8,6 +8,7 @@ import torch
 from frame import tiny_config, tiny_data, train_options
 
 import fractalgen
+from fractalgen.config import PRESETS
 from fractalgen.errors import UserError
 from fractalgen.train import TrainOptions, lr_at, param_groups, read_checkpoint, train
 
@@ -224,3 +225,19 @@ def test_data_loader_workers_default_to_none_on_a_cpu_and_several_on_a_gpu(monke
         assert loader_workers(None, torch.device("cpu")) == 0
         assert loader_workers(None, torch.device("cuda", 1)) == on_gpu
         assert loader_workers(3, torch.device("cpu")) == loader_workers(3, torch.device("cuda")) == 3
+
+
+def test_training_lowers_loss():
+    torch.manual_seed(0)
+    model = fractalgen.build(PRESETS["tiny_ar"].replace(label_drop_prob=0.0)).train()
+    images = torch.randint(0, 4, (4, 3, 16, 16), dtype=torch.uint8) * 60
+    labels = torch.arange(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(images, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
