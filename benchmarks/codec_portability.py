@@ -7,7 +7,7 @@ Compresses the first --digits held-out MNIST digits (with their labels for `mnis
 kernels at another SIMD level (ATEN_CPU_CAPABILITY), MKL's and oneDNN's at another instruction
 set, and 1, 2 or 4 threads, each at every decoder batch size asked. A variant passes when every
 file decodes to the original pixels (the codec also checks them against the file's checksum).
-tests/test_codec.py runs the same on a few digits and the tiny models.
+tests/core/test_codec.py runs the same on a few digits and the tiny models.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Slow tests are opt-in: `pytest --runslow` (or FRACTALGEN_SLOW=1)."""
+"""What every test shares: one CPU thread, slow tests opt-in (`pytest --runslow` or FRACTALGEN_SLOW=1),
+a Gradio upload folder of its own. The shared helpers (tiny models, tiny data, the command line in
+this process) are functions in tests/frame.py."""
 import os
 import shutil
 import tempfile
@@ -33,6 +35,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models: more threads only add synchronisation on the shared CPUs the tests run on."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

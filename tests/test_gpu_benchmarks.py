@@ -5,8 +5,6 @@ import torch
 import fractalgen
 from benchmarks import gpu_check, gpu_huge
 
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
 
 def test_gpu_check_dry_run_runs_every_row_and_every_row_passes():
     rows = gpu_check.main(["--dry-run", "--budget", "1000"])

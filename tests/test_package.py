@@ -3,11 +3,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
+from frame import ROOT
 
-ROOT = Path(__file__).parent.parent
 ASSETS = ["mnist.safetensors", "mnist5k.npz", "mnist_classifier.safetensors", "MNIST_LICENSE.txt"]
 
 

@@ -1,17 +1,15 @@
 """The README's Python snippets run as written."""
 import re
-from pathlib import Path
 
-import torch
+from frame import ROOT
 
-README = Path(__file__).parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def test_readme_python_snippets_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the snippets' files land here
     snippets = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert snippets
-    torch.set_num_threads(1)
     for code in snippets:
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})
 

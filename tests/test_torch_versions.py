@@ -8,15 +8,13 @@ import ast
 import importlib
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from frame import ROOT
 
 from fractalgen.errors import UserError
 from fractalgen.runtime import NEWER_TORCH, require_torch, torch_version
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # The torch release that made each ungated optional import public (the project's claim, checked
 # against the declared minimum below; a new function-level torch import must be added here or gated).

@@ -6,21 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from frame import DATA, run_cli, tiny_model
 from scipy.stats import rankdata
 
 import fractalgen
 from fractalgen import codec, heatmap
 from fractalgen.data import mnist_split
 from fractalgen.heatmap import heatmap_picture
-
-
-def seeded_model(name, seed=0):
-    torch.manual_seed(seed)
-    model = fractalgen.build(name)
-    with torch.no_grad():  # perturb so that no distribution is close to uniform
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def tiny_images(n, seed=1):
 @pytest.mark.parametrize("name", ["tiny_ar", "tiny_mar", "tiny_mar_gp4"])
 def test_round_trip_every_level_kind(name):
     """MAR levels (one token per step) and guiding pixels code and decode exactly too, with and without labels."""
-    model = seeded_model(name)
+    model = tiny_model(name, perturb=0.3)
     images = tiny_images(3)
     for labels in (None, torch.tensor([4, 0, 9])):
         data = fractalgen.compress(model, images, labels, batch_size=1, images_per_stream=2)
@@ -107,9 +99,10 @@ def test_files_decode_bit_exact_under_other_kernels_threads_and_batch_sizes(tmp_
         ("mnist", fractalgen.load("mnist"), torch.from_numpy(digits[:3])[:, None],
          torch.from_numpy(digit_labels[:3]).long(), 4, 2),
         ("mnist_mar", fractalgen.load("mnist_mar"), torch.from_numpy(digits[3:5])[:, None], None, 1, 2),
-        ("tiny_ar", seeded_model("tiny_ar"), tiny_images(3), torch.tensor([1, 2, 3]), 2, 2),
-        ("tiny_mar", seeded_model("tiny_mar"), tiny_images(2, seed=2), None, 512, 1),
-        ("tiny_mar_gp4", seeded_model("tiny_mar_gp4"), tiny_images(3, seed=3), torch.tensor([7, 7, 0]), 1, 3),
+        ("tiny_ar", tiny_model("tiny_ar", perturb=0.3), tiny_images(3), torch.tensor([1, 2, 3]), 2, 2),
+        ("tiny_mar", tiny_model("tiny_mar", perturb=0.3), tiny_images(2, seed=2), None, 512, 1),
+        ("tiny_mar_gp4", tiny_model("tiny_mar_gp4", perturb=0.3), tiny_images(3, seed=3), torch.tensor([7, 7, 0]),
+         1, 3),
     ]
     with threads(2):
         for name, model, images, labels, batch_size, per_stream in cases:
@@ -164,13 +157,12 @@ EXP_TABLE_SHA256 = "6821adb8af41e880"
 
 def test_version_1_files_still_decode(mnist):
     """Files written by format version 1 (float32, one thread, random MAR orders from a fixed seed)."""
-    data = Path(__file__).parent / "data"
     images, labels = mnist_split("val")
-    decoded, decoded_labels = fractalgen.decompress(mnist, (data / "v1_mnist_3_labelled.fgz").read_bytes(),
+    decoded, decoded_labels = fractalgen.decompress(mnist, (DATA / "v1_mnist_3_labelled.fgz").read_bytes(),
                                                     return_labels=True)
     assert torch.equal(decoded, torch.from_numpy(images[:3])[:, None])
     assert torch.equal(decoded_labels, torch.from_numpy(labels[:3]).long())
-    mar = fractalgen.decompress(fractalgen.load("mnist_mar"), (data / "v1_mnist_mar_2.fgz").read_bytes())
+    mar = fractalgen.decompress(fractalgen.load("mnist_mar"), (DATA / "v1_mnist_mar_2.fgz").read_bytes())
     assert torch.equal(mar, torch.from_numpy(images[:2])[:, None])
 
 
@@ -178,7 +170,7 @@ def test_version_2_files_decode_and_are_written_byte_for_byte(mnist):
     """Files written by the first release of format 2 decode, and compressing the same digits today gives
     the same bytes: the model fingerprint covers a fixed list of config fields, so fields added to the
     config later (class names) do not change which files a model decodes."""
-    data = Path(__file__).parent / "data"
+    data = DATA
     images, labels = mnist_split("val")
     digits, classes = torch.from_numpy(images)[:, None], torch.from_numpy(labels).long()
     stored = (data / "v2_mnist_4_labelled.fgz").read_bytes()
@@ -227,7 +219,7 @@ def test_another_model_is_refused(stream):
     with pytest.raises(codec.CodecError, match="different model"):
         fractalgen.decompress(other, stream)
     with pytest.raises(codec.CodecError, match="different model"):
-        fractalgen.decompress(seeded_model("tiny_ar"), stream)
+        fractalgen.decompress(tiny_model("tiny_ar", perturb=0.3), stream)
 
 
 def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_checksum(mnist, digits, monkeypatch):
@@ -260,7 +252,7 @@ def test_pixel_bits_add_up_to_bits_per_dim_for_ar_models(mnist, digits):
     assert bits.shape == (3, 1, 28, 28) and (bits >= 0).all()
     torch.testing.assert_close(bits.double().mean((1, 2, 3)), fractalgen.nll_per_image(mnist, images[:3]).double(),
                                rtol=0, atol=1e-4)
-    model = seeded_model("tiny_ar")
+    model = tiny_model("tiny_ar", perturb=0.3)
     noise = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     torch.testing.assert_close(fractalgen.pixel_bits(model, noise).double().mean((1, 2, 3)),
                                fractalgen.nll_per_image(model, noise).double(), rtol=0, atol=1e-4)
@@ -283,7 +275,6 @@ def test_pasted_noise_blocks_light_up_in_the_map(mnist):
     assert auroc(bits.ravel(), pasted.ravel()) >= 0.95
 
 
-
 def test_heatmap_picture_shows_the_image_beside_its_map():
     image = torch.zeros(1, 4, 4, dtype=torch.uint8)
     image[0, 1, 2] = 200
@@ -301,15 +292,7 @@ def test_heatmap_picture_shows_the_image_beside_its_map():
 
 # ---- command line ----------------------------------------------------------------------------------
 
-def run_cli(capsys, *argv):
-    from fractalgen.cli import main
-
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_round_trip_png_files_with_labels(tmp_path, digits, capsys):
+def test_cli_round_trip_png_files_with_labels(tmp_path, digits):
     import json
 
     from PIL import Image
@@ -319,53 +302,53 @@ def test_cli_round_trip_png_files_with_labels(tmp_path, digits, capsys):
     folder.mkdir()
     for i in range(3):
         Image.fromarray(images[i, 0].numpy()).save(folder / f"{i:05d}_class{int(labels[i])}.png")
-    code, out, err = run_cli(capsys, "compress", folder, "--labels", "--out", tmp_path / "d.fgz", "--json")
+    code, out, err = run_cli("compress", folder, "--labels", "--out", tmp_path / "d.fgz", "--json")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["images"] == 3 and result["bytes"] == (tmp_path / "d.fgz").stat().st_size
     assert result["file_bits_per_dim"] <= 1.01 * result["model_bits_per_dim"] + 8 * 64 / (3 * 784) + 0.01
-    code, out, err = run_cli(capsys, "decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
+    code, out, err = run_cli("decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
     assert code == 0, err
     for i in range(3):
         name = f"{i:05d}_class{int(labels[i])}.png"
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), images[i, 0].numpy())
     # Decoding again into the same folder keeps the first files: a fresh numbered subfolder.
-    code, _, err = run_cli(capsys, "decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
+    code, _, err = run_cli("decompress", tmp_path / "d.fgz", "--out", tmp_path / "out")
     assert code == 0 and (tmp_path / "out" / "002" / f"00002_class{int(labels[2])}.png").is_file()
 
 
-def test_cli_npz_round_trip_and_one_line_errors(tmp_path, digits, capsys):
+def test_cli_npz_round_trip_and_one_line_errors(tmp_path, digits):
     images, _ = digits
     np.savez(tmp_path / "x.npz", images=images[:2, 0].numpy())
-    code, _, err = run_cli(capsys, "compress", tmp_path / "x.npz", "--out", tmp_path / "x.fgz")
+    code, _, err = run_cli("compress", tmp_path / "x.npz", "--out", tmp_path / "x.fgz")
     assert code == 0, err
     data = (tmp_path / "x.fgz").read_bytes()
     (tmp_path / "bad.fgz").write_bytes(flip(data, len(data) - 2))
     (tmp_path / "short.fgz").write_bytes(data[:-8])
     for bad, message in (("bad.fgz", "damaged"), ("short.fgz", "truncated"), ("x.npz", "not a fractalgen")):
-        code, _, err = run_cli(capsys, "decompress", tmp_path / bad, "--out", tmp_path / "never")
+        code, _, err = run_cli("decompress", tmp_path / bad, "--out", tmp_path / "never")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
     Image = pytest.importorskip("PIL.Image")
     Image.new("RGB", (28, 28), (10, 20, 30)).save(tmp_path / "colour.png")
-    code, _, err = run_cli(capsys, "compress", tmp_path / "colour.png", "--out", tmp_path / "c.fgz")
+    code, _, err = run_cli("compress", tmp_path / "colour.png", "--out", tmp_path / "c.fgz")
     assert code == 2 and "colour" in err
 
 
-def test_cli_nll_writes_likelihood_maps(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "nll", "--limit", "2", "--maps", tmp_path / "maps", "--device", "cpu",
+def test_cli_nll_writes_likelihood_maps(tmp_path):
+    code, _, err = run_cli("nll", "--limit", "2", "--maps", tmp_path / "maps", "--device", "cpu",
                              "--threads", "1")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["00000_map.png", "00001_map.png"]
 
 
-def test_cli_nll_refuses_an_unwritable_maps_folder_before_measuring(tmp_path, capsys, monkeypatch):
+def test_cli_nll_refuses_an_unwritable_maps_folder_before_measuring(tmp_path, monkeypatch):
     import fractalgen.likelihood
 
     measured = []
     monkeypatch.setattr(fractalgen.likelihood, "measure", lambda *a, **k: measured.append(1))
     (tmp_path / "file").write_text("not a folder")
-    code, _, err = run_cli(capsys, "nll", "--limit", "2", "--maps", tmp_path / "file" / "maps", "--device", "cpu",
+    code, _, err = run_cli("nll", "--limit", "2", "--maps", tmp_path / "file" / "maps", "--device", "cpu",
                            "--threads", "1")
     assert code == 2 and "cannot write to output folder" in err and len(err.strip().splitlines()) == 1
     assert measured == []  # refused before the likelihood pass
@@ -391,33 +374,33 @@ def forged_count(data: bytes, count: int) -> bytes:
 def test_a_forged_image_count_is_refused_before_decoding(mnist, name, count):
     """A count the payload cannot hold (checksums recomputed) is one line at once, not a decode without end
     or an allocation per claimed image."""
-    data = forged_count((Path(__file__).parent / "data" / name).read_bytes(), count)
+    data = forged_count((DATA / name).read_bytes(), count)
     with pytest.raises(codec.CodecError, match="damaged or forged: it claims"):
         fractalgen.decompress(mnist, data)
 
 
-def test_decompress_refuses_what_is_not_a_file_and_leaves_no_folder_on_failure(tmp_path, capsys):
+def test_decompress_refuses_what_is_not_a_file_and_leaves_no_folder_on_failure(tmp_path):
     if Path("/dev/zero").exists():
-        code, _, err = run_cli(capsys, "decompress", "/dev/zero", "--out", tmp_path / "zero")
+        code, _, err = run_cli("decompress", "/dev/zero", "--out", tmp_path / "zero")
         assert code != 0 and "not a regular file" in err and len(err.strip().splitlines()) == 1
-    stored = Path(__file__).parent / "data" / "v2_mnist_mar_3.fgz"  # not the default model's
-    code, _, err = run_cli(capsys, "decompress", stored, "--out", tmp_path / "out")
+    stored = DATA / "v2_mnist_mar_3.fgz"  # not the default model's
+    code, _, err = run_cli("decompress", stored, "--out", tmp_path / "out")
     assert code != 0 and "different model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "zero").exists() and not (tmp_path / "out").exists()
 
 
-def test_cli_batch_size_and_images_per_stream_change_neither_file_nor_images(tmp_path, digits, capsys):
+def test_cli_batch_size_and_images_per_stream_change_neither_file_nor_images(tmp_path, digits):
     images, _ = digits
     np.savez(tmp_path / "d.npz", images=images[:5, 0].numpy())
     files = []
     for k, (batch, group) in enumerate([(512, 2), (1, 2), (3, 5)]):
         out = tmp_path / f"{k}.fgz"
-        assert run_cli(capsys, "compress", tmp_path / "d.npz", "--out", out, "--batch-size", batch,
+        assert run_cli("compress", tmp_path / "d.npz", "--out", out, "--batch-size", batch,
                        "--images-per-stream", group)[0] == 0
         files.append(out.read_bytes())
     assert files[0] == files[1] != files[2]  # the batch changes nothing; the stream layout is the file's
     for k, batch in enumerate([1, 4]):
-        code, _, err = run_cli(capsys, "decompress", tmp_path / "2.fgz", "--out", tmp_path / f"o{k}",
+        code, _, err = run_cli("decompress", tmp_path / "2.fgz", "--out", tmp_path / f"o{k}",
                                "--batch-size", batch)
         assert code == 0, err
         from PIL import Image

@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_config, tiny_data
+from frame import TRAIN_WORKER, tiny_config, tiny_data
 
 from fractalgen import train as train_module
 from fractalgen.data import EpochBatches
@@ -25,9 +24,6 @@ from fractalgen.errors import UserError
 from fractalgen.model import FractalModel
 from fractalgen.train import Dist, TrainOptions, read_checkpoint, train
 
-torch.set_num_threads(1)
-
-WORKER = Path(__file__).with_name("train_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 STEPS, SAVE, LR = 6, 3, 3e-3
 # Both sides in float64: another summation order changes a gradient by ~1e-16 of its terms' sizes, and
@@ -44,8 +40,8 @@ def train_args(data, config, out, *extra):
 
 def torchrun(args, timeout=300):
     env = {**os.environ, "FRACTALGEN_TEST_FLOAT64": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*TORCHRUN, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run([*TORCHRUN, str(TRAIN_WORKER), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout
 
@@ -170,7 +166,7 @@ def test_sigterm_to_torchrun_checkpoints_and_resumes(single):
     run = root / "terminated"
     env = {**os.environ, "FRACTALGEN_TEST_STEP_DELAY": "0.3", "OMP_NUM_THREADS": "1"}
     args = [*train_args(data, config, run), "--steps", "40", "--save-every", "5"]
-    proc = subprocess.Popen([*TORCHRUN, str(WORKER), *args], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*TORCHRUN, str(TRAIN_WORKER), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import options, tiny_config, tiny_data
+from frame import TRAIN_WORKER, tiny_config, tiny_data, tiny_inputs, train_options
 
 from fractalgen import cli
 from fractalgen import train as train_module
 from fractalgen.errors import UserError
 from fractalgen.train import read_checkpoint, train
 
-torch.set_num_threads(1)
-
-WORKER = Path(__file__).with_name("train_worker.py")
 STEPS = 12  # 16 images, batch 4: three epochs, so the resumed order crosses epoch boundaries (with flips)
 
 
@@ -33,7 +30,7 @@ def train_args(data, config, out, *extra):
 
 def start(args, delay=0.0):
     env = {**os.environ, "FRACTALGEN_TEST_STEP_DELAY": str(delay)}
-    return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(TRAIN_WORKER), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -59,9 +56,7 @@ def wait_for_step(proc, run: Path, step: int, timeout=120) -> int:
 def setup(tmp_path_factory):
     """Data, config and the uninterrupted reference run (started once, shared by the tests)."""
     root = tmp_path_factory.mktemp("resume")
-    data = tiny_data(root / "d.npz")
-    config = root / "tiny.json"
-    config.write_text(tiny_config().to_json())
+    data, config = tiny_inputs(root)
     reference = start(train_args(data, config, root / "reference"))
     yield root, data, config, reference, root / "reference"
     if reference.poll() is None:
@@ -122,9 +117,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(setup):
 
 def test_sigint_finishes_the_step_and_checkpoints(tmp_path, monkeypatch, capsys):
     """Ctrl-C during step 2 (in this process): step 2 completes, its checkpoint is written, exit 130."""
-    data = tiny_data(tmp_path / "d.npz")
-    config = tmp_path / "tiny.json"
-    config.write_text(tiny_config().to_json())
+    data, config = tiny_inputs(tmp_path)
     forward, calls = train_module.LossModule.forward, []
 
     def interrupted(self, images, labels):
@@ -162,7 +155,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
     data = tiny_data(tmp_path / "d.npz")
     nan_at_step(3)
     with pytest.raises(UserError, match=r"loss is nan at step 3"):
-        train(tiny_config(), options(tmp_path, data, steps=6, save_every=2))
+        train(tiny_config(), train_options(tmp_path, data, steps=6, save_every=2))
     state = read_checkpoint(tmp_path / "run")
     assert state["step"] == 2  # the step-2 checkpoint, not overwritten by anything later
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -173,9 +166,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
 
 
 def test_non_finite_loss_through_the_cli_is_one_line(tmp_path, nan_at_step, capsys):
-    data = tiny_data(tmp_path / "d.npz")
-    config = tmp_path / "tiny.json"
-    config.write_text(tiny_config().to_json())
+    data, config = tiny_inputs(tmp_path)
     nan_at_step(0)
     code = cli.main(train_args(data, config, tmp_path / "run"))
     err = capsys.readouterr().err

@@ -17,6 +17,7 @@ import math
 
 import pytest
 import torch
+from frame import small_config, tiny_model
 from scipy import stats
 from test_conditional import ALPHA, N_SAMPLES, chi_square_p
 
@@ -34,10 +35,8 @@ from fractalgen.sampling import (
     linear_cfg,
 )
 
-torch.set_num_threads(1)
-
-
 # ---- pure functions on hand-made logits ----------------------------------------------------------
+
 
 def test_temperature_multiplies_the_logits():
     logits = torch.tensor([[1.0, -2.0, 0.5]])
@@ -154,15 +153,10 @@ def authors_probs(cond_logits, uncond_logits, temperature, cfg, threshold):
 
 def peaky_ar_model(seed=3):
     """2x2 grayscale, one AR level, 10 classes; random pixel-head biases make the distribution peaky."""
-    config = ModelConfig(img_sizes=(2, 1), widths=(16, 16), blocks=(1, 1), heads=(2, 2), kinds=("ar",), channels=1,
-                         num_classes=10, pixel_mean=(0.5,), pixel_std=(0.5,), attn_dropout=0.0, proj_dropout=0.0)
-    torch.manual_seed(seed)
-    model = fractalgen.build(config)
+    model = tiny_model(small_config((2, 1), ("ar",)), seed, perturb=0.5)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
         model.pixel_head.logit_bias[0].add_(3.0 * torch.randn_like(model.pixel_head.logit_bias[0]))
-    return model.eval()
+    return model
 
 
 @torch.no_grad()
@@ -266,15 +260,8 @@ def test_uniform_training_mask_draws_a_uniform_count_per_row():
 # ---- training and likelihood modes of the model -------------------------------------------------------
 
 def mar_model(**changes):
-    config = ModelConfig(img_sizes=(4, 2, 1), widths=(16, 8, 8), blocks=(1, 1, 1), heads=(2, 2, 2),
-                         kinds=("mar", "mar"), channels=1, num_classes=10, num_conds=5, pixel_mean=(0.5,),
-                         pixel_std=(0.5,), attn_dropout=0.0, proj_dropout=0.0, **changes)
-    torch.manual_seed(0)
-    model = fractalgen.build(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return model
+    config = small_config((4, 2, 1), ("mar", "mar"), widths=(16, 8, 8), **changes)
+    return tiny_model(config, perturb=0.5).train()
 
 
 @torch.no_grad()

@@ -3,31 +3,17 @@ import json
 import os
 import re
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from frame import ROOT, TINY, last_json, run_cli
 from PIL import Image
 
 import fractalgen
 from fractalgen.cli import build_parser, main
 
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
 MY_COMMANDS = ["train", "sample", "nll", "demo", "eval-samples"]
-TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
-        "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("command", MY_COMMANDS)
@@ -63,7 +49,7 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def test_train_writes_checkpoint_weights_and_samples(tiny_run, capsys):
+def test_train_writes_checkpoint_weights_and_samples(tiny_run):
     run_dir = tiny_run / "run"
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "model.safetensors").is_file()
     assert list((run_dir / "samples").glob("step*.png"))
@@ -71,14 +57,14 @@ def test_train_writes_checkpoint_weights_and_samples(tiny_run, capsys):
     assert model.config.img_sizes == (8, 2, 1)
 
 
-def test_train_resume_continues_to_more_steps(tiny_run, tmp_path, capsys):
+def test_train_resume_continues_to_more_steps(tiny_run, tmp_path):
     import shutil
 
     shutil.copytree(tiny_run / "run", tmp_path / "run")
-    code, out, _ = run(capsys, "train", "--resume", tmp_path / "run", "--steps", "5", "--sample-every", "0", "--json")
+    code, out, _ = run_cli("train", "--resume", tmp_path / "run", "--steps", "5", "--sample-every", "0", "--json")
     assert code == 0 and last_json(out)["step"] == 5  # data, batch size and lr come from the stored run
     assert "lr 0.001" in out and "global batch 4" in out
-    code, _, err = run(capsys, "train", "--config", tiny_run / "tiny.json", "--out", tmp_path / "run")
+    code, _, err = run_cli("train", "--config", tiny_run / "tiny.json", "--out", tmp_path / "run")
     assert code == 2 and "already holds a training run" in err  # never trains over an existing run
 
 
@@ -87,8 +73,8 @@ def test_sample_precision_flag(tiny_run, tmp_path, capsys, autocast_seen):
     reported; an unknown name is one error line before any work."""
     for precision in ("auto", "fp32", "bf16"):
         autocast_seen.clear()
-        code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "8", "--out",
-                           tmp_path / precision, "--precision", precision, "--device", "cpu", "--json")
+        code, out, _ = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "8", "--out",
+                               tmp_path / precision, "--precision", precision, "--device", "cpu", "--json")
         assert code == 0 and last_json(out)["precision"] == ("fp32" if precision == "auto" else precision)
         assert f"num_iter 16,4, {last_json(out)['precision']}" in out
         assert autocast_seen == [precision == "bf16"]
@@ -99,10 +85,10 @@ def test_sample_precision_flag(tiny_run, tmp_path, capsys, autocast_seen):
     assert not (tmp_path / "x").exists()
 
 
-def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path, capsys):
+def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path):
     out_dir = tmp_path / "samples"
-    code, out, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--classes", "0,1", "--per-class", "2",
-                       "--out", out_dir, "--gif", tmp_path / "gen.gif", "--device", "cpu", "--json")
+    code, out, _ = run_cli("sample", "--checkpoint", tiny_run / "run", "--classes", "0,1", "--per-class", "2",
+                           "--out", out_dir, "--gif", tmp_path / "gen.gif", "--device", "cpu", "--json")
     assert code == 0
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == ["00000_class0.png", "00001_class0.png", "00002_class1.png", "00003_class1.png", "grid.png"]
@@ -110,38 +96,38 @@ def test_sample_writes_grid_images_and_gif(tiny_run, tmp_path, capsys):
     gif = Image.open(tmp_path / "gen.gif")
     assert gif.n_frames == 4 * 4  # one frame per level-0 step (a 4x4 grid of patches)
     assert last_json(out)["images"] == 4
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--out", tmp_path / "u")
+    code, _, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "2", "--out", tmp_path / "u")
     assert code == 0 and (tmp_path / "u" / "00001_uncond.png").is_file()
     before = (tmp_path / "u" / "grid.png").read_bytes()
     # A second run into the same folder writes into a fresh numbered subfolder, and says so.
     for expected in ("002", "003"):
-        code, out, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
-                             tmp_path / "u", "--json")
+        code, out, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
+                                 tmp_path / "u", "--json")
         assert code == 0 and f"writes into {tmp_path / 'u' / expected}" in err
         assert last_json(out)["out"] == str(tmp_path / "u" / expected)
         assert (tmp_path / "u" / expected / "grid.png").is_file()
     assert (tmp_path / "u" / "grid.png").read_bytes() == before  # the first run's files are kept
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
-                       tmp_path / "u", "--overwrite")
+    code, _, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "2", "--seed", "1", "--out",
+                           tmp_path / "u", "--overwrite")
     assert code == 0 and "writes into" not in err
     assert (tmp_path / "u" / "grid.png").read_bytes() == (tmp_path / "u" / "002" / "grid.png").read_bytes()
     assert not (tmp_path / "u" / "004").exists()
 
 
-def test_resume_at_the_final_step_changes_nothing(tiny_run, tmp_path, capsys):
+def test_resume_at_the_final_step_changes_nothing(tiny_run, tmp_path):
     import shutil
 
     shutil.copytree(tiny_run / "run", tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
-    code, out, err = run(capsys, "train", "--resume", tmp_path / "run", "--json")
+    code, out, err = run_cli("train", "--resume", tmp_path / "run", "--json")
     assert code == 0 and "already at step 3" in out and "nan" not in out.lower()
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert after == before  # the checkpoint and the weights are left as they were
 
 
-def test_nll_reports_bits_per_dim_with_stderr(tiny_run, capsys):
-    code, out, _ = run(capsys, "nll", "--checkpoint", tiny_run / "run", "--data", tiny_run / "digits.npz",
-                       "--device", "cpu", "--json")
+def test_nll_reports_bits_per_dim_with_stderr(tiny_run):
+    code, out, _ = run_cli("nll", "--checkpoint", tiny_run / "run", "--data", tiny_run / "digits.npz",
+                           "--device", "cpu", "--json")
     result = last_json(out)
     assert code == 0 and "bits/dim" in out
     assert set(result) == {"bits_per_dim", "stderr", "images", "passes"} and result["images"] == 12
@@ -151,16 +137,16 @@ def test_nll_reports_bits_per_dim_with_stderr(tiny_run, capsys):
     assert 0 < result["stderr"] < 1
 
 
-def test_sampling_defaults_come_from_the_checkpoint(tiny_run, tmp_path, capsys):
+def test_sampling_defaults_come_from_the_checkpoint(tiny_run, tmp_path):
     model = fractalgen.load(tiny_run / "run")
     fractalgen.save(model, tmp_path / "m.safetensors", dtype=torch.bfloat16,
                     sampling={"cfg": 3.5, "temperature": 0.9})
-    code, out, _ = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--out",
-                       tmp_path / "s", "--json")
+    code, out, _ = run_cli("sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--out",
+                           tmp_path / "s", "--json")
     settings = last_json(out)
     assert code == 0 and settings["cfg"] == 3.5 and settings["temperature"] == 0.9
-    code, out, _ = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--cfg", "1.5",
-                       "--out", tmp_path / "s2", "--json")
+    code, out, _ = run_cli("sample", "--checkpoint", tmp_path / "m.safetensors", "--n", "1", "--cfg", "1.5",
+                           "--out", tmp_path / "s2", "--json")
     assert last_json(out)["cfg"] == 1.5
 
 
@@ -171,7 +157,7 @@ def one_line_error(code, err, *words):
         assert w in lines[0], lines[0]
 
 
-def test_bad_input_is_one_line(tiny_run, tmp_path, capsys):
+def test_bad_input_is_one_line(tiny_run, tmp_path):
     ckpt = tiny_run / "run"
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00garbage-not-a-header")
     (tmp_path / "empty").mkdir()
@@ -188,36 +174,36 @@ def test_bad_input_is_one_line(tiny_run, tmp_path, capsys):
           "--out", tmp_path / "r2", "--device", "cpu"], "larger than the dataset"),
     ]
     for argv, words in cases:
-        code, _, err = run(capsys, *argv)
+        code, _, err = run_cli(*argv)
         one_line_error(code, err, words)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output_is_one_line(tiny_run, tmp_path, capsys):
+def test_unwritable_output_is_one_line(tiny_run, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", locked / "x")
+    code, _, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", locked / "x")
     one_line_error(code, err, "cannot write")
 
 
-def test_output_under_a_file_is_one_line(tiny_run, tmp_path, capsys):
+def test_output_under_a_file_is_one_line(tiny_run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("user data")
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", blocker / "x")
+    code, _, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--n", "1", "--out", blocker / "x")
     one_line_error(code, err, "cannot write")
     assert blocker.read_text() == "user data"
 
 
-def test_demo_writes_its_files(tiny_run, tmp_path, capsys, monkeypatch):
+def test_demo_writes_its_files(tiny_run, tmp_path, monkeypatch):
     """The demo on a tiny 28x28 model (the bundled one is exercised by `make demo`)."""
     config = dict(TINY, img_sizes=[28, 7, 1], name="tiny28")
     torch.manual_seed(0)
     model = fractalgen.build(config)
     fractalgen.save(model, tmp_path / "m.safetensors")
-    code, out, err = run(capsys, "demo", "--checkpoint", tmp_path / "m.safetensors", "--per-class", "3",
-                         "--no-examples", "--out",
-                         tmp_path / "demo", "--device", "cpu", "--json")
+    code, out, err = run_cli("demo", "--checkpoint", tmp_path / "m.safetensors", "--per-class", "3",
+                             "--no-examples", "--out",
+                             tmp_path / "demo", "--device", "cpu", "--json")
     assert code == 0, err
     result = last_json(out)
     for key in ("grid", "gif", "bits_per_dim_file"):
@@ -228,13 +214,13 @@ def test_demo_writes_its_files(tiny_run, tmp_path, capsys, monkeypatch):
     assert 7.5 < result["bits_per_dim"] < 8.5  # an untrained model is near uniform over 256 values
 
 
-def test_eval_samples_on_written_pngs(tmp_path, capsys):
+def test_eval_samples_on_written_pngs(tmp_path):
     from fractalgen.data import mnist_split
 
     images, labels = mnist_split("val")
     for i in range(20):
         Image.fromarray(images[i]).save(tmp_path / f"{i:05d}_class{labels[i]}.png")
-    code, out, _ = run(capsys, "eval-samples", "--samples", tmp_path, "--json")
+    code, out, _ = run_cli("eval-samples", "--samples", tmp_path, "--json")
     result = last_json(out)
     assert code == 0 and result["samples"] == 20 and result["accuracy"] >= 0.9  # real digits are recognised
     json_line = out.strip().splitlines()[-1]
@@ -248,7 +234,7 @@ def test_version_and_the_presets_in_train_help(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
     assert capsys.readouterr().out.strip() == f"fractalgen {version}" == \
         f"fractalgen {fractalgen.__version__}"
@@ -260,9 +246,9 @@ def test_version_and_the_presets_in_train_help(capsys):
         assert any(line.startswith(f"{name}: ") and f"{config.img_size}x{config.img_size}" in line for line in lines)
 
 
-def test_sample_grid_layout_and_scale(tiny_run, tmp_path, capsys):
-    code, _, _ = run(capsys, "sample", "--checkpoint", tiny_run / "run", "--classes", "0", "--per-class", "4",
-                     "--nrow", "1", "--scale", "3", "--out", tmp_path / "a", "--device", "cpu")
+def test_sample_grid_layout_and_scale(tiny_run, tmp_path):
+    code, _, _ = run_cli("sample", "--checkpoint", tiny_run / "run", "--classes", "0", "--per-class", "4",
+                         "--nrow", "1", "--scale", "3", "--out", tmp_path / "a", "--device", "cpu")
     assert code == 0  # 4 rows of one 8x8 image tripled, padding 2*3 between and around
     assert Image.open(tmp_path / "a" / "grid.png").size == (8 * 3 + 2 * 6, 4 * (8 * 3 + 6) - 6 + 2 * 6)
     images = fractalgen.sample(fractalgen.load(str(tiny_run / "run")), labels=[0, 1, 0, 1], seed=0, threads=None)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from frame import TINY, run_cli, tiny_model
 from safetensors import safe_open
 
 import fractalgen
@@ -14,11 +15,8 @@ from fractalgen.errors import UserError
 from fractalgen.formats.folder import parse_hub_id
 from fractalgen.formats.official import official_state_dict
 
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
-TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["mar", "ar"],
-        "channels": 1, "num_classes": 3, "num_conds": 5, "pixel_mean": [0.5], "pixel_std": [0.5],
-        "num_iter": [2, 4], "cfg": 1.5, "name": "tiny_gray"}
+# A MAR level above an AR one, three classes and a sampling preset of its own.
+FOLDER_TINY = {**TINY, "kinds": ["mar", "ar"], "num_classes": 3, "num_conds": 5, "num_iter": [2, 4], "cfg": 1.5}
 CARD = {"dataset": "mnist", "dataset_name": "MNIST", "split": "test", "bits_per_dim": 1.234,
         "bits_per_dim_command": "fractalgen nll --checkpoint X --split val", "sample_accuracy": 0.875,
         "sample_accuracy_command": "fractalgen eval-samples --checkpoint X --per-class 100",
@@ -26,14 +24,11 @@ CARD = {"dataset": "mnist", "dataset_name": "MNIST", "split": "test", "bits_per_
                           "metric": "fid"}]}
 
 
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    model = fractalgen.build(TINY)
-    with torch.no_grad():  # move the weights off their initial values so a mix-up would show
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+def recommending_model():
+    """FOLDER_TINY with weights moved off their initial values (so that a mix-up would show) and a recommendation."""
+    model = tiny_model(FOLDER_TINY, perturb=0.05)
     model.recommended = {"cfg": 2.5, "temperature": 0.9}
-    return model.eval()
+    return model
 
 
 def draw(model, seed=3):
@@ -48,7 +43,7 @@ def front_matter(text: str) -> dict:
 
 
 def test_folder_round_trip_same_weights_settings_and_samples(tmp_path):
-    model = tiny_model()
+    model = recommending_model()
     folder = fractalgen.save_pretrained(model, tmp_path / "tiny", card=CARD)
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
@@ -74,7 +69,7 @@ def test_folder_round_trip_same_weights_settings_and_samples(tmp_path):
 
 
 def test_model_card_front_matter_and_numbers(tmp_path):
-    folder = fractalgen.save_pretrained(tiny_model(), tmp_path / "tiny", card=CARD)
+    folder = fractalgen.save_pretrained(recommending_model(), tmp_path / "tiny", card=CARD)
     text = (folder / "README.md").read_text()
     meta = front_matter(text)
     assert meta["license"] == "mit" and meta["library_name"] == "fractalgen"
@@ -91,7 +86,7 @@ def test_model_card_front_matter_and_numbers(tmp_path):
 
 def test_model_card_parses_with_huggingface_hub(tmp_path):
     huggingface_hub = pytest.importorskip("huggingface_hub")
-    folder = fractalgen.save_pretrained(tiny_model(), tmp_path / "tiny", card=CARD)
+    folder = fractalgen.save_pretrained(recommending_model(), tmp_path / "tiny", card=CARD)
     card = huggingface_hub.ModelCard.load(folder / "README.md")
     assert card.data.license == "mit" and card.data.library_name == "fractalgen"
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
@@ -99,16 +94,16 @@ def test_model_card_parses_with_huggingface_hub(tmp_path):
 
 
 def test_card_without_numbers_says_so_and_numbers_need_their_command(tmp_path):
-    folder = fractalgen.save_pretrained(tiny_model(), tmp_path / "plain")
+    folder = fractalgen.save_pretrained(recommending_model(), tmp_path / "plain")
     text = (folder / "README.md").read_text()
     assert "No measurements were supplied" in text and "model-index" not in front_matter(text)
     with pytest.raises(UserError, match="give the command"):
-        fractalgen.save_pretrained(tiny_model(), tmp_path / "x", card=CardFacts(bits_per_dim=1.0))
+        fractalgen.save_pretrained(recommending_model(), tmp_path / "x", card=CardFacts(bits_per_dim=1.0))
     with pytest.raises(UserError, match="fraction"):
-        fractalgen.save_pretrained(tiny_model(), tmp_path / "y", card={"sample_accuracy": 87.5,
+        fractalgen.save_pretrained(recommending_model(), tmp_path / "y", card={"sample_accuracy": 87.5,
                                                                        "sample_accuracy_command": "c"})
     with pytest.raises(UserError, match="unknown model card field"):
-        fractalgen.save_pretrained(tiny_model(), tmp_path / "z", card={"bpd": 1.0})
+        fractalgen.save_pretrained(recommending_model(), tmp_path / "z", card={"bpd": 1.0})
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()  # refused before writing
     assert Measurement("m", 1.0, "c").percent is False
 
@@ -118,14 +113,14 @@ def test_existing_files_are_kept_unless_overwrite(tmp_path):
     folder.mkdir()
     (folder / "README.md").write_text("my notes")
     with pytest.raises(UserError, match="already holds README.md"):
-        fractalgen.save_pretrained(tiny_model(), folder)
+        fractalgen.save_pretrained(recommending_model(), folder)
     assert (folder / "README.md").read_text() == "my notes" and not (folder / "config.json").exists()
-    fractalgen.save_pretrained(tiny_model(), folder, overwrite=True)
+    fractalgen.save_pretrained(recommending_model(), folder, overwrite=True)
     assert (folder / "README.md").read_text().startswith("---\n")
 
 
 def test_bf16_folder_loads_as_fp32_rounded_weights(tmp_path):
-    model = tiny_model()
+    model = recommending_model()
     folder = fractalgen.save_pretrained(model, tmp_path / "half", dtype=torch.bfloat16)
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
@@ -137,7 +132,7 @@ def test_bf16_folder_loads_as_fp32_rounded_weights(tmp_path):
 
 
 def test_export_from_training_files_official_pth_and_bundled(tmp_path):
-    model = tiny_model()
+    model = recommending_model()
     fractalgen.save(model, tmp_path / "ours.safetensors", sampling={"cfg": 2.5, "temperature": 0.9})
     fractalgen.save_official(model, tmp_path / "official.pth")
     a = fractalgen.export(tmp_path / "ours.safetensors", tmp_path / "from_ours")
@@ -157,7 +152,7 @@ def test_export_from_training_files_official_pth_and_bundled(tmp_path):
 
 def test_config_json_in_the_official_constructors_form(tmp_path):
     """A config.json written from the authors' FractalGen(**kwargs) (as a PyTorchModelHubMixin would)."""
-    model = tiny_model()
+    model = recommending_model()
     folder = fractalgen.save_pretrained(model, tmp_path / "tiny")
     config = json.loads((folder / "config.json").read_text())
     for ours in ("sampling", "name"):
@@ -207,7 +202,7 @@ torch.save(fractalgen.sample(model, labels=[0, 1, 2, 0], seed=3), sys.argv[2])
 
 def test_hub_id_loads_from_the_local_cache_offline(tmp_path):
     pytest.importorskip("huggingface_hub")
-    model = tiny_model()
+    model = recommending_model()
     folder = fractalgen.save_pretrained(model, tmp_path / "tiny", card=CARD)
     home = tmp_path / "hf_home"
     make_hub_cache(home, "someone/tiny-fractal", folder)
@@ -236,35 +231,27 @@ def test_hub_id_without_huggingface_hub_says_what_to_install(monkeypatch, tmp_pa
         fractalgen.load("missing.pth")  # a file name is never taken for a hub id
 
 
-def run_cli(capsys, *argv):
-    from fractalgen.cli import main
-
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_export_command_writes_a_folder_the_other_commands_read(tmp_path, capsys):
-    model = tiny_model()
+def test_export_command_writes_a_folder_the_other_commands_read(tmp_path):
+    model = recommending_model()
     fractalgen.save(model, tmp_path / "ours.safetensors")
     (tmp_path / "card.json").write_text(json.dumps({**CARD, "repo_id": "someone/tiny"}))
-    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+    code, out, err = run_cli("export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
                              tmp_path / "folder", "--dtype", "bfloat16", "--card", tmp_path / "card.json", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["out"] == str(tmp_path / "folder")
     card = (tmp_path / "folder" / "README.md").read_text()
     assert 'fractalgen.load("someone/tiny")' in card and "1.234" in card and "(bfloat16)" in card
-    code, out, err = run_cli(capsys, "sample", "--checkpoint", tmp_path / "folder", "--n", 2, "--out",
+    code, out, err = run_cli("sample", "--checkpoint", tmp_path / "folder", "--n", 2, "--out",
                              tmp_path / "samples", "--device", "cpu")
     assert code == 0, err
 
-    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+    code, out, err = run_cli("export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
                              tmp_path / "folder")
     assert code == 2 and "already holds" in err and len(err.strip().splitlines()) == 1
-    assert run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out", tmp_path / "folder",
+    assert run_cli("export", "--checkpoint", tmp_path / "ours.safetensors", "--out", tmp_path / "folder",
                    "--force")[0] == 0
     (tmp_path / "bad.json").write_text("{")
-    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
+    code, out, err = run_cli("export", "--checkpoint", tmp_path / "ours.safetensors", "--out",
                              tmp_path / "other", "--card", tmp_path / "bad.json")
     assert code == 2 and "not valid JSON" in err and not (tmp_path / "other").exists()
 

@@ -11,26 +11,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from frame import run_cli, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from test_train import tiny_config
 
 import fractalgen
-from fractalgen.cli import main
-
-torch.set_num_threads(1)
-
-
-def run(*argv) -> tuple[int, str, str]:
-    """main() in this process; argparse's exits are exit codes. Any other exception fails the test."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +102,7 @@ def base_argv(command, files, out):
 @pytest.mark.parametrize("command, flags, flag, words", BAD_FLAGS, ids=[" ".join([c, *f]) for c, f, *_ in BAD_FLAGS])
 def test_bad_flag_values_are_one_line_naming_the_flag(command, flags, flag, words, files, tmp_path):
     out = tmp_path / "out"
-    code, _, err = run(*base_argv(command, files, out), *flags)
+    code, _, err = run_cli(*base_argv(command, files, out), *flags)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"fractalgen {command}: error: argument {flag}") and words in lines[0], lines[0]
@@ -128,7 +114,7 @@ def test_bad_flag_values_are_one_line_naming_the_flag(command, flags, flag, word
 def test_temperature_zero_is_refused_alike_everywhere(files, tmp_path):
     lines = set()
     for command in ("sample", "inpaint", "eval-samples", "evaluate"):
-        _, _, err = run(*base_argv(command, files, tmp_path / "out"), "--temperature", "0")
+        _, _, err = run_cli(*base_argv(command, files, tmp_path / "out"), "--temperature", "0")
         lines.add(err.split("error: ", 1)[1].split(" (see")[0])
     assert lines == {"argument --temperature: must be > 0, got 0"}
 
@@ -144,11 +130,11 @@ def test_label_out_of_range_and_float_labels_in_the_library(files):
 def test_output_folder_is_checked_before_the_long_work(files, tmp_path):
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("x")
-    code, _, err = run("sample", "--checkpoint", files / "tiny.safetensors", "--n", "1", "--out", blocked / "out")
+    code, _, err = run_cli("sample", "--checkpoint", files / "tiny.safetensors", "--n", "1", "--out", blocked / "out")
     assert code == 2 and "cannot write to output folder" in err and "sampled" not in err
-    code, _, err = run("ref-stats", "mnist", "--out", blocked / "s.npz", "--features", "mnist-classifier")
+    code, _, err = run_cli("ref-stats", "mnist", "--out", blocked / "s.npz", "--features", "mnist-classifier")
     assert code == 2 and "cannot write to output folder" in err, err
-    code, out, err = run(*base_argv("inpaint", files, blocked / "out"))
+    code, out, err = run_cli(*base_argv("inpaint", files, blocked / "out"))
     assert code == 2 and "cannot write to output folder" in err and not out, err
 
 
@@ -195,7 +181,7 @@ def test_random_sample_flags_end_in_work_or_one_line(flags, files, tmp_path_fact
     argv = ["sample", "--checkpoint", files / "tiny.safetensors", "--out", out]
     for flag, value in flags.items():
         argv += [f"{flag}={value}"]  # '=' so that values starting with '-' stay values
-    code, _, err = run(*argv)
+    code, _, err = run_cli(*argv)
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         assert err.strip().splitlines()[-1].startswith("fractalgen sample: error: "), err
@@ -243,8 +229,8 @@ def test_random_metadata_ends_in_work_or_one_line(config_changes, sampling, file
     if sampling is not None:
         metadata["sampling"] = sampling
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "m.safetensors", metadata=metadata)
-    code, _, err = run("sample", "--checkpoint", root / "m.safetensors", "--n", "1", "--num-iter", "1,1",
-                       "--out", root / "out")
+    code, _, err = run_cli("sample", "--checkpoint", root / "m.safetensors", "--n", "1", "--num-iter", "1,1",
+                           "--out", root / "out")
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
@@ -254,8 +240,8 @@ def test_nll_never_reports_nan(files, tmp_path):
     from fractalgen.errors import UserError
     from fractalgen.likelihood import measure
 
-    code, out, err = run("nll", "--checkpoint", files / "tiny.safetensors", "--data", files / "d.npz", "--limit", "1",
-                         "--split", "train", "--json")
+    code, out, err = run_cli("nll", "--checkpoint", files / "tiny.safetensors", "--data", files / "d.npz",
+                             "--limit", "1", "--split", "train", "--json")
     assert code == 0 and "nan" not in out.lower(), out + err  # one image: no standard error, not "nan"
     assert json.loads(out.strip().splitlines()[-1])["stderr"] is None
     model = fractalgen.load(files / "tiny.safetensors")

@@ -6,6 +6,7 @@ dispatch mode: the count per `sample` call must not grow with the number of step
 """
 import pytest
 import torch
+from frame import tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fractalgen
@@ -37,11 +38,6 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny(name, **changes):
-    torch.manual_seed(0)
-    return fractalgen.build(fractalgen.get_config(name).replace(**changes)).eval()
-
-
 def host_reads(model, num_iter, labels=(0, 3, 9)):
     with HostReads() as counter:
         fractalgen.sample(model, labels=list(labels), cfg=3.0, seed=1, num_iter=num_iter, batch_size=None)
@@ -50,7 +46,7 @@ def host_reads(model, num_iter, labels=(0, 3, 9)):
 
 @pytest.mark.parametrize("name", ["tiny_mar", "tiny_mar_gp4"])
 def test_mar_sampling_reads_the_host_a_constant_number_of_times(name):
-    model = tiny(name)
+    model = tiny_model(name)
     levels = model.config.num_levels
     few, many = host_reads(model, (2,) * levels), host_reads(model, (8,) * levels)
     assert few == many
@@ -59,13 +55,13 @@ def test_mar_sampling_reads_the_host_a_constant_number_of_times(name):
 
 def test_ar_sampling_reads_the_host_a_constant_number_of_times():
     """AR levels take one step per patch: a grid of 4 patches against one of 16."""
-    small, large = tiny("tiny_ar", img_sizes=(8, 4, 1)), tiny("tiny_ar")
+    small, large = tiny_model("tiny_ar", img_sizes=(8, 4, 1)), tiny_model("tiny_ar")
     assert host_reads(small, None) == host_reads(large, None)
     assert len(host_reads(large, None)) <= 2
 
 
 def test_unguided_sampling_reads_the_host_a_constant_number_of_times():
-    model = tiny("tiny_mar")
+    model = tiny_model("tiny_mar")
     with HostReads() as few:
         fractalgen.sample(model, n=2, seed=1, num_iter=(2, 2))
     with HostReads() as many:

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from frame import TINY, run_cli
 from PIL import Image
 
 import fractalgen
@@ -20,17 +21,6 @@ from fractalgen.train import (
     schedule,
     train,
 )
-
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
-GRAY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
-        "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def options(tmp_path, data, name="run", **changes):
@@ -69,7 +59,7 @@ def test_class_folders_set_the_classes_and_their_names_travel_everywhere(shapes_
 
 
 def test_a_preset_takes_the_datas_classes_an_explicit_count_must_agree(shapes, tmp_path):
-    config = ModelConfig.from_dict({**GRAY, "num_classes": 10})
+    config = ModelConfig.from_dict({**TINY, "num_classes": 10})
     train(config, options(tmp_path, shapes, "preset"), classes_from_data=True)
     assert fractalgen.load(tmp_path / "preset" / "model.safetensors").class_names == CLASSES
     with pytest.raises(UserError, match="the model has 10 classes, .* 4 classes"):
@@ -77,26 +67,26 @@ def test_a_preset_takes_the_datas_classes_an_explicit_count_must_agree(shapes, t
     assert not (tmp_path / "explicit").exists()  # refused before anything is written
 
 
-def test_a_config_file_naming_its_class_count_is_explicit(shapes, tmp_path, capsys):
-    (tmp_path / "c.json").write_text(json.dumps({**GRAY, "num_classes": 3}))
-    code, _, err = run(capsys, "train", "--config", tmp_path / "c.json", "--data", shapes, "--out", tmp_path / "r",
-                       "--steps", "1", "--device", "cpu")
+def test_a_config_file_naming_its_class_count_is_explicit(shapes, tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({**TINY, "num_classes": 3}))
+    code, _, err = run_cli("train", "--config", tmp_path / "c.json", "--data", shapes, "--out", tmp_path / "r",
+                           "--steps", "1", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "3 classes" in err, err
-    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in GRAY.items() if k != "num_classes"}))
-    code, out, err = run(capsys, "train", "--config", tmp_path / "c.json", "--data", shapes, "--out",
-                         tmp_path / "r", "--dry-run")
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in TINY.items() if k != "num_classes"}))
+    code, out, err = run_cli("train", "--config", tmp_path / "c.json", "--data", shapes, "--out",
+                             tmp_path / "r", "--dry-run")
     assert code == 0 and "(4 classes)" in out, err
 
 
 def test_a_folder_without_class_folders_trains_an_unconditional_model(shapes, tmp_path):
     flat = shapes / "train" / "circle"
-    train(ModelConfig.from_dict(GRAY), options(tmp_path, flat, batch_size=2), classes_from_data=True)
+    train(ModelConfig.from_dict(TINY), options(tmp_path, flat, batch_size=2), classes_from_data=True)
     model = fractalgen.load(tmp_path / "run" / "model.safetensors")
     assert model.config.num_classes == 0 and model.class_names is None
 
 
 def test_checkpoints_without_names_keep_their_numbers(tmp_path):
-    model = fractalgen.build(ModelConfig.from_dict(GRAY))
+    model = fractalgen.build(ModelConfig.from_dict(TINY))
     assert model.class_names is None
     fractalgen.save_pretrained(model, tmp_path / "f")
     assert "id2label" not in json.loads((tmp_path / "f" / "config.json").read_text())
@@ -106,7 +96,7 @@ def test_checkpoints_without_names_keep_their_numbers(tmp_path):
 
 
 def test_bad_id2label_is_one_error(tmp_path):
-    model = fractalgen.build(ModelConfig.from_dict({**GRAY, "class_names": ["a", "b"]}))
+    model = fractalgen.build(ModelConfig.from_dict({**TINY, "class_names": ["a", "b"]}))
     folder = fractalgen.save_pretrained(model, tmp_path / "f")
     config = json.loads((folder / "config.json").read_text())
     for bad in ({"0": "a"}, {"0": "a", "2": "b"}, ["a", "b"], {"0": "a", "1": "a"}):
@@ -115,35 +105,35 @@ def test_bad_id2label_is_one_error(tmp_path):
             fractalgen.load(folder)
 
 
-def test_sampling_by_class_name(tmp_path, capsys):
-    model = fractalgen.build(ModelConfig.from_dict({**GRAY, "class_names": ["left", "top"]}))
+def test_sampling_by_class_name(tmp_path):
+    model = fractalgen.build(ModelConfig.from_dict({**TINY, "class_names": ["left", "top"]}))
     by_name = fractalgen.sample(model, labels=["top", "left"], seed=0)
     assert torch.equal(by_name, fractalgen.sample(model, labels=[1, 0], seed=0))
     with pytest.raises(ValueError, match="unknown class 'round' .*left, top"):
         fractalgen.sample(model, labels=["round"])
     fractalgen.save(model, tmp_path / "m.safetensors")
-    code, _, _ = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--classes", "top",
-                     "--per-class", "2", "--out", tmp_path / "s", "--device", "cpu")
+    code, _, _ = run_cli("sample", "--checkpoint", tmp_path / "m.safetensors", "--classes", "top",
+                         "--per-class", "2", "--out", tmp_path / "s", "--device", "cpu")
     assert code == 0 and len(list((tmp_path / "s").glob("*class1.png"))) == 2
-    code, _, err = run(capsys, "sample", "--checkpoint", tmp_path / "m.safetensors", "--classes", "top,round",
-                       "--out", tmp_path / "t", "--device", "cpu")
+    code, _, err = run_cli("sample", "--checkpoint", tmp_path / "m.safetensors", "--classes", "top,round",
+                           "--out", tmp_path / "t", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "left, top" in err, err
     assert not (tmp_path / "t").exists()
 
 
 # ---- the data summary and checks -------------------------------------------------------------------
 
-def test_dry_run_prints_the_summary_and_writes_nothing(shapes, tmp_path, capsys):
-    code, out, err = run(capsys, "train", "--data", shapes, "--out", tmp_path / "r", "--dry-run")
+def test_dry_run_prints_the_summary_and_writes_nothing(shapes, tmp_path):
+    code, out, err = run_cli("train", "--data", shapes, "--out", tmp_path / "r", "--dry-run")
     assert code == 0, err
     assert "train 8, val 4 images" in out and "4 classes: circle 2, cross 2, square 2, triangle 2" in out
     assert "images 8x8, RGB" in out and "dry run" in out
     assert not (tmp_path / "r").exists()
 
 
-def test_size_and_colour_mismatches_say_what_is_done(shapes, tmp_path, capsys):
-    code, out, err = run(capsys, "train", "--preset", "mnist_ar", "--data", shapes, "--out", tmp_path / "r",
-                         "--batch-size", "4", "--dry-run")
+def test_size_and_colour_mismatches_say_what_is_done(shapes, tmp_path):
+    code, out, err = run_cli("train", "--preset", "mnist_ar", "--data", shapes, "--out", tmp_path / "r",
+                             "--batch-size", "4", "--dry-run")
     assert code == 0, err
     assert "the model 28x28: each is resized" in out
     assert "RGB images are converted to grayscale" in out
@@ -151,22 +141,22 @@ def test_size_and_colour_mismatches_say_what_is_done(shapes, tmp_path, capsys):
     gray.mkdir()
     for i in range(8):
         Image.fromarray(np.full((8, 8), 30 * i, np.uint8), "L").save(gray / f"{i}.png")
-    code, out, err = run(capsys, "train", "--preset", "tiny_ar", "--data", gray, "--out", tmp_path / "r",
-                         "--dry-run")
+    code, out, err = run_cli("train", "--preset", "tiny_ar", "--data", gray, "--out", tmp_path / "r",
+                             "--dry-run")
     assert code == 0 and "grayscale images are repeated over 3 channels" in out and "no classes" in out, err
 
 
-def test_an_array_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys):
+def test_an_array_that_cannot_fit_is_refused_in_one_line(tmp_path):
     np.savez(tmp_path / "big.npz", images=np.zeros((8, 28, 28), np.uint8))
-    code, _, err = run(capsys, "train", "--preset", "tiny_ar", "--data", tmp_path / "big.npz",
-                         "--out", tmp_path / "r", "--steps", "1")
+    code, _, err = run_cli("train", "--preset", "tiny_ar", "--data", tmp_path / "big.npz",
+                             "--out", tmp_path / "r", "--steps", "1")
     assert code == 2 and "28x28, the model needs 16x16" in err and not (tmp_path / "r").exists()
 
 
 # ---- the measured defaults -------------------------------------------------------------------------
 
 def test_defaults_follow_the_measured_rules():
-    small, wide = ModelConfig.from_dict(GRAY), ModelConfig.from_dict({**GRAY, "widths": [64, 8, 8]})
+    small, wide = ModelConfig.from_dict(TINY), ModelConfig.from_dict({**TINY, "widths": [64, 8, 8]})
     assert default_lr(wide, 32) < default_lr(small, 32) == default_lr(small, 8)  # width matters, batch not
     assert default_batch(200) == 16 and default_batch(10**6) == 64 and default_batch(5) == 5
     plan = schedule(TrainOptions(out="x"), small, 200, 1)
@@ -177,23 +167,23 @@ def test_defaults_follow_the_measured_rules():
     assert schedule(TrainOptions(out="x", epochs=2, batch_size=20), small, 200, 1)["total"] == 20
 
 
-def test_an_lr_far_from_the_rule_gets_one_warning(shapes, tmp_path, capsys):
-    config = ModelConfig.from_dict(GRAY)
+def test_an_lr_far_from_the_rule_gets_one_warning(shapes, tmp_path):
+    config = ModelConfig.from_dict(TINY)
     rule = default_lr(config, 32)
     assert lr_warning(rule * 3, config, 32) is None
     assert "far from" in lr_warning(rule / 100, config, 32) and "far from" in lr_warning(rule * 100, config, 32)
-    code, _, err = run(capsys, "train", "--preset", "tiny_ar", "--data", shapes, "--out", tmp_path / "r",
-                       "--lr", "6.25e-6", "--dry-run")
+    code, _, err = run_cli("train", "--preset", "tiny_ar", "--data", shapes, "--out", tmp_path / "r",
+                           "--lr", "6.25e-6", "--dry-run")
     assert code == 0 and len([line for line in err.splitlines() if "far from" in line]) == 1, err
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------------
 
-def test_init_starts_from_the_weights_with_a_fresh_schedule_and_a_new_class_embedding(shapes_run, shapes, tmp_path,
-                                                                                        capsys):
+def test_init_starts_from_the_weights_with_a_fresh_schedule_and_a_new_class_embedding(shapes_run, shapes, tmp_path):
     flat = shapes / "train" / "square"  # no classes: the 4-class embedding cannot be kept
-    code, out, err = run(capsys, "train", "--init", shapes_run, "--data", flat, "--out", tmp_path / "ft",
-                         "--steps", "1", "--batch-size", "2", "--lr", "1e-9", "--sample-every", "0", "--device", "cpu")
+    code, out, err = run_cli("train", "--init", shapes_run, "--data", flat, "--out", tmp_path / "ft",
+                             "--steps", "1", "--batch-size", "2", "--lr", "1e-9", "--sample-every", "0",
+                             "--device", "cpu")
     assert code == 0, err
     assert "has 4 classes, this run 0: the class embedding starts afresh" in out
     state = read_checkpoint(tmp_path / "ft")
@@ -202,6 +192,6 @@ def test_init_starts_from_the_weights_with_a_fresh_schedule_and_a_new_class_embe
     after = state["model"]
     shared = [k for k in after if k in before and not k.startswith("class_embed")]
     assert shared and all(torch.allclose(after[k], before[k], atol=1e-5) for k in shared)
-    code, _, err = run(capsys, "train", "--init", shapes_run, "--preset", "mnist_ar", "--data", shapes,
-                       "--out", tmp_path / "bad", "--steps", "1", "--batch-size", "2")
+    code, _, err = run_cli("train", "--init", shapes_run, "--preset", "mnist_ar", "--data", shapes,
+                           "--out", tmp_path / "bad", "--steps", "1", "--batch-size", "2")
     assert code == 2 and "--init" in err and len(err.strip().splitlines()) == 1, err

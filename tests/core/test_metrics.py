@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from frame import run_cli
 
 import fractalgen
 from fractalgen.cli import main
@@ -32,17 +33,8 @@ from fractalgen.metrics import (
 )
 from fractalgen.metrics import inception as inception_module
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: extra threads only add synchronisation, which on a busy 2-core machine costs seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- Frechet distance ----------------------------------------------------------------------
+
 
 def random_covariance(rng, d):
     a = rng.standard_normal((d, 2 * d))
@@ -343,19 +335,13 @@ def test_cli_help(command, capsys):
     assert "--json" in capsys.readouterr().out
 
 
-def run_cli(args, capsys):
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def write_reference(tmp_path, n=24):
     images = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "ref.npz", images=images)
     return str(tmp_path / "ref.npz")
 
 
-def test_cli_bad_input(tmp_path, capsys):
+def test_cli_bad_input(tmp_path):
     net = scripted(Pool3Stand(), tmp_path / "net.pt")
     ref = write_reference(tmp_path)
     cases = [
@@ -369,22 +355,22 @@ def test_cli_bad_input(tmp_path, capsys):
           "--inception", net], "checkpoint not found"),
     ]
     for args, message in cases:
-        code, _, err = run_cli(args, capsys)
+        code, _, err = run_cli(*args)
         assert code == 2, args
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_cli_ref_stats_then_fid(tmp_path, capsys):
+def test_cli_ref_stats_then_fid(tmp_path):
     net = scripted(Pool3LogitsStand(), tmp_path / "net.pt")
     ref = write_reference(tmp_path)
     stats = str(tmp_path / "stats.npz")
-    code, out, _ = run_cli(["ref-stats", ref, "--out", stats, "--inception", net, "--json", "--device", "cpu"], capsys)
+    code, out, _ = run_cli("ref-stats", ref, "--out", stats, "--inception", net, "--json", "--device", "cpu")
     assert code == 0 and json.loads(out.splitlines()[-1])["images"] == 24
     before = (tmp_path / "stats.npz").read_bytes()
-    code, _, err = run_cli(["ref-stats", ref, "--out", stats, "--inception", net], capsys)
+    code, _, err = run_cli("ref-stats", ref, "--out", stats, "--inception", net)
     assert code == 2 and "not overwriting" in err and (tmp_path / "stats.npz").read_bytes() == before
     # The reference set against its own statistics: FID ~0, all points covered.
-    code, out, _ = run_cli(["fid", ref, "--ref-stats", stats, "--inception", net, "--splits", "2", "--json"], capsys)
+    code, out, _ = run_cli("fid", ref, "--ref-stats", stats, "--inception", net, "--splits", "2", "--json")
     result = json.loads(out.splitlines()[-1])
     assert code == 0 and abs(result["fid"]) < 1e-6
     assert result["precision"] == 1.0 and result["recall"] == 1.0 and result["inception_score"] >= 1.0
@@ -399,12 +385,12 @@ def tiny_checkpoint(tmp_path):
     return str(path)
 
 
-def test_cli_evaluate_end_to_end_and_resume(tmp_path, capsys):
+def test_cli_evaluate_end_to_end_and_resume(tmp_path):
     net = scripted(Pool3LogitsStand(), tmp_path / "net.pt")
     ref, ckpt, out = write_reference(tmp_path), tiny_checkpoint(tmp_path), tmp_path / "samples"
     args = ["evaluate", "--checkpoint", ckpt, "--num-images", "12", "--out", str(out), "--ref-images", ref,
             "--inception", net, "--splits", "2", "--batch-size", "5", "--device", "cpu", "--json"]
-    code, stdout, _ = run_cli(args, capsys)
+    code, stdout, _ = run_cli(*args)
     first = json.loads(stdout.splitlines()[-1])
     assert code == 0 and first["generated"] == 12 and first["images"] == 12
     names = sorted(p.name for p in out.glob("*.png"))
@@ -414,43 +400,43 @@ def test_cli_evaluate_end_to_end_and_resume(tmp_path, capsys):
     assert first["fid"] > 0
 
     # Rerun: nothing to sample, same scores. Remove two images: only those are made again.
-    code, stdout, _ = run_cli(args, capsys)
+    code, stdout, _ = run_cli(*args)
     again = json.loads(stdout.splitlines()[-1])
     assert again["generated"] == 0 and again["sampling_seconds_per_image"] is None
     assert again["fid"] == first["fid"]
     kept = {p.name: p.read_bytes() for p in out.glob("*.png")}
     for name in names[3:5]:
         os.remove(out / name)
-    code, stdout, _ = run_cli(args, capsys)
+    code, stdout, _ = run_cli(*args)
     assert json.loads(stdout.splitlines()[-1])["generated"] == 2
     assert all((out / n).read_bytes() == b for n, b in kept.items() if n not in names[3:5])
 
     # Other settings in the same folder are refused, another precision too; the images stay.
-    code, _, err = run_cli(args + ["--cfg", "3.0"], capsys)
+    code, _, err = run_cli(*args, "--cfg", "3.0")
     assert code == 2 and "other settings" in err and len(list(out.glob("*.png"))) == 12
-    code, _, err = run_cli(args + ["--precision", "bf16"], capsys)
+    code, _, err = run_cli(*args, "--precision", "bf16")
     assert code == 2 and "(precision differ)" in err and len(list(out.glob("*.png"))) == 12
     assert first["sampling_precision"] == "fp32"
     # bf16 in a folder of its own: recorded with the images, so a resume must say bf16 again.
     bf16_args = [str(out.parent / "bf16") if a == str(out) else a for a in args] + ["--precision", "bf16"]
-    code, stdout, _ = run_cli(bf16_args, capsys)
+    code, stdout, _ = run_cli(*bf16_args)
     assert code == 0 and json.loads(stdout.splitlines()[-1])["sampling_precision"] == "bf16"
     assert json.loads((out.parent / "bf16" / SETTINGS_FILE).read_text())["precision"] == "bf16"
 
 
-def test_evaluate_writes_npz_and_scores_it_the_same(tmp_path, capsys):
+def test_evaluate_writes_npz_and_scores_it_the_same(tmp_path):
     net = scripted(Pool3Stand(), tmp_path / "net.pt")
     ref, ckpt = write_reference(tmp_path), tiny_checkpoint(tmp_path)
     stats = str(tmp_path / "stats.npz")
-    assert run_cli(["ref-stats", ref, "--out", stats, "--inception", net], capsys)[0] == 0
+    assert run_cli("ref-stats", ref, "--out", stats, "--inception", net)[0] == 0
     npz = tmp_path / "samples.npz"
-    code, stdout, _ = run_cli(["evaluate", "--checkpoint", ckpt, "--num-images", "6", "--out", str(tmp_path / "s"),
-                               "--npz", str(npz), "--ref-stats", stats, "--inception", net, "--json"], capsys)
+    code, stdout, _ = run_cli("evaluate", "--checkpoint", ckpt, "--num-images", "6", "--out", str(tmp_path / "s"),
+                              "--npz", str(npz), "--ref-stats", stats, "--inception", net, "--json")
     from_pngs = json.loads(stdout.splitlines()[-1])
     assert code == 0 and "no Inception Score" in " ".join(from_pngs["notes"])
     with np.load(npz) as data:
         assert data["arr_0"].shape == (6, 8, 8, 3) and data["labels"].tolist() == [0, 0, 1, 1, 2, 2]
-    code, stdout, _ = run_cli(["fid", str(npz), "--ref-stats", stats, "--inception", net, "--json"], capsys)
+    code, stdout, _ = run_cli("fid", str(npz), "--ref-stats", stats, "--inception", net, "--json")
     assert json.loads(stdout.splitlines()[-1])["fid"] == pytest.approx(from_pngs["fid"], rel=1e-9)
     assert ImageSet(str(tmp_path / "s")).read_all().shape == (6, 8, 8, 3)
 
@@ -479,23 +465,22 @@ def test_torchrun_splits_the_sampling(tmp_path):
     assert len(list((tmp_path / "s").glob("*.png"))) == 6
 
 
-def test_classifier_fid_on_the_held_out_digits(tmp_path, capsys):
+def test_classifier_fid_on_the_held_out_digits(tmp_path):
     stats = str(tmp_path / "digits.npz")
-    code, out, _ = run_cli(["ref-stats", "mnist", "--out", stats, "--features", "mnist-classifier", "--json"], capsys)
+    code, out, _ = run_cli("ref-stats", "mnist", "--out", stats, "--features", "mnist-classifier", "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["dim"] == 128
     digits = ImageSet("mnist").read_all()  # (500, 28, 28, 1)
     np.savez(tmp_path / "inverted.npz", images=255 - digits)
     results = {}
     for name, source in (("same", "mnist"), ("inverted", str(tmp_path / "inverted.npz"))):
-        code, out, _ = run_cli(["fid", source, "--ref-stats", stats, "--features", "mnist-classifier", "--json"],
-                               capsys)
+        code, out, _ = run_cli("fid", source, "--ref-stats", stats, "--features", "mnist-classifier", "--json")
         assert code == 0
         results[name] = json.loads(out.splitlines()[-1])
     assert results["same"]["fid"] < 1e-6 and results["same"]["precision"] == 1.0
     assert results["inverted"]["fid"] > 1.0
     assert results["same"]["inception_score"] > 5  # confident, balanced predictions over 10 digits
-    code, _, err = run_cli(["fid", "mnist", "--ref-stats", stats, "--features", "inception",
-                            "--inception", scripted(Pool3Stand(), tmp_path / "net.pt")], capsys)
+    code, _, err = run_cli("fid", "mnist", "--ref-stats", stats, "--features", "inception",
+                           "--inception", scripted(Pool3Stand(), tmp_path / "net.pt"))
     assert code == 2 and "mnist-classifier features" in err
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from frame import tiny_inputs
 
 from fractalgen.cli import main
 from fractalgen.errors import UserError, WriteError
@@ -24,9 +25,6 @@ with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """
-
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -93,11 +91,7 @@ def train_argv(data, out, *more):
 
 @pytest.fixture
 def tiny(tmp_path):
-    from test_train import tiny_config, tiny_data
-
-    data = Path(tiny_data(tmp_path / "d.npz"))
-    (tmp_path / "tiny.json").write_text(tiny_config().to_json())
-    return data
+    return Path(tiny_inputs(tmp_path)[0])
 
 
 def test_a_second_training_in_a_locked_folder_is_refused(tiny, holder, capsys):
@@ -216,7 +210,7 @@ def test_a_waiting_resume_reads_the_checkpoint_only_with_the_lock(tiny, holder, 
 
 
 def test_a_folder_holding_a_model_or_a_run_is_left_as_it_was(tiny, tmp_path, capsys):
-    from test_train import tiny_config
+    from frame import tiny_config
 
     import fractalgen
 

@@ -4,26 +4,13 @@ import os
 
 import numpy as np
 import pytest
-import torch
+from frame import TINY, tiny_config, tiny_data
 from PIL import Image
 
-from fractalgen.config import ModelConfig
 from fractalgen.errors import UserError
 from fractalgen.plot import LINE, nice_step, plot_run, ticks
 from fractalgen.train import TrainOptions, train
 from fractalgen.trainlog import FIELDS, read_metrics
-
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
-TINY = {"img_sizes": [8, 2, 1], "widths": [16, 8, 8], "blocks": [1, 1, 1], "heads": [2, 2, 2], "kinds": ["ar", "ar"],
-        "channels": 1, "num_classes": 2, "pixel_mean": [0.5], "pixel_std": [0.5], "name": "tiny_gray"}
-
-
-def tiny_data(path, n=16, size=8):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
-    np.savez(path, images=images, labels=np.arange(n) % 2)
-    return str(path)
 
 
 def options(tmp_path, **changes):
@@ -39,7 +26,7 @@ def lines(run) -> list[dict]:
 
 def test_training_writes_metrics_and_resume_appends(tmp_path):
     run = tmp_path / "run"
-    train(ModelConfig.from_dict(TINY), options(tmp_path, steps=4, log_every=3))
+    train(tiny_config(), options(tmp_path, steps=4, log_every=3))
     first = lines(run)
     assert [r["step"] for r in first] == [3, 4]  # every 3 steps, and the last step
     for record in first:
@@ -72,7 +59,7 @@ def test_a_symlink_planted_at_the_log_is_refused_not_followed(tmp_path):
     victim.write_text("precious")
     os.symlink(victim, run / "metrics.jsonl")
     with pytest.raises(UserError, match="symbolic link"):
-        train(ModelConfig.from_dict(TINY), options(tmp_path, steps=2))
+        train(tiny_config(), options(tmp_path, steps=2))
     assert victim.read_text() == "precious"
 
 

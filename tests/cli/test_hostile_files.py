@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
+from frame import tiny_config, tiny_model
 from PIL import Image
 from safetensors.torch import save_file
 
 import fractalgen
 from fractalgen.formats.official import official_state_dict
 from fractalgen.images import fit_picture as center_crop_adm
-
-torch.set_num_threads(1)
-
 
 # Every command line of this file runs in ONE bounded child (torch imported once): the builders
 # below write their hostile files into a folder and return {case name: argv}; the tests read the outcomes.
@@ -47,11 +45,6 @@ def outcomes(tmp_path_factory):
     # 1.5 GiB of address space (torch takes 0.6): enough for every case done right, not for a 3 GiB array.
     results = run_cases(cases, seconds=300, memory_gib=1.5)
     return results, {build.__name__: root / build.__name__ for build in BUILDERS}
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return fractalgen.build("tiny_ar")
 
 
 # ---- 1. the safe loader's walk of official `args` is bounded -----------------------------------
@@ -229,8 +222,6 @@ def add_zero_member(path, name: str, size: int):
 
 
 def tiny_gray_checkpoint(folder):
-    from test_train import tiny_config
-
     fractalgen.save(fractalgen.build(tiny_config()), folder / "tiny.safetensors")
     return folder / "tiny.safetensors"
 

@@ -11,14 +11,11 @@ import shutil
 import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
-from test_train import tiny_config, tiny_data
+from frame import train_tiny
 
 import fractalgen
-from fractalgen.cli import main
 from fractalgen.errors import UserError
 from fractalgen.train import run_options
-
-torch.set_num_threads(1)
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parser, unless bounded first
 
@@ -27,11 +24,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parse
 def trained(tmp_path_factory):
     """A tiny finished run (2 steps) and a tiny model folder."""
     root = tmp_path_factory.mktemp("runs")
-    data = tiny_data(root / "d.npz")
-    (root / "tiny.json").write_text(tiny_config().to_json())
-    assert main(["train", "--config", str(root / "tiny.json"), "--data", data, "--out", str(root / "run"),
-                 "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--device", "cpu"]) == 0
-    fractalgen.save_pretrained(fractalgen.load(root / "run"), root / "folder")
+    fractalgen.save_pretrained(fractalgen.load(train_tiny(root)), root / "folder")
     return root
 
 

@@ -3,21 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from frame import small_config, tiny_model
 
 import fractalgen
 from fractalgen import runtime
-from fractalgen.config import ModelConfig
 from fractalgen.errors import UserError
 
-torch.set_num_threads(1)  # the test machine has two shared cores
-
-
-def tiny_model():
-    config = ModelConfig(img_sizes=(4, 2, 1), widths=(32, 32, 32), blocks=(1, 1, 1), heads=(2, 2, 2),
-                         kinds=("ar", "ar"), channels=1, num_classes=3, num_conds=1,
-                         pixel_mean=(0.5,), pixel_std=(0.5,))
-    torch.manual_seed(0)
-    return fractalgen.build(config).eval()
+CONFIG = small_config((4, 2, 1), ("ar", "ar"), num_classes=3, widths=(32, 32, 32))
 
 
 ENTRY_POINTS = {
@@ -53,7 +45,7 @@ def untouched_default(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_auto_applies_for_the_call_and_restores(name, untouched_default):
-    model = tiny_model()
+    model = tiny_model(CONFIG)
     assert threads_seen(model, ENTRY_POINTS[name]) == {2}
     assert torch.get_num_threads() == 1
 
@@ -61,7 +53,7 @@ def test_auto_applies_for_the_call_and_restores(name, untouched_default):
 @pytest.mark.parametrize("name", ["sample", "bits_per_dim", "compress"])
 def test_a_count_the_caller_chose_is_kept(name, untouched_default, monkeypatch):
     monkeypatch.setattr(runtime, "TORCH_DEFAULT_THREADS", 3)  # the caller moved torch off its default
-    model = tiny_model()
+    model = tiny_model(CONFIG)
     assert threads_seen(model, ENTRY_POINTS[name]) == {1}
     assert threads_seen(model, ENTRY_POINTS[name], threads=2) == {2}  # asked for: given
     assert torch.get_num_threads() == 1
@@ -69,11 +61,11 @@ def test_a_count_the_caller_chose_is_kept(name, untouched_default, monkeypatch):
 
 def test_thread_variables_count_as_the_callers_choice(untouched_default, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert threads_seen(tiny_model(), ENTRY_POINTS["sample"]) == {1}
+    assert threads_seen(tiny_model(CONFIG), ENTRY_POINTS["sample"]) == {1}
 
 
 def test_none_leaves_torch_alone_and_bad_counts_are_refused(untouched_default):
-    model = tiny_model()
+    model = tiny_model(CONFIG)
     assert threads_seen(model, ENTRY_POINTS["sample"], threads=None) == {1}
     with pytest.raises(UserError, match="threads"):
         ENTRY_POINTS["sample"](model, threads=0)
@@ -82,7 +74,7 @@ def test_none_leaves_torch_alone_and_bad_counts_are_refused(untouched_default):
 
 def test_bits_per_dim_with_labels_is_the_class_conditional_likelihood():
     """An AR model's bits/dim given a class is its pixel bits (the codec's exact pass) given that class."""
-    model = tiny_model()
+    model = tiny_model(CONFIG)
     torch.manual_seed(1)
     with torch.no_grad():
         model.class_embed.weight.mul_(20)  # classes that change the likelihood

@@ -5,37 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from frame import tiny_config, tiny_data, train_options
 
 import fractalgen
-from fractalgen.config import ModelConfig
+from fractalgen.config import PRESETS
 from fractalgen.errors import UserError
 from fractalgen.train import TrainOptions, lr_at, param_groups, read_checkpoint, train
-
-torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared CPU
-
-TINY = dict(img_sizes=[8, 2, 1], widths=[16, 8, 8], blocks=[1, 1, 1], heads=[2, 2, 2], kinds=["ar", "ar"],
-            channels=1, num_classes=2, pixel_mean=[0.5], pixel_std=[0.5], name="tiny_gray")
-
-
-def tiny_config(**changes) -> ModelConfig:
-    return ModelConfig.from_dict({**TINY, **changes})
-
-
-def tiny_data(path, n=16, size=8):
-    """Two classes of simple pictures: a bright left half or a bright top half, with noise."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 40, (n, size, size), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    images[labels == 0, :, : size // 2] += 200
-    images[labels == 1, : size // 2, :] += 200
-    np.savez(path, images=images, labels=labels)
-    return str(path)
-
-
-def options(tmp_path, data, **changes):
-    base = dict(out=str(tmp_path / "run"), data=data, steps=4, batch_size=4, lr=3e-3, warmup_steps=1,
-                flip=False, save_every=2, sample_every=0, device="cpu", seed=1)
-    return TrainOptions(**{**base, **changes})
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
@@ -62,7 +37,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
     images = torch.from_numpy(np.load(data)["images"])[:, None]
     before = fractalgen.bits_per_dim(fractalgen.build(tiny_config(label_drop_prob=0.0)), images)
     torch.manual_seed(0)
-    train(tiny_config(), options(tmp_path, data, steps=40, batch_size=8, lr=1e-2, save_every=40))
+    train(tiny_config(), train_options(tmp_path, data, steps=40, batch_size=8, lr=1e-2, save_every=40))
     model = fractalgen.load(tmp_path / "run")
     after = fractalgen.bits_per_dim(model, images)
     assert after < before - 1.0  # 40 steps on 16 simple pictures: far below the random model
@@ -70,12 +45,12 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     data = tiny_data(tmp_path / "d.npz")
-    train(tiny_config(), options(tmp_path / "a", data, steps=4))
+    train(tiny_config(), train_options(tmp_path / "a", data, steps=4))
     straight = read_checkpoint(tmp_path / "a" / "run")
 
-    train(tiny_config(), options(tmp_path / "b", data, steps=2))
+    train(tiny_config(), train_options(tmp_path / "b", data, steps=2))
     assert read_checkpoint(tmp_path / "b" / "run")["step"] == 2
-    train(None, options(tmp_path / "b", data, steps=4, resume=str(tmp_path / "b" / "run")))
+    train(None, train_options(tmp_path / "b", data, steps=4, resume=str(tmp_path / "b" / "run")))
     resumed = read_checkpoint(tmp_path / "b" / "run")
     assert resumed["step"] == 4 and resumed["config"] == straight["config"]
     for key, value in straight["model"].items():
@@ -84,7 +59,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     data = tiny_data(tmp_path / "d.npz")
-    train(tiny_config(), options(tmp_path, data, steps=2))
+    train(tiny_config(), train_options(tmp_path, data, steps=2))
     state = read_checkpoint(tmp_path / "run")
     assert {"model", "optimizer", "step", "rng", "config", "options", "data_position"} <= set(state)
     assert len(state["rng"]) == 1 and state["data_position"] == 2
@@ -94,12 +69,12 @@ def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
 def test_bad_training_input(tmp_path):
     data = tiny_data(tmp_path / "d.npz", n=4)
     with pytest.raises(UserError, match="larger than the dataset"):
-        train(tiny_config(), options(tmp_path, data, batch_size=8))
+        train(tiny_config(), train_options(tmp_path, data, batch_size=8))
     with pytest.raises(UserError, match="no training checkpoint"):
-        train(None, options(tmp_path, data, resume=str(tmp_path / "missing")))
+        train(None, train_options(tmp_path, data, resume=str(tmp_path / "missing")))
     wrong = tiny_data(tmp_path / "w.npz", size=12)
     with pytest.raises(UserError, match="12x12"):
-        train(tiny_config(), options(tmp_path, wrong))
+        train(tiny_config(), train_options(tmp_path, wrong))
 
 
 def test_grad_checkpointing_gives_the_same_step(tmp_path, monkeypatch):
@@ -107,8 +82,8 @@ def test_grad_checkpointing_gives_the_same_step(tmp_path, monkeypatch):
     # can move a weight by a sizeable part of an AdamW step (at most ~lr) on some CPUs' kernels.
     monkeypatch.setattr(fractalgen.train, "FractalModel", lambda config: fractalgen.FractalModel(config).double())
     data = tiny_data(tmp_path / "d.npz")
-    train(tiny_config(), options(tmp_path / "plain", data, steps=2, save_every=2))
-    train(tiny_config(), options(tmp_path / "ckpt", data, steps=2, save_every=2, grad_checkpointing=True))
+    train(tiny_config(), train_options(tmp_path / "plain", data, steps=2, save_every=2))
+    train(tiny_config(), train_options(tmp_path / "ckpt", data, steps=2, save_every=2, grad_checkpointing=True))
     a = read_checkpoint(tmp_path / "plain" / "run")["model"]
     b = read_checkpoint(tmp_path / "ckpt" / "run")["model"]
     assert a["null_class"].dtype == torch.float64
@@ -140,7 +115,7 @@ def test_mar_masks_option_reaches_the_loss_and_is_checked(tmp_path):
     assert LossModule(model).masks == ["train"] * len(model.levels)
     assert LossModule(model, "uniform").masks == ["uniform"] * len(model.levels)
     data = tiny_data(tmp_path / "d.npz")
-    train(tiny_config(kinds=["mar", "mar"]), options(tmp_path / "u", data, steps=2, mar_masks="uniform"))
+    train(tiny_config(kinds=["mar", "mar"]), train_options(tmp_path / "u", data, steps=2, mar_masks="uniform"))
     assert read_checkpoint(tmp_path / "u" / "run")["options"]["mar_masks"] == "uniform"
 
 
@@ -166,14 +141,14 @@ def test_random_shift_moves_each_image_within_the_limit_and_fills_with_zero():
 
 def test_resume_with_shift_continues_exactly(tmp_path):
     data = tiny_data(tmp_path / "d.npz")
-    train(tiny_config(), options(tmp_path / "a", data, steps=4, shift=1))
+    train(tiny_config(), train_options(tmp_path / "a", data, steps=4, shift=1))
     straight = read_checkpoint(tmp_path / "a" / "run")
-    train(tiny_config(), options(tmp_path / "b", data, steps=2, shift=1))
-    train(None, options(tmp_path / "b", data, steps=4, shift=1, resume=str(tmp_path / "b" / "run")))
+    train(tiny_config(), train_options(tmp_path / "b", data, steps=2, shift=1))
+    train(None, train_options(tmp_path / "b", data, steps=4, shift=1, resume=str(tmp_path / "b" / "run")))
     resumed = read_checkpoint(tmp_path / "b" / "run")
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    train(tiny_config(), options(tmp_path / "c", data, steps=4))
+    train(tiny_config(), train_options(tmp_path / "c", data, steps=4))
     plain = read_checkpoint(tmp_path / "c" / "run")["model"]
     assert any(not torch.equal(plain[k], straight["model"][k]) for k in plain)  # the shift did something
 
@@ -186,7 +161,7 @@ def test_precision_option_sets_autocast_on_cpu_and_is_checked(tmp_path):
     data = tiny_data(tmp_path / "d.npz")
     first = {}
     for precision in ("fp32", "auto", "bf16"):
-        out = train(tiny_config(), options(tmp_path / precision, data, steps=1, precision=precision))
+        out = train(tiny_config(), train_options(tmp_path / precision, data, steps=1, precision=precision))
         first[precision] = out["loss"]
         assert read_checkpoint(tmp_path / precision / "run")["options"]["precision"] == precision
     assert first["auto"] == first["fp32"]
@@ -229,7 +204,7 @@ def cuda_seed_at_first_step(monkeypatch, tmp_path, rank: int, world: int = 4) ->
     monkeypatch.setattr(train_module, "reduce_status", first_step)
     data = tiny_data(tmp_path / f"d{rank}.npz")
     with pytest.raises(FirstStep) as caught:
-        train(tiny_config(kinds=["mar", "mar"]), options(tmp_path / f"r{rank}", data, batch_size=world))
+        train(tiny_config(kinds=["mar", "mar"]), train_options(tmp_path / f"r{rank}", data, batch_size=world))
     return caught.value.args[0]
 
 
@@ -251,3 +226,19 @@ def test_data_loader_workers_default_to_none_on_a_cpu_and_several_on_a_gpu(monke
         assert loader_workers(None, torch.device("cpu")) == 0
         assert loader_workers(None, torch.device("cuda", 1)) == on_gpu
         assert loader_workers(3, torch.device("cpu")) == loader_workers(3, torch.device("cuda")) == 3
+
+
+def test_training_lowers_loss():
+    torch.manual_seed(0)
+    model = fractalgen.build(PRESETS["tiny_ar"].replace(label_drop_prob=0.0)).train()
+    images = torch.randint(0, 4, (4, 3, 16, 16), dtype=torch.uint8) * 60
+    labels = torch.arange(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(images, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0

@@ -6,26 +6,16 @@ empty images and non-image files train, with the skips counted.
 """
 import io
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from frame import Exploit, run_cli, tiny_config, train_tiny
 from PIL import Image
-from test_train import tiny_config, tiny_data
 
-from fractalgen.cli import main
 from fractalgen.data import load_dataset
-
-torch.set_num_threads(1)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, command, *words):
@@ -40,19 +30,8 @@ def assert_one_line_error(code, err, command, *words):
 def trained(tmp_path_factory):
     """A tiny run (checkpoint.pt + model.safetensors) to damage in various ways."""
     root = tmp_path_factory.mktemp("hostile")
-    data = tiny_data(root / "d.npz")
-    (root / "tiny.json").write_text(tiny_config().to_json())
-    assert main(["train", "--config", str(root / "tiny.json"), "--data", data, "--out", str(root / "run"),
-                 "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--device", "cpu"]) == 0
+    train_tiny(root)
     return root
-
-
-class _Exploit:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
 
 
 def damaged_files(trained, tmp_path):
@@ -73,15 +52,15 @@ def damaged_files(trained, tmp_path):
     }
 
 
-def test_damaged_model_files_are_refused_and_left_alone(trained, tmp_path, capsys):
+def test_damaged_model_files_are_refused_and_left_alone(trained, tmp_path):
     for name, content in damaged_files(trained, tmp_path).items():
         path = tmp_path / name
         path.write_bytes(content)
-        code, _, err = run(capsys, "sample", "--checkpoint", path, "--n", "1", "--out", tmp_path / "out")
+        code, _, err = run_cli("sample", "--checkpoint", path, "--n", "1", "--out", tmp_path / "out")
         assert_one_line_error(code, err, "sample", name)
         assert path.read_bytes() == content  # never modified
     (tmp_path / "no-model").mkdir()
-    code, _, err = run(capsys, "nll", "--checkpoint", tmp_path / "no-model")
+    code, _, err = run_cli("nll", "--checkpoint", tmp_path / "no-model")
     assert_one_line_error(code, err, "nll", "no model.safetensors")
     assert not (tmp_path / "out").exists()
 
@@ -96,7 +75,7 @@ def write_checkpoint(folder, state=None, raw: bytes | None = None):
     return folder
 
 
-def test_damaged_training_checkpoints_are_refused(trained, tmp_path, capsys):
+def test_damaged_training_checkpoints_are_refused(trained, tmp_path):
     good_bytes = (trained / "run" / "checkpoint.pt").read_bytes()
     good = torch.load(trained / "run" / "checkpoint.pt", weights_only=True)
     model = dict(good["model"])
@@ -116,17 +95,17 @@ def test_damaged_training_checkpoints_are_refused(trained, tmp_path, capsys):
         folder = write_checkpoint(tmp_path / name, **how)
         before = (folder / "checkpoint.pt").read_bytes()
         # --steps beyond the stored step: a run already at its end would stop before loading anything
-        code, _, err = run(capsys, "train", "--resume", folder, "--steps", "1000", "--device", "cpu")
+        code, _, err = run_cli("train", "--resume", folder, "--steps", "1000", "--device", "cpu")
         assert_one_line_error(code, err, "train", words)
         assert (folder / "checkpoint.pt").read_bytes() == before, name
         assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"], name  # nothing else written
 
 
-def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(trained, tmp_path, capsys):
+def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(trained, tmp_path):
     target = tmp_path / "pwned"
     good = torch.load(trained / "run" / "checkpoint.pt", weights_only=True)
-    folder = write_checkpoint(tmp_path / "evil", {**good, "payload": _Exploit(target)})
-    code, _, err = run(capsys, "train", "--resume", folder, "--device", "cpu")
+    folder = write_checkpoint(tmp_path / "evil", {**good, "payload": Exploit(target)})
+    code, _, err = run_cli("train", "--resume", folder, "--device", "cpu")
     assert_one_line_error(code, err, "train", "refusing")
     assert not target.exists()
 
@@ -210,7 +189,7 @@ def test_broken_images_are_skipped_and_counted(tmp_path, capsys):
     assert "unreadable image" in capsys.readouterr().err
 
 
-def test_decompression_bomb_is_skipped(tmp_path, monkeypatch, capsys):
+def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
     Image.new("L", (8, 8), GRAY).save(tmp_path / "a.png")
     Image.new("L", (40, 40), 0).save(tmp_path / "b.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1600 pixels > 2x the limit: PIL refuses b.png
@@ -219,18 +198,18 @@ def test_decompression_bomb_is_skipped(tmp_path, monkeypatch, capsys):
     assert ds.bad == 1 and int(pixels.float().mean()) == GRAY
 
 
-def test_training_on_a_messy_folder_through_the_cli(tmp_path, capsys):
+def test_training_on_a_messy_folder_through_the_cli(tmp_path):
     root = image_folder(tmp_path / "mixed")
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**json.loads(tiny_config().to_json()), "num_classes": 0}))
-    code, _out, err = run(capsys, "train", "--config", config, "--data", root, "--out", tmp_path / "run",
+    code, _out, err = run_cli("train", "--config", config, "--data", root, "--out", tmp_path / "run",
                          "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--device", "cpu")
     assert code == 0, err
     assert "skipped 3 non-image file(s)" in err and "unreadable image" in err and "Traceback" not in err
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def test_folders_without_usable_images_are_one_line(trained, tmp_path, capsys):
+def test_folders_without_usable_images_are_one_line(trained, tmp_path):
     only_text = tmp_path / "text"
     only_text.mkdir()
     (only_text / "a.txt").write_text("x")
@@ -239,9 +218,9 @@ def test_folders_without_usable_images_are_one_line(trained, tmp_path, capsys):
     for i in range(3):
         (all_broken / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * i)
     checkpoint = trained / "run"
-    code, _, err = run(capsys, "nll", "--checkpoint", checkpoint, "--data", only_text)
+    code, _, err = run_cli("nll", "--checkpoint", checkpoint, "--data", only_text)
     assert_one_line_error(code, err, "nll", "no images found")
-    code, _, err = run(capsys, "nll", "--checkpoint", checkpoint, "--data", all_broken)
+    code, _, err = run_cli("nll", "--checkpoint", checkpoint, "--data", all_broken)
     lines = err.strip().splitlines()
     assert code != 0 and "Traceback" not in err
     assert lines[-1].startswith("fractalgen nll: error: ") and "3 unreadable images in a row" in lines[-1]

@@ -5,28 +5,18 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from frame import small_config, tiny_model
 from PIL import Image
 
 import fractalgen
 from fractalgen.cli import main
-from fractalgen.config import ModelConfig
 from fractalgen.settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, SettingsError, resolve_settings
-
-torch.set_num_threads(1)
 
 
 def tiny(kinds=("mar", "mar", "mar"), sizes=(8, 4, 2, 1), guiding=True, seed=0):
-    n = len(sizes)
-    config = ModelConfig(img_sizes=sizes, widths=(16,) * n, blocks=(1,) * n, heads=(2,) * n, kinds=kinds,
-                         channels=1, num_classes=10, num_conds=5 if "mar" in kinds else 1, guiding_pixel=guiding,
-                         attn_dropout=0.0, proj_dropout=0.0, pixel_mean=(0.5,), pixel_std=(0.5,),
-                         cfg=2.0, temperature=1.0, cfg_schedule="linear", num_iter=(4,) * (n - 1))
-    torch.manual_seed(seed)
-    model = fractalgen.build(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return model.eval()
+    config = small_config(sizes, kinds, guiding=guiding, cfg=2.0, temperature=1.0, cfg_schedule="linear",
+                          num_iter=(4,) * (len(sizes) - 1))
+    return tiny_model(config, seed, perturb=0.5)
 
 
 def test_precedence_argument_then_recommendation_then_preset():

@@ -4,7 +4,7 @@ called through `gradio_client` and opened in Chromium (the system's, through Pla
 The server runs with a Python audit hook that reports every network connection and name lookup
 to anything but the loopback address; the last test checks that there was none.
 
-    FRACTALGEN_SCREENSHOT=docs/serve.png pytest tests/test_serve.py   # refresh the README's screenshot
+    FRACTALGEN_SCREENSHOT=docs/serve.png pytest tests/apps/test_serve.py   # refresh the README's screenshot
 """
 import json
 import os
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frame import ROOT
 from PIL import Image
 
 import fractalgen
@@ -325,7 +326,7 @@ def test_inpainting_model_is_chosen_in_one_place():
 
 def test_readme_client_example_runs(server, capsys):
     """The README's gradio_client example (its ```py block), pointed at the test server."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     [example] = re.findall(r"```py\n(.*?)```", readme, re.DOTALL)
     exec(compile(example.replace("http://127.0.0.1:7860/", server.url), "README.md", "exec"), {})
     assert "bits/dim" in capsys.readouterr().out

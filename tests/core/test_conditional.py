@@ -12,36 +12,25 @@ import re
 import numpy as np
 import pytest
 import torch
+from frame import small_config, tiny_model
 from PIL import Image
 from scipy import stats
 
 import fractalgen
 from fractalgen import conditional
 from fractalgen.cli import demo, main
-from fractalgen.config import ModelConfig
 from fractalgen.levels.base import patchify
 from fractalgen.sampling import apply_temperature, guide
-
-torch.set_num_threads(1)  # the test machine has two shared cores
 
 
 def tiny(sizes, kinds, channels=1, guiding=False, num_classes=10, seed=0, peaky=0.0):
     """A small seeded model with perturbed weights; `peaky` scales random pixel-head biases so the
     pixel distribution concentrates on a few values (a chi-square test then has power)."""
-    n = len(sizes)
-    config = ModelConfig(
-        img_sizes=sizes, widths=(16,) * n, blocks=(1,) * n, heads=(2,) * n, kinds=kinds, channels=channels,
-        num_classes=num_classes, num_conds=5 if "mar" in kinds else 1, guiding_pixel=guiding,
-        attn_dropout=0.0, proj_dropout=0.0, pixel_mean=(0.5,) * channels, pixel_std=(0.5,) * channels,
-    )
-    torch.manual_seed(seed)
-    model = fractalgen.build(config)
+    model = tiny_model(small_config(sizes, kinds, channels, guiding, num_classes), seed, perturb=0.5)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
         for bias in model.pixel_head.logit_bias:
             bias.add_(peaky * torch.randn_like(bias))
-    return model.eval()
+    return model
 
 
 def random_images(model, n, seed=0):
