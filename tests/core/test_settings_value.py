@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fractalgen
-from fractalgen.checkpoint import CheckpointError, check_sampling
+from fractalgen.formats.checks import CheckpointError, check_sampling
 from fractalgen.cli.options import setting
 from fractalgen.config import ConfigError, ModelConfig
 from fractalgen.settings import (
