@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .model import FractalModel, check_labels, class_indices, eval_mode
+from .model import FractalModel, as_labels, check_labels, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
 from .samples import make_generator, step_callback, to_uint8
@@ -215,10 +215,9 @@ def _as_labels(model: FractalModel, labels, n: int) -> torch.Tensor | None:
     if k == 0:
         raise ConditionalInputError("this model is unconditional: it takes no class label")
     try:
-        labels = class_indices(labels, model.class_names)
+        labels = as_labels(labels, "cpu", model.class_names)  # floats and booleans refused, as sample refuses them
     except ValueError as e:
         raise ConditionalInputError(str(e)) from None
-    labels = torch.as_tensor(labels, dtype=torch.long).view(-1).cpu()
     if labels.numel() == 1:
         labels = labels.expand(n)
     if labels.numel() != n:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -75,6 +76,12 @@ class FractalModel(nn.Module):
         c, s = self.config.channels, self.config.img_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"images must be (N, {c}, {s}, {s}), got {tuple(images.shape)}")
+        if images.is_complex() or images.dtype == torch.bool:
+            raise TypeError(f"images must be uint8 pixel values 0..255, got a {images.dtype} tensor")
+        if images.is_floating_point() and images.numel() and not (
+                bool((images == images.round()).all()) and 0 <= float(images.min()) and float(images.max()) <= 255):
+            raise ValueError("images must hold pixel values 0..255 (uint8); these floats are not whole numbers in "
+                             "that range (scale images in [0, 1] by 255 and round)")
 
     def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
@@ -232,6 +239,8 @@ def class_indices(labels, class_names: tuple[str, ...] | None):
 def as_labels(labels, device, class_names: tuple[str, ...] | None = None) -> torch.Tensor:
     """Class labels as int64 (B,); class names (see class_indices) become their indices; floats,
     booleans and other text are refused rather than truncated."""
+    if isinstance(labels, np.ndarray):  # numpy's integers become a tensor; its floats and booleans are refused below
+        labels = torch.from_numpy(np.ascontiguousarray(labels)) if labels.dtype.kind in "iufcb" else labels.tolist()
     labels = class_indices(labels, class_names)
     values = labels if isinstance(labels, torch.Tensor) else None
     if values is None:

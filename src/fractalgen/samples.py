@@ -9,6 +9,7 @@ draws other images (a batch shares one random stream).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,6 +43,8 @@ def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> t
         return len(labels), labels
     if n is None:
         raise ValueError("give labels or n")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n (how many images) must be an integer >= 0, got {n!r}")
     return int(n), None
 
 
@@ -76,9 +79,10 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     settings = resolve_settings(model, settings=settings, **given)
     total, labels = count_and_labels(labels, n, model.class_names)
     autocast = precision_context(precision, model.device)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 (or None: one batch), got {batch_size!r}")
     batch_size = batch_size or max(total, 1)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = []
     for i, start in enumerate(range(0, total, batch_size)):
         count = min(batch_size, total - start)

@@ -19,6 +19,9 @@ FORMAT_VERSION = "1"
 def stored_tensors(state: dict, dtype: torch.dtype | None = None) -> dict:
     """A state dict as safetensors stores it: detached, on the CPU, contiguous; floating-point
     tensors in `dtype` when given (e.g. torch.bfloat16 halves the file)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, ...), "
+                         f"got {dtype!r}")
     return {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
             .cpu().contiguous() for k, v in state.items()}
 
