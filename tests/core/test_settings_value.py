@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import fractalgen
-from fractalgen.formats.checks import CheckpointError, check_sampling
 from fractalgen.cli.options import setting
 from fractalgen.config import ConfigError, ModelConfig
+from fractalgen.formats.checks import CheckpointError, check_sampling
 from fractalgen.settings import (
     SCHEDULE_NAMES,
     SamplingSettings,
