@@ -36,10 +36,10 @@ class SettingsError(UserError, ValueError):
     so each door can word the line its own way (argparse names the flag, a file names its field).
     """
 
-    def __init__(self, setting: str, wanted: str, got: Any, numeric: bool = False):
+    def __init__(self, setting: str, wanted: str, got: Any, numeric: bool = False, why: str = ""):
         self.setting, self.wanted, self.got = setting, wanted, got
         self.phrase = f"a number {wanted}" if numeric and wanted[:1] in "<>" else wanted
-        super().__init__(f"{setting} must be {self.phrase}, got {shown(got)}")
+        super().__init__(f"{setting} must be {self.phrase}, got {shown(got)}" + (f" ({why})" if why else ""))
 
 
 def shown(value) -> str:
@@ -70,10 +70,14 @@ def check_setting(name: str, value, num_levels: int | None = None):
             raise SettingsError(name, "finite", value)
         low, low_strict, high = {"cfg": (-SETTING_MAX, False, SETTING_MAX), "temperature": (0.0, True, SETTING_MAX),
                                  "filter_threshold": (0.0, False, 1.0)}[name]
+        why = f"cfg and temperature are at most {SETTING_MAX:g} in size: larger ones overflow the sampler"
+        if name == "cfg" and value < -SETTING_MAX:
+            raise SettingsError(name, f"a number between {-SETTING_MAX:g} and {SETTING_MAX:g}", value, why=why)
         if value < low or (low_strict and value == low):
-            raise SettingsError(name, f"{'>' if low_strict else '>='} {low:g}", value, numeric=True)
+            raise SettingsError(name, f"{'>' if low_strict else '>='} {low:g}", value, numeric=True,
+                                why=why if value < -SETTING_MAX else "")
         if value > high:
-            raise SettingsError(name, f"<= {high:g}", value, numeric=True)
+            raise SettingsError(name, f"<= {high:g}", value, numeric=True, why=why if high == SETTING_MAX else "")
         return value
     if name == "cfg_schedule":
         if value not in SCHEDULE_NAMES:
