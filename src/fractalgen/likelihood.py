@@ -74,7 +74,7 @@ def measure_images(model: FractalModel, images: torch.Tensor, passes: int | None
                    batch_size: int = 100, seed: int = 0, progress: Callable[[int], None] | None = None,
                    source: str = "the images") -> dict:
     """Bits/dim of uint8 images (N, C, H, W) with its standard error:
-    {'bits_per_dim', 'stderr', 'images', 'passes'}.
+    {'bits_per_dim', 'stderr', 'images', 'passes', 'per_image'} (per_image: each image's bits/dim).
 
     passes defaults to 1 for AR-only models (exact) and 4 when a MAR level draws random masks; `seed`
     fixes those masks. `source` names the images in the error for a damaged model.
@@ -90,7 +90,8 @@ def measure_images(model: FractalModel, images: torch.Tensor, passes: int | None
         raise UserError(f"the likelihood is not finite (NaN or infinite bits/dim) for {bad} of {n} image(s) "
                         f"from {source}: the model's weights or config are damaged")
     stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # one image: no spread to measure
-    return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes}
+    return {"bits_per_dim": float(per_image.mean()), "stderr": stderr, "images": n, "passes": passes,
+            "per_image": per_image.double().cpu().tolist()}
 
 
 def measure(model: FractalModel, data: str, split: str = "val", passes: int | None = None, limit: int | None = None,

@@ -130,7 +130,7 @@ def test_nll_reports_bits_per_dim_with_stderr(tiny_run):
                            "--device", "cpu", "--json")
     result = last_json(out)
     assert code == 0 and "bits/dim" in out
-    assert set(result) == {"bits_per_dim", "stderr", "images", "passes"} and result["images"] == 12
+    assert set(result) == {"bits_per_dim", "stderr", "images", "passes", "per_image"} and result["images"] == 12
     model = fractalgen.load(tiny_run / "run")
     images = torch.from_numpy(np.load(tiny_run / "digits.npz")["images"])[:, None]
     assert result["bits_per_dim"] == pytest.approx(fractalgen.bits_per_dim(model, images), abs=1e-5)
@@ -257,3 +257,29 @@ def test_sample_grid_layout_and_scale(tiny_run, tmp_path):
     pictures = fractalgen.to_pil(images)
     assert [(p.size, p.mode) for p in pictures] == [((8, 8), images.shape[1] == 1 and "L" or "RGB")] * 4
     assert np.array_equal(np.asarray(pictures[1]).reshape(-1), images[1].permute(1, 2, 0).numpy().reshape(-1))
+
+
+def test_nll_of_picture_files_per_image_with_maps_named_after_them(tmp_path):
+    """Single files and folders are measured as the model reads them; --per-image prints a line each,
+    --json carries every image, and each map is named after its picture."""
+    from PIL import Image
+
+    import fractalgen
+
+    digits, _ = fractalgen.mnist_heldout()
+    folder = tmp_path / "more"
+    folder.mkdir()
+    Image.fromarray(digits[0, 0]).save(tmp_path / "seven.png")
+    for i in (1, 2):
+        Image.fromarray(digits[i, 0]).save(folder / f"d{i}.png")
+    result = run_cli("nll", tmp_path / "seven.png", folder, "--per-image", "--maps", tmp_path / "maps", "--json",
+                     "--threads", "1")
+    assert result.code == 0, result.err
+    per_image = result.json["per_image"]
+    assert [p["name"] for p in per_image] == ["seven", "d1", "d2"] and result.json["images"] == 3
+    assert all(f"{p['name']}\t{p['bits_per_dim']:.4f}" in result.out for p in per_image)
+    expected = fractalgen.nll_per_image(fractalgen.load("mnist"), torch.from_numpy(digits[:3]))
+    assert [p["bits_per_dim"] for p in per_image] == pytest.approx(expected.tolist(), abs=1e-5)  # --json rounds
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["d1_map.png", "d2_map.png", "seven_map.png"]
+    missing = run_cli("nll", tmp_path / "none.png")
+    assert missing.code != 0 and len(missing.err.strip().splitlines()) == 1

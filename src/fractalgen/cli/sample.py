@@ -141,7 +141,9 @@ def output_folder(out: Path, names: list[str], overwrite: bool) -> Path:
 # ---- nll ---------------------------------------------------------------------------------------
 
 def add_nll(sub):
-    p = sub.add_parser("nll", help="held-out likelihood in bits/dim (with its standard error)")
+    p = sub.add_parser("nll", help="likelihood in bits/dim (with its standard error) of picture files or a dataset")
+    p.add_argument("files", nargs="*", help="picture files or folders of them, read as the model's input (as "
+                   "`fractalgen inpaint` reads them); without them, --data is measured")
     add_checkpoint(p)
     p.add_argument("--data", default="mnist", help="'mnist', an image folder, or an .npz file")
     p.add_argument("--split", default="val", choices=["train", "val"], help="which split of --data")
@@ -154,6 +156,8 @@ def add_nll(sub):
                    "bits per pixel (fractalgen.pixel_bits), one colour scale for all; when it already holds maps, "
                    "a fresh numbered subfolder (MAPS/002, ...) is used")
     p.add_argument("--overwrite", action="store_true", help="replace the maps of an earlier run in --maps")
+    p.add_argument("--per-image", action="store_true", help="also print one line per image: its name and bits/dim "
+                   "(--json always carries every image)")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_nll)
@@ -165,26 +169,66 @@ def run_nll(args) -> int:
 
     model = load_model(args)
     c = model.config
-    images, _ = stack(load_dataset(args.data, args.split, c.img_size, c.channels), args.limit)
-    maps = maps_target(images, args) if args.maps else None  # a bad --maps folder fails before the long pass
+    if args.files:
+        images, names = read_pictures(args.files, model, args.limit)
+        source = f"{len(names)} file(s)"
+    else:
+        images, _ = stack(load_dataset(args.data, args.split, c.img_size, c.channels), args.limit)
+        names, source = [f"{i:05d}" for i in range(images.shape[0])], f"{args.data}/{args.split}"
+    maps = maps_target(images, names, args) if args.maps else None  # a bad --maps folder fails before the long pass
     with progress_bar(None, "likelihood") as bar:
         result = measure_images(model, images, args.passes, args.batch_size, args.seed, progress=bar.update,
-                                source=args.data)
+                                source=args.data if not args.files else source)
     spread = (f"+- {result['stderr']:.4f} (standard error; " if result["stderr"] is not None
               else "(one image: no standard error; ")
-    print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {args.data}/{args.split}, "
+    print(f"bits/dim: {result['bits_per_dim']:.4f} {spread}{result['images']} images from {source}, "
           f"{result['passes']} pass(es))")
+    if args.per_image:
+        for name, bits in zip(names, result["per_image"], strict=True):
+            print(f"{name}\t{bits:.4f}")
+    result["per_image"] = [{"name": name, "bits_per_dim": bits}
+                           for name, bits in zip(names, result["per_image"], strict=True)]
     if maps is not None:
         result["maps"] = write_maps(model, args, *maps)
     emit_json(args, result)
     return 0
 
 
-def maps_target(images, args):
-    """The images `nll` measures, the maps' file names ({index:05d}_map.png) and their folder (checked writable)."""
+def read_pictures(sources: list[str], model, limit: int | None):
+    """uint8 (N, C, S, S) and a name per picture from picture files and folders of them (sorted by name),
+    each read as the model's input; a note line for each picture the reading changed."""
+    import torch
+
+    from ..data import IMAGE_EXTENSIONS
+    from ..images import read_image
+
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise UserError(f"no picture files in {source}")
+            paths += found
+        else:
+            paths.append(source)  # a missing or unreadable file is the reader's one line
+    paths = paths[:limit] if limit else paths
+    pixels = []
+    for path in paths:
+        image, notes = read_image(path, model)
+        for note in notes:
+            print(f"note: {path}: {note}", file=sys.stderr)
+        pixels.append(image)
+    stems = [p.stem for p in paths]
+    names = stems if len(set(stems)) == len(stems) else [f"{i:05d}_{s}" for i, s in enumerate(stems)]
+    return torch.stack(pixels), names
+
+
+def maps_target(images, image_names: list[str], args):
+    """The images `nll` measures, the maps' file names (NAME_map.png, after each input) and their folder
+    (checked writable)."""
     from ..files import check_writable
 
-    names = [f"{i:05d}_map.png" for i in range(images.shape[0])]
+    names = [f"{name}_map.png" for name in image_names]
     out = output_folder(Path(args.maps), names, args.overwrite)
     check_writable(out)
     return images, names, out
