@@ -251,6 +251,11 @@ def test_sample_grid_layout_and_scale(tiny_run, tmp_path):
                          "--nrow", "1", "--scale", "3", "--out", tmp_path / "a", "--device", "cpu")
     assert code == 0  # 4 rows of one 8x8 image tripled, padding 2*3 between and around
     assert Image.open(tmp_path / "a" / "grid.png").size == (8 * 3 + 2 * 6, 4 * (8 * 3 + 6) - 6 + 2 * 6)
+    code, _, err = run_cli("sample", "--checkpoint", tiny_run / "run", "--classes", "0", "--per-class", "2",
+                           "--nrow", "2", "--scale", "5", "--out", tmp_path / "g", "--gif", tmp_path / "g.gif",
+                           "--device", "cpu")
+    assert code == 0, err  # the GIF's frames take --scale too: two 8x8 images x5, padding 2*5
+    assert Image.open(tmp_path / "g.gif").size == (2 * (8 * 5 + 10) - 10 + 2 * 10, 8 * 5 + 2 * 10)
     images = fractalgen.sample(fractalgen.load(str(tiny_run / "run")), labels=[0, 1, 0, 1], seed=0, threads=None)
     fractalgen.save_grid(images, tmp_path / "auto.png")  # near-square, enlarged to a readable cell
     assert Image.open(tmp_path / "auto.png").size == (2 * (64 + 16) - 16 + 2 * 16,) * 2

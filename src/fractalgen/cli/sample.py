@@ -106,7 +106,8 @@ def run_sample(args) -> int:
         check_writable(Path(args.gif).parent)
     several_classes = labels is not None and len(set(labels)) > 1
     nrow = args.nrow or (args.per_class if several_classes and args.per_class else None)
-    recorder = GenerationRecorder(nrow=min(nrow or min(n, 10), args.batch_size)) if args.gif else None
+    gif_rows = min(nrow or min(n, 10), args.batch_size)
+    recorder = GenerationRecorder(nrow=gif_rows, scale=args.scale or 4) if args.gif else None
     started = time.time()
     images = draw(model, labels, n, settings, args, on_step=recorder)
     seconds = time.time() - started
