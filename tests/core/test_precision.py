@@ -77,6 +77,21 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
         resolve_precision("bf16", "cuda")
 
 
+def test_bf16_is_refused_where_the_gpu_only_emulates_it(monkeypatch):
+    """V100 and T4 (compute capability 7.x) report bf16 as supported, but emulate it: training or sampling
+    there in bf16 is slower than fp32, so asking for it is one error line; 8.0 and up run it."""
+    from fractalgen.errors import UserError
+    from fractalgen.nn import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    for capability in ((7, 0), (7, 5)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        with pytest.raises(UserError, match=f"compute capability {capability[0]}.{capability[1]}.*only emulates"):
+            resolve_precision("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_precision("bf16", "cuda") == "bf16"
+
+
 def test_fp32_islands_hold_under_autocast(monkeypatch):
     """Autocast lists SDPA among its bf16 ops: the attention (and the pixel logits) must run with it
     switched off, on the fp32 tensors they are handed, or the fp32 islands are silently bf16."""

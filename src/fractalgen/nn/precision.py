@@ -33,8 +33,13 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         native = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         return "bf16" if native else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PrecisionError("this GPU cannot run bf16: use precision fp32 (--precision fp32)")
+    if precision == "bf16" and device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise PrecisionError("this GPU cannot run bf16: use precision fp32 (--precision fp32)")
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:  # torch emulates bf16 there (V100, T4): slower than fp32, with bf16's rounding
+            raise PrecisionError(f"this GPU (compute capability {major}.{minor}) only emulates bf16, slower than "
+                                 "fp32: use precision fp32 (--precision fp32), or auto")
     return precision
 
 
