@@ -131,3 +131,20 @@ def test_tied_cross_entropy_equals_the_plain_one(layout):
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_cross_entropy_chunk_follows_the_device():
+    """Small chunks on a CPU (its caches), large ones on a GPU (its launches); any chunk gives the same
+    values and gradients."""
+    from fractalgen.nn.cross_entropy import CHUNK_ROWS, CHUNK_ROWS_GPU, chunk_rows, tied_cross_entropy
+
+    assert chunk_rows("cpu") == CHUNK_ROWS < CHUNK_ROWS_GPU == chunk_rows("cuda") == chunk_rows("mps")
+    torch.manual_seed(0)
+    h = torch.randn(3, 2100, 6, dtype=torch.float64, requires_grad=True)
+    table, bias = torch.randn(3, 11, 6, dtype=torch.float64), torch.randn(3, 1, 11, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 2100))
+    results = [tied_cross_entropy(h, table, bias, targets, chunk=chunk) for chunk in (None, CHUNK_ROWS_GPU, 7)]
+    grads = [torch.autograd.grad(r.sum(), h)[0] for r in results]
+    for r, g in zip(results[1:], grads[1:], strict=True):
+        torch.testing.assert_close(r, results[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, grads[0], rtol=1e-12, atol=1e-12)
