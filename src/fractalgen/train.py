@@ -272,6 +272,14 @@ class LossModule(nn.Module):
         return self.model.loss(images, labels, masks=self.masks)
 
 
+def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
+    """Whether a training step may leave a parameter without a gradient, so that DDP must search for
+    unused parameters after every forward. Every parameter takes part when labels reach the model and
+    some are dropped (the null class enters through torch.where even in a batch where none is);
+    otherwise the class embedding (no labels) or the null class (no dropping) sits out."""
+    return not labelled or config.num_classes == 0 or config.label_drop_prob == 0
+
+
 def param_groups(model: nn.Module, weight_decay: float):
     """Official rule: weight decay on matrices only (none on biases, norms or other 1-D parameters)."""
     decay, no_decay = [], []
@@ -632,9 +640,9 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         check_writable(out)
     batches.start = step
     if d.enabled and not sharded:
-        # Some parameters sit out some steps (null_class when no label is dropped): find them each step.
         loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=some_parameters_sit_out(config, labelled))
     # Its own generator: creating the iterator must not draw from the (restored) global RNG stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
                                          num_workers=loader_workers(options.num_workers, device),

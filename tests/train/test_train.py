@@ -242,3 +242,21 @@ def test_training_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("preset", ["tiny_ar", "tiny_mar"])
+def test_ddp_searches_for_unused_parameters_only_where_some_sit_out(preset):
+    """DDP's search for unused parameters costs a graph walk per step: it is on exactly when a step can
+    leave a parameter without a gradient (probed here with one backward each way)."""
+    from fractalgen.train import LossModule, some_parameters_sit_out
+
+    model = fractalgen.build(preset)
+    c = model.config
+    images = torch.randint(0, 256, (4, c.channels, c.img_size, c.img_size), dtype=torch.uint8)
+    for labels, drop in ((torch.tensor([0, 1, 2, 3]), c.label_drop_prob), (None, c.label_drop_prob),
+                         (torch.tensor([0, 1, 2, 3]), 0.0)):
+        probe = fractalgen.build(c.replace(label_drop_prob=drop))
+        torch.manual_seed(0)
+        LossModule(probe)(images, labels).backward()
+        unused = [name for name, p in probe.named_parameters() if p.grad is None]
+        assert some_parameters_sit_out(probe.config, labels is not None) == bool(unused), (labels, drop, unused)
