@@ -679,18 +679,18 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 group["lr"] = lr
             with autocast:
                 loss = loss_module(images, labels)
-            # One collective per step: the mean loss for logging, and whether any rank was asked to stop.
-            loss_value, stopping = reduce_status(loss.detach(), stop.signum is not None, d)
-            if not math.isfinite(loss_value):  # every rank sees the reduced value, so all stop together
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # queued behind the forward: nothing is read back in between
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            # One collective and one read-back per step: the mean loss, the gradient norm, and whether any
+            # rank was asked to stop. Every rank sees the same values, so all stop together.
+            loss_value, grad_norm, stopping = reduce_status(loss.detach(), grad_norm, stop.signum is not None, d)
+            if not math.isfinite(loss_value):
                 raise UserError(f"loss is {loss_value} at step {step}; stopped before updating the weights "
                                 f"(the last checkpoint, if any, is kept)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise UserError(f"gradient norm is {float(grad_norm)} at step {step}; stopped before updating "
+            if not math.isfinite(grad_norm):
+                raise UserError(f"gradient norm is {grad_norm} at step {step}; stopped before updating "
                                 f"the weights (the last checkpoint, if any, is kept)")
-            grad_norm = float(grad_norm)  # on every rank: under FSDP the norm is sharded and this gathers it
             optimizer.step()
             step += 1
             seen += images.shape[0] * d.world
@@ -719,13 +719,17 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             "interrupted": int(interrupted) if interrupted else None, "rank": d.rank, "already_done": False}
 
 
-def reduce_status(loss: torch.Tensor, stop: bool, d: Dist) -> tuple[float, bool]:
-    """(mean loss over ranks, whether any rank asked to stop)."""
-    if not d.enabled:
-        return float(loss), stop
-    status = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
-    dist.all_reduce(status)
-    return float(status[0]) / d.world, bool(status[1] > 0)
+def reduce_status(loss: torch.Tensor, grad_norm: torch.Tensor, stop: bool, d: Dist) -> tuple[float, float, bool]:
+    """(mean loss over ranks, gradient norm, whether any rank asked to stop), read back at once."""
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm is sharded over ranks; this gathers it
+        grad_norm = grad_norm.full_tensor()
+    status = torch.stack([loss.float(), grad_norm.float().to(loss.device),
+                          torch.tensor(float(stop), device=loss.device)])
+    if d.enabled:
+        dist.all_reduce(status)
+        status[:2] /= d.world  # the norm is the same on every rank: its mean is itself
+    loss_value, norm, stopping = status.tolist()
+    return loss_value, norm, stopping > 0
 
 
 def tensorboard_writer(out: Path):

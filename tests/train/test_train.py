@@ -198,7 +198,7 @@ def cuda_seed_at_first_step(monkeypatch, tmp_path, rank: int, world: int = 4) ->
                         lambda device: (Dist(rank, world, rank), torch.device("cpu")))
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **kwargs: module)
 
-    def first_step(loss, stop, d):
+    def first_step(*status):
         raise FirstStep(seeds[-1])
 
     monkeypatch.setattr(train_module, "reduce_status", first_step)
