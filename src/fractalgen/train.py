@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from .samples import sample
 from .settings import SEED_MAX
 from .trainlog import MetricsLog
 
+COLLECTIVE_TIMEOUT = timedelta(hours=2)  # how long a rank may wait for the others (see train_locked)
 MAR_MASKS = {"official": "train", "uniform": "uniform"}  # TrainOptions.mar_masks -> the MAR levels' mask spec
 
 
@@ -551,7 +553,9 @@ def check_run_folder(out: Path, resume: str | None):
 
 def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock, classes_from_data: bool,
                  dry_run: bool) -> dict:
-    d, device = setup_distributed(options.device)
+    # The other ranks wait in the next step's collective while rank 0 samples a preview or writes a
+    # checkpoint: minutes for a large model, beyond NCCL's default timeout.
+    d, device = setup_distributed(options.device, timeout=COLLECTIVE_TIMEOUT)
     if d.main and not dry_run:  # one writer per run folder, from before anything in it is read or checked
         lock.acquire()  # also removes temporary files a killed run left here
         check_run_folder(Path(options.out), options.resume)

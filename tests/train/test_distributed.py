@@ -129,7 +129,7 @@ def test_torchrun_fsdp_equals_one_process_and_checkpoints_cross_over(single):
 
 def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
     data = tiny_data(tmp_path / "d.npz")
-    monkeypatch.setattr(train_module, "setup_distributed", lambda device: (Dist(0, 2), torch.device("cpu")))
+    monkeypatch.setattr(train_module, "setup_distributed", lambda device, **kwargs: (Dist(0, 2), torch.device("cpu")))
     with pytest.raises(UserError, match="global batch 5 is not divisible by 2 processes"):
         train(tiny_config(), single_options(data, tmp_path / "run", batch_size=5))
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -195,7 +195,7 @@ def cuda_seed_at_first_step(monkeypatch, tmp_path, rank: int, world: int = 4) ->
     monkeypatch.setattr(torch.cuda, "manual_seed_all", seeds.append)
     monkeypatch.setattr(torch.cuda, "manual_seed", seeds.append)
     monkeypatch.setattr(train_module, "setup_distributed",
-                        lambda device: (Dist(rank, world, rank), torch.device("cpu")))
+                        lambda device, **kwargs: (Dist(rank, world, rank), torch.device("cpu")))
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **kwargs: module)
 
     def first_step(*status):
