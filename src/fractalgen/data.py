@@ -207,6 +207,16 @@ def mnist_heldout() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images[:, None]), labels.astype(np.int64)
 
 
+def source_path(spec: str) -> Path:
+    """The image folder or .npz file `spec` names (other than 'mnist'), or one UserError line."""
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"data not found: {spec} (give 'mnist', an image folder or an .npz file)")
+    if path.is_file() and path.suffix != ".npz":
+        raise UserError(f"{spec}: expected an .npz file or an image folder")
+    return path
+
+
 def load_dataset(spec: str, split: str, size: int, channels: int):
     """A dataset at the model's size and channel count from `mnist`, an image folder, or an .npz file."""
     if split not in ("train", "val"):
@@ -214,12 +224,8 @@ def load_dataset(spec: str, split: str, size: int, channels: int):
     if spec == "mnist":
         images, labels = mnist_split(split)
         return array_dataset(images, labels, size, channels, f"mnist/{split}", num_classes=10)
-    path = Path(spec)
-    if not path.exists():
-        raise UserError(f"data not found: {spec} (give 'mnist', an image folder or an .npz file)")
+    path = source_path(spec)
     if path.is_file():
-        if path.suffix != ".npz":
-            raise UserError(f"{spec}: expected an .npz file or an image folder")
         images, labels = read_image_npz(path)
         return array_dataset(images, labels, size, channels, str(path))
     root = folder_root(spec, split)
@@ -300,12 +306,8 @@ def describe_data(spec: str) -> DataSummary:
         counts = np.bincount(mnist_split("train")[1], minlength=10)
         return DataSummary("mnist", "array", {"train": len(images) - MNIST_VAL, "val": MNIST_VAL}, None,
                            tuple(int(c) for c in counts), ((28, 28),), (1,), len(images))
-    path = Path(spec)
-    if not path.exists():
-        raise UserError(f"data not found: {spec} (give 'mnist', an image folder or an .npz file)")
+    path = source_path(spec)
     if path.is_file():
-        if path.suffix != ".npz":
-            raise UserError(f"{spec}: expected an .npz file or an image folder")
         images, labels = read_image_npz(path)
         counts = () if labels is None else tuple(int(c) for c in np.bincount(np.asarray(labels).astype(np.int64)))
         channels = images.shape[3] if images.ndim == 4 else 1

@@ -14,7 +14,7 @@ import torch
 
 from ..codec import DEFAULT_BATCH, IMAGES_PER_STREAM, MAX_IMAGES_PER_STREAM
 from ..errors import UserError
-from .options import add_checkpoint, add_json, add_runtime, emit_json, integer, load_model
+from .options import add_checkpoint, add_json, add_runtime, emit_json, integer, load_model, picture_files
 
 
 def register(subparsers):
@@ -79,19 +79,8 @@ def read_inputs(sources: list[str], channels: int, size: int, with_labels: bool)
     if len(sources) == 1 and sources[0].endswith(".npz"):
         return read_npz_images(Path(sources[0]), channels, size, with_labels)
     from ..files import label_of
-    from ..images import IMAGE_EXTENSIONS
 
-    paths = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not found:
-                raise UserError(f"no image files in {source}")
-            paths += found
-        elif source.is_file():
-            paths.append(source)
-        else:
-            raise UserError(f"not found: {source}")
+    paths = picture_files(sources)
     images = np.stack([read_image(p, channels, size) for p in paths])
     labels = None
     if with_labels:

@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -293,3 +294,22 @@ def clean_numbers(value, digits: int = 6):
     if isinstance(value, (list, tuple)):
         return [clean_numbers(v, digits) for v in value]
     return value
+
+
+def picture_files(sources: list[str]) -> list[Path]:
+    """Picture files named on the command line, folders expanded to their pictures (sorted by name);
+    a missing source or a folder without pictures is one error line."""
+    from ..images import IMAGE_EXTENSIONS
+
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise UserError(f"no image files in {source}")
+            paths += found
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise UserError(f"not found: {source}")
+    return paths

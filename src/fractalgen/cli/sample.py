@@ -20,6 +20,7 @@ from .options import (
     emit_json,
     integer,
     load_model,
+    picture_files,
     precision_used,
     progress_bar,
     seed,
@@ -200,18 +201,9 @@ def read_pictures(sources: list[str], model, limit: int | None):
     each read as the model's input; a note line for each picture the reading changed."""
     import torch
 
-    from ..data import IMAGE_EXTENSIONS
     from ..images import read_image
 
-    paths: list[Path] = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not found:
-                raise UserError(f"no picture files in {source}")
-            paths += found
-        else:
-            paths.append(source)  # a missing or unreadable file is the reader's one line
+    paths = picture_files(sources)
     paths = paths[:limit] if limit else paths
     pixels = []
     for path in paths:
