@@ -37,12 +37,13 @@ from .files import check_writable, save_grid
 from .formats import load as load_checkpoint
 from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
+from .guidance import can_choose, choose_guidance, train_judge
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import LOCK_NAME, RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
 from .samples import sample
-from .settings import SEED_MAX
+from .settings import SEED_MAX, resolve_settings
 from .trainlog import MetricsLog
 
 COLLECTIVE_TIMEOUT = timedelta(hours=2)  # how long a rank may wait for the others (see train_locked)
@@ -717,10 +718,37 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed, precision)
     if writer is not None:
         writer.close()
+    if d.main and labelled and not sharded and not interrupted and step == total:
+        recommend_guidance(model, dataset, options, out, step)
     if dist.is_initialized():
         dist.destroy_process_group()
     return {"step": step, "total": total, "loss": loss_value, "seconds": time.time() - started,
             "interrupted": int(interrupted) if interrupted else None, "rank": d.rank, "already_done": False}
+
+
+GUIDANCE_MIN_STEPS = 200  # shorter runs keep the config's guidance scale: their samples say little yet
+JUDGE_IMAGES = 2000  # training images the judge learns from at most (spread over the whole set)
+JUDGE_MIN_ACCURACY = 0.8  # on those images; a judge below it cannot tell the classes apart, nor measure them
+
+
+def recommend_guidance(model: FractalModel, dataset, options: TrainOptions, out: Path, steps: int):
+    """At the end of a class-conditional run of `steps` steps: measure which guidance scale makes the
+    classes visible (guidance.py) and store it as the model's recommendation in out/model.safetensors."""
+    if not can_choose(model) or steps < GUIDANCE_MIN_STEPS or len(dataset) < 2 * model.config.num_classes:
+        return
+    picked = torch.linspace(0, len(dataset) - 1, min(JUDGE_IMAGES, len(dataset))).long().tolist()
+    items = [dataset[i] for i in picked]
+    images, labels = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+    judge = train_judge(images, labels, model.config.num_classes, flip=options.flip, seed=options.seed)
+    accuracy = judge.accuracy(images, labels)
+    if accuracy < JUDGE_MIN_ACCURACY:
+        print(f"note: guidance not measured: a classifier trained on the images tells only {accuracy:.0%} of "
+              f"them apart; the recommended cfg stays {resolve_settings(model).cfg:g}", flush=True)
+        return
+    choice = choose_guidance(model, judge, seed=options.seed)
+    model.recommended = {**model.recommended, "cfg": choice.cfg}
+    save_ours(model, out / "model.safetensors")
+    print(f"guidance: {choice.summary()} (stored in {out / 'model.safetensors'})", flush=True)
 
 
 def reduce_status(loss: torch.Tensor, grad_norm: torch.Tensor, stop: bool, d: Dist) -> tuple[float, float, bool]:
