@@ -19,49 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .shapes import CLASSES, make_shapes
 
 CFGS = (1.0, 2.0, 4.0)
 
 
-class ShapeClassifier(nn.Module):
-    """Two conv layers and a linear read-out over the pooled features: (N, C, H, W) in [0, 1] -> logits."""
-
-    def __init__(self, channels: int, classes: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.out = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.relu(self.conv2(x))
-        return self.out(x.mean((2, 3)))
-
-
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 400, seed: int = 0) -> ShapeClassifier:
-    """uint8 (N, C, H, W) and labels -> a classifier (random flips as augmentation)."""
-    torch.manual_seed(seed)
-    model = ShapeClassifier(images.shape[1], int(labels.max()) + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x = images.float() / 255
-    for _ in range(steps):
-        index = torch.randint(0, len(x), (min(64, len(x)),))
-        batch = x[index]
-        batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch.flip(-1), batch)
-        loss = F.cross_entropy(model(batch), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @torch.no_grad()
-def accuracy_per_class(classifier, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    predicted = classifier(images.float() / 255).argmax(1)
+def accuracy_per_class(judge, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    predicted = judge(images).argmax(1)
     return [float((predicted[labels == c] == c).float().mean()) for c in range(int(labels.max()) + 1)]
 
 
@@ -92,12 +58,14 @@ def main(argv=None):
 
     import fractalgen
     from fractalgen.data import load_dataset, stack
+    from fractalgen.guidance import train_judge
 
     model = fractalgen.load(run / "model.safetensors")
     assert model.class_names == CLASSES, model.class_names
     train_images, train_labels = stack(load_dataset(str(data), "train", args.size, 3))
     val_images, val_labels = stack(load_dataset(str(data), "val", args.size, 3))
-    classifier = train_classifier(train_images, train_labels)
+    # The judge `fractalgen train` uses for its guidance, trained here with another seed.
+    classifier = train_judge(train_images, train_labels, len(CLASSES), flip=True, seed=1)
     print(f"classifier on the held-out images: {sum(accuracy_per_class(classifier, val_images, val_labels)) / 4:.1%}")
     recommended = fractalgen.resolve_settings(model).cfg
     rows = []
