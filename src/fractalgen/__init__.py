@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .codec import CodecError, compress, decompress
 from .conditional import edit, inpaint, outpaint, uncrop
-from .config import PRESETS, ConfigError, LevelConfig, ModelConfig, get_config
+from .config import PRESETS, ConfigError, ConfigLike, LevelConfig, ModelConfig, get_config
 from .data import mnist_heldout
 from .files import save_grid, to_pil
 from .formats import CheckpointError, export, load, save, save_official, save_pretrained
@@ -23,7 +23,7 @@ from .settings import SamplingSettings, resolve_settings
 from .version import __version__ as __version__
 
 
-def build(config) -> FractalModel:
+def build(config: ConfigLike) -> FractalModel:
     """A freshly initialised model from a preset name, a ModelConfig or a dict (ours or official names)."""
     return FractalModel(get_config(config))
 

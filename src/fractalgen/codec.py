@@ -42,6 +42,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
@@ -102,8 +103,8 @@ class Header:
 # ---- public API --------------------------------------------------------------------------------
 
 @uses_threads
-def compress(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = DEFAULT_BATCH,
-             images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
+def compress(model: FractalModel, images: torch.Tensor, labels: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+             batch_size: int = DEFAULT_BATCH, images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
     """Losslessly compress uint8 images (N, C, H, W) at the model's size into bytes.
 
     labels (N,) make the class-conditional model code the images, and are stored; None codes
@@ -556,7 +557,8 @@ def pixel_checksum(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
     return h.digest()[:8]
 
 
-def check_inputs(model: FractalModel, images, labels):
+def check_inputs(model: FractalModel, images: torch.Tensor | np.ndarray,
+                 labels: Sequence[int] | torch.Tensor | np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     c = model.config
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:

@@ -52,7 +52,7 @@ class ConditionalInputError(UserError, ValueError):
 @uses_threads
 @eval_mode
 def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch.Tensor | np.ndarray,
-            labels: int | str | Sequence | torch.Tensor | None = None, *legacy,
+            labels: int | str | Sequence | torch.Tensor | None = None, *legacy: Any,
             settings: SamplingSettings | None = None,
             cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
             filter_threshold: float | None = None, num_iter: Sequence[int] | int | None = None,
@@ -126,7 +126,8 @@ def box_mask(size: int, box: Sequence[int]) -> torch.Tensor:
     return inside
 
 
-def outpaint(model: FractalModel, images, box: Sequence[int], labels=None, *,
+def outpaint(model: FractalModel, images: torch.Tensor | np.ndarray, box: Sequence[int],
+             labels: int | str | Sequence | torch.Tensor | None = None, *,
              settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
     """Keep the pixels inside box = (x0, y0, x1, y1) (end exclusive) and generate everything around them.
     `settings` and the keyword `options` (cfg=..., seed=..., n=...) as `inpaint` takes them."""
@@ -142,7 +143,8 @@ def centre_box(size: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
     return (start, start, start + side, start + side)
 
 
-def uncrop(model: FractalModel, images, fraction: float = 0.5, labels=None, *,
+def uncrop(model: FractalModel, images: torch.Tensor | np.ndarray, fraction: float = 0.5,
+           labels: int | str | Sequence | torch.Tensor | None = None, *,
            settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
     """Outpainting from a small known centre: keep the central square and generate the rest.
 

@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 from .jsonfile import read_object
 from .settings import SCHEDULE_NAMES, SettingsError, check_setting
@@ -245,7 +246,7 @@ class ModelConfig:
     def default_num_iter(self) -> tuple[int, ...]:
         return self.num_iter if self.num_iter is not None else tuple(lv.seq_len for lv in self.levels)
 
-    def replace(self, **changes) -> ModelConfig:
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation -------------------------------------------------
@@ -275,7 +276,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def from_official(cls, d: dict, **overrides) -> ModelConfig:
+    def from_official(cls, d: dict, **overrides: Any) -> ModelConfig:
         """Build from the official constructor's field names (plus optional `channels`)."""
         d = dict(d)
         unknown = sorted(set(d) - set(OFFICIAL_FIELDS) - set(EXTRA_FIELDS))
@@ -456,7 +457,12 @@ def config_for_data(image_size: int, channels: int, num_classes: int) -> ModelCo
     )
 
 
-def get_config(config) -> ModelConfig:
+# What every `config` argument takes (get_config reads it): a preset name, a JSON file's path, a ModelConfig,
+# or a dict of its fields (ours or the official names).
+ConfigLike: TypeAlias = str | Path | ModelConfig | dict[str, Any]
+
+
+def get_config(config: ConfigLike) -> ModelConfig:
     """A preset name, a ModelConfig, a dict (ours or official field names) or a JSON file path."""
     if isinstance(config, ModelConfig):
         return config

@@ -9,7 +9,7 @@ import functools
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .settings import check as check_settings
 
 
 class FractalModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
@@ -39,14 +39,14 @@ class FractalModel(nn.Module):
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         init_weights(self)
         for name, p in self.named_parameters():
             if name.endswith(("pos_embed", "mask_token", "null_class")):
                 nn.init.normal_(p, std=0.02)
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.null_class.device
 
     @property
@@ -57,7 +57,7 @@ class FractalModel(nn.Module):
 
     # ---- class conditioning (level 0) ----------------------------------------------
 
-    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0):
+    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0) -> torch.Tensor:
         """(B, width0): the class embedding, or the null class where labels are absent or dropped."""
         null = self.null_class.expand(batch, -1)
         if labels is None or self.config.num_classes == 0:
@@ -102,8 +102,9 @@ class FractalModel(nn.Module):
         pixel_nll = self.pixel_head.nll(conds[0], x.flatten(1).round().long(), weighted=train)  # x: (M, C, 1, 1)
         return pixel_nll, owner, guide_terms
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
-             train: bool = True, guide_targets=None) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+             masks: Sequence[str | torch.Tensor | None] | None = None, train: bool = True,
+             guide_targets: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Training loss: mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
@@ -117,7 +118,8 @@ class FractalModel(nn.Module):
                                                   guide_targets=guide_targets)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
-    def nll(self, images: torch.Tensor, masks=None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def nll(self, images: torch.Tensor, masks: Sequence[str | torch.Tensor | None] | None = None,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
         """Likelihood-mode loss per image (N,), in nats per dimension, plain channel mean: unconditional,
         or conditioned on the class with labels int64 (N,).
 
@@ -134,10 +136,11 @@ class FractalModel(nn.Module):
     # ---- sampling -----------------------------------------------------------------------
 
     @torch.inference_mode()  # not no_grad: no view/version tracking, which AR sampling's many small ops pay for
-    def generate(self, labels=None, n: int | None = None, settings: SamplingSettings | None = None, *,
+    def generate(self, labels: int | str | Sequence[int | str] | torch.Tensor | np.ndarray | None = None,
+                 n: int | None = None, settings: SamplingSettings | None = None, *,
                  generator: torch.Generator | None = None, known: Known | None = None,
                  on_step: Callable | None = None, coder: ValueCoder | None = None,
-                 **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+                 **overrides: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
         drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).

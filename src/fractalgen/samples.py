@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> t
 @uses_threads
 @eval_mode
 def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | None = None,
-           n: int | None = None, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
+           n: int | None = None, *legacy: Any, settings: SamplingSettings | None = None, cfg: float | None = None,
            cfg_schedule: str | None = None, temperature: float | None = None,
            filter_threshold: float | None = None,
            num_iter: Sequence[int] | int | None = None, seed: int | None = None,

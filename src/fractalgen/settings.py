@@ -17,7 +17,7 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import UserError
 from .sampling import CFG_SCHEDULES
@@ -118,7 +118,7 @@ class SamplingSettings:
         """Plain JSON-able values (num_iter as a list)."""
         return {**dataclasses.asdict(self), "num_iter": list(self.num_iter)}
 
-    def replace(self, **changes) -> SamplingSettings:
+    def replace(self, **changes: Any) -> SamplingSettings:
         """These settings with some changed (None leaves a setting as it is)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -133,8 +133,30 @@ def check(settings: SamplingSettings, num_levels: int) -> None:
 
 # ---- resolution ---------------------------------------------------------------------------------
 
-def resolve_settings(model, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
-                     cfg_schedule: str | None = None, temperature: float | None = None,
+class SamplingPresets(Protocol):
+    """What resolve_settings reads of a model's config (a ModelConfig): its presets and its level count."""
+
+    @property
+    def cfg(self) -> float: ...
+    @property
+    def cfg_schedule(self) -> str: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def default_num_iter(self) -> tuple[int, ...]: ...
+    @property
+    def num_levels(self) -> int: ...
+
+
+class Configured(Protocol):
+    """A model as resolve_settings sees it (a FractalModel; this module sits below model.py and config.py)."""
+
+    @property
+    def config(self) -> SamplingPresets: ...
+
+
+def resolve_settings(model: Configured, *legacy: Any, settings: SamplingSettings | None = None,
+                     cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
                      filter_threshold: float | None = None,
                      num_iter: Sequence[int] | int | None = None) -> SamplingSettings:
     """The settings to sample `model` with: each keyword that is not None, else `settings` (a whole

@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class TrainOptions:
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
     log_every: int = 10  # steps per line of metrics.jsonl
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         """Every option within OPTION_BOUNDS: for library callers and for the options a resumed run
         stored, as for the flags (steps=0 must not quietly fall back to epochs, nor epochs=0 to one step)."""
         for name, kind in OPTION_KINDS.items():
@@ -117,6 +118,7 @@ class Bound:
         """None when `value` is acceptable, else what is wrong ("must be ..., got ...")."""
         if self.choices:
             return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r:.60}"
+        assert self.low is not None and self.high is not None  # a numeric bound has both ends (OPTION_BOUNDS)
         is_int = isinstance(value, int) and not isinstance(value, bool)
         if self.kind is int and not is_int:
             return f"must be an integer, got {value!r:.60}"
@@ -160,7 +162,7 @@ DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d{1,4})?")
 
 # The bundled models' recipes (how they were trained); flags given, and a resumed run's stored options,
 # override them. Every other preset and config takes the measured rules below.
-PRESET_RECIPES = {
+PRESET_RECIPES: dict[str, dict[str, Any]] = {
     "mnist_ar": {"steps": 5500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
     "mnist_mar": {"steps": 18000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1,
                   "mar_masks": "uniform"},
@@ -250,12 +252,12 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
         given.setdefault("out", given["resume"])
     if "out" not in given:
         raise UserError("give --out (the run folder)")
-    stored = {}
+    stored: dict[str, Any] = {}
     if "resume" in given:
         stored = read_checkpoint(given["resume"])["options"]
         stored = {k: v for k, v in stored.items()
                   if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
-    recipe = dict(PRESET_RECIPES.get(preset, {})) if "resume" not in given else {}
+    recipe = dict(PRESET_RECIPES.get(preset, {})) if preset is not None and "resume" not in given else {}
     if "epochs" in given:  # a length asked for in epochs replaces the recipe's length in steps
         recipe.pop("steps", None)
     return TrainOptions(**{**recipe, **stored, **given})
@@ -266,12 +268,12 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
 class LossModule(nn.Module):
     """DistributedDataParallel synchronises gradients around forward(): route the loss through it."""
 
-    def __init__(self, model: FractalModel, mar_masks: str = "official"):
+    def __init__(self, model: FractalModel, mar_masks: str = "official") -> None:
         super().__init__()
         self.model = model
         self.masks = [MAR_MASKS[mar_masks]] * len(model.levels)  # AR levels ignore their mask spec
 
-    def forward(self, images, labels):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.model.loss(images, labels, masks=self.masks)
 
 
@@ -283,9 +285,10 @@ def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
     return not labelled or config.num_classes == 0 or config.label_drop_prob == 0
 
 
-def param_groups(model: nn.Module, weight_decay: float):
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Official rule: weight decay on matrices only (none on biases, norms or other 1-D parameters)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -299,7 +302,7 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def enable_grad_checkpointing(model: FractalModel):
+def enable_grad_checkpointing(model: FractalModel) -> None:
     """Recompute each transformer block in the backward pass instead of storing its activations."""
     from torch.utils.checkpoint import checkpoint
 
@@ -320,15 +323,17 @@ def enable_grad_checkpointing(model: FractalModel):
 
 
 def rng_state(device: torch.device) -> dict:
+    # numpy's stubs type get_state() without arguments as its dict form; it returns the legacy tuple
+    # ("MT19937", keys uint32 (624,), position, has_gauss, cached_gaussian).
+    numpy_state = cast(tuple, np.random.get_state())
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2])}
+             "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2])}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict, device: torch.device):
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
@@ -351,7 +356,7 @@ def shard(loss_module: LossModule) -> LossModule:
     return loss_module
 
 
-def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
+def full_optimizer_state(model: FractalModel, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
     """The optimizer state in torch's usual layout (state keyed by parameter index), on CPU.
 
     Collective under FSDP (the shards are gathered; rank 0 gets the state, the others {}), so a
@@ -361,8 +366,9 @@ def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    by_name = get_optimizer_state_dict(model, optimizer,
-                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # torch types the values loosely: "state" maps names to dicts, "param_groups" is a list of dicts.
+    by_name = cast(dict[str, Any], get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(parameter_order(model, optimizer))}
@@ -370,7 +376,7 @@ def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
             "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]]}
 
 
-def load_optimizer_state(model: FractalModel, optimizer, state: dict, sharded: bool):
+def load_optimizer_state(model: FractalModel, optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
     """Inverse of full_optimizer_state: every rank passes the full state; FSDP keeps its shard."""
     if not sharded:
         optimizer.load_state_dict(state)
@@ -378,13 +384,14 @@ def load_optimizer_state(model: FractalModel, optimizer, state: dict, sharded: b
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = parameter_order(model, optimizer)
-    by_name = {"state": {names[i]: value for i, value in state["state"].items()},
-               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    by_name: dict[str, Any] = {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
     # Not strict: a parameter that never had a gradient (null_class without dropped labels) has no state yet.
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def parameter_order(model: nn.Module, optimizer) -> list[str]:
+def parameter_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the optimizer's index order (its groups, in order)."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
@@ -404,15 +411,17 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool):
-        self.signum, self.announce, self.previous = None, announce, {}
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+        self.previous: dict[signal.Signals, Any] = {}  # signal -> the handler it had before
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
@@ -475,10 +484,11 @@ def start_from(model: FractalModel, initial: FractalModel, path: str) -> str | N
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
-def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
-                    options: TrainOptions, d: Dist, device: torch.device, sharded: bool = False):
+def save_checkpoint(out: Path, model: FractalModel, optimizer: torch.optim.Optimizer, step: int,
+                    batches: EpochBatches, options: TrainOptions, d: Dist, device: torch.device,
+                    sharded: bool = False) -> None:
     """Collective (every rank's RNG state is gathered, FSDP shards too); rank 0 writes."""
-    states = [None] * d.world
+    states: list[dict | None] = [None] * d.world
     if d.enabled:
         dist.all_gather_object(states, rng_state(device))
     else:
@@ -540,7 +550,7 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
             out.rmdir()
 
 
-def check_run_folder(out: Path, resume: str | None):
+def check_run_folder(out: Path, resume: str | None) -> None:
     """A fresh run (or a resumed one writing elsewhere) must not write over a run or a model in `out`."""
     if resume is not None and Path(resume).resolve() in (out.resolve(), (out / CHECKPOINT_NAME).resolve()):
         return
@@ -621,10 +631,12 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     if options.fsdp and not d.enabled and d.main:
         print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
               file=sys.stderr)
+    loss_module: LossModule | nn.parallel.DistributedDataParallel
     loss_module = LossModule(model, options.mar_masks)
     if resume is not None:  # every rank loads the full weights; FSDP then keeps its shard
         fit_checkpoint(lambda: model.load_state_dict(resume["model"]), options.resume)
     elif initial is not None:
+        assert options.init is not None  # initial is read from options.init
         note = start_from(model, initial, options.init)
         if note and d.main:
             print(note, flush=True)
@@ -686,10 +698,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 loss = loss_module(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # queued behind the forward: nothing is read back in between
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            total_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             # One collective and one read-back per step: the mean loss, the gradient norm, and whether any
             # rank was asked to stop. Every rank sees the same values, so all stop together.
-            loss_value, grad_norm, stopping = reduce_status(loss.detach(), grad_norm, stop.signum is not None, d)
+            loss_value, grad_norm, stopping = reduce_status(loss.detach(), total_norm, stop.signum is not None, d)
             if not math.isfinite(loss_value):
                 raise UserError(f"loss is {loss_value} at step {step}; stopped before updating the weights "
                                 f"(the last checkpoint, if any, is kept)")
@@ -703,6 +715,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 rate = seen / max(1e-9, time.time() - started)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
                 bar.update(1)
+                assert log is not None  # rank 0 keeps the metrics log
                 log.step(step, loss_value, lr, grad_norm, images.shape[0] * d.world,
                          flush=step == total or stopping)
                 if writer is not None:
@@ -781,7 +794,7 @@ def random_shift(images: torch.Tensor, limit: int, generator: torch.Generator) -
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def write_samples(model: FractalModel, path: Path, seed: int, precision: str):
+def write_samples(model: FractalModel, path: Path, seed: int, precision: str) -> None:
     """A small preview grid (one row per class, up to 10 classes) with the model's resolved settings,
     at the training's precision."""
     classes = min(model.config.num_classes, 10)

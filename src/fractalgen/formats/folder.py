@@ -171,7 +171,7 @@ def folder_config(model: FractalModel, sampling: dict) -> dict:
     return {**config.to_official(), **ours, "sampling": sampling}
 
 
-def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None = None,
+def save_pretrained(model: FractalModel, folder: str | Path, card: CardFacts | dict | None = None,
                     dtype: torch.dtype | None = None, sampling: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Write `model` as a model folder: config.json, model.safetensors and a README.md model card.

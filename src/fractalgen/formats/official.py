@@ -11,6 +11,7 @@ import argparse
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,7 +190,7 @@ def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalMod
     return model
 
 
-def save_official(model: FractalModel, path, **extra):
+def save_official(model: FractalModel, path: str | Path, **extra: Any) -> None:
     """Export to the official layout ({'model': state_dict, **extra}), written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model).items()}
     atomic_write(lambda f: torch.save({"model": state, **extra}, f), path)

@@ -26,7 +26,8 @@ def stored_tensors(state: dict, dtype: torch.dtype | None = None) -> dict:
             .cpu().contiguous() for k, v in state.items()}
 
 
-def save_ours(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
+def save_ours(model: FractalModel, path: str | Path, dtype: torch.dtype | None = None,
+              sampling: dict | None = None) -> None:
     """Safetensors weights with the config and the recommended sampling settings as metadata.
 
     `sampling` (e.g. {"cfg": 10.0, "temperature": 1.0}) defaults to the model's own
