@@ -745,9 +745,12 @@ JUDGE_MIN_ACCURACY = 0.8  # on those images; a judge below it cannot tell the cl
 
 
 def recommend_guidance(model: FractalModel, dataset, options: TrainOptions, out: Path, steps: int):
-    """At the end of a class-conditional run of `steps` steps: measure which guidance scale makes the
-    classes visible (guidance.py) and store it as the model's recommendation in out/model.safetensors."""
+    """At the end of a class-conditional run of `steps` steps whose model recommends no guidance yet (cfg 1;
+    presets with their own recommendation keep it): measure which guidance scale makes the classes
+    visible (guidance.py) and store it as the model's recommendation in out/model.safetensors."""
     if not can_choose(model) or steps < GUIDANCE_MIN_STEPS or len(dataset) < 2 * model.config.num_classes:
+        return
+    if resolve_settings(model).cfg != 1.0:  # a preset with its own recommendation (published, or a recipe's)
         return
     picked = torch.linspace(0, len(dataset) - 1, min(JUDGE_IMAGES, len(dataset))).long().tolist()
     items = [dataset[i] for i in picked]

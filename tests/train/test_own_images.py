@@ -268,3 +268,14 @@ def test_a_finished_class_conditional_run_stores_its_measured_guidance(shapes, t
     train(None, options(tmp_path, shapes, name="short", steps=2))
     assert len(chosen) == 1
     assert fractalgen.resolve_settings(fractalgen.load(tmp_path / "short" / "model.safetensors")).cfg == 1.0
+
+
+def test_a_preset_with_its_own_guidance_keeps_it(shapes, tmp_path, monkeypatch):
+    import fractalgen.train as training
+
+    monkeypatch.setattr(training, "GUIDANCE_MIN_STEPS", 2)
+    monkeypatch.setattr(training, "choose_guidance", lambda *a, **k: pytest.fail("measured a preset's guidance"))
+    config = ModelConfig.from_dict({**TINY, "channels": 3, "num_classes": 4, "cfg": 2.5, "pixel_mean": [0.5] * 3,
+                                    "pixel_std": [0.5] * 3})
+    train(config, options(tmp_path, shapes, steps=2))
+    assert fractalgen.resolve_settings(fractalgen.load(tmp_path / "run" / "model.safetensors")).cfg == 2.5
