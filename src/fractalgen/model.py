@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .footprint import check_fits
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import Level, init_weights
 from .sampling import Known, SampleContext, ValueCoder
@@ -26,6 +27,9 @@ from .settings import check as check_settings
 class FractalModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        device = torch.empty(0).device  # where the parameters will be made (`with torch.device(...)` chooses)
+        if device.type != "meta":  # a config too large for this machine: one line, before any allocation
+            check_fits(config, device)
         self.config = config
         # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
         # {"cfg": 10.0}; settings.resolve_settings prefers them to the config's presets.

@@ -11,13 +11,14 @@ import shutil
 import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
-from frame import train_tiny
+from frame import TINY, tiny_data, train_tiny
 
 import fractalgen
 from fractalgen.errors import UserError
 from fractalgen.train import run_options
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parser, unless bounded first
+HUGE = {**TINY, "widths": [2**20, 2**19, 2**18], "heads": [2, 2, 2]}  # some 19 trillion parameters
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,22 @@ def outcomes(trained, tmp_path_factory):
     (root / "config_fifo.json").unlink(missing_ok=True)
     os.mkfifo(root / "config_fifo.json")
     cases["fifo_config"] = ["train", "--config", root / "config_fifo.json", "--out", root / "never", "--device", "cpu"]
+    # a model this machine cannot hold: from a config file, a preset, a resumed run's stored config or a
+    # model folder whose config.json is forged (its weights stay small)
+    (root / "huge.json").write_text(json.dumps(HUGE))
+    data = tiny_data(root / "d.npz")
+    cases["config_huge"] = ["train", "--config", root / "huge.json", "--data", data, "--out", root / "huge_run",
+                            "--device", "cpu"]
+    cases["preset_huge"] = ["train", "--preset", "fractalmar_huge_in256", "--data", data, "--out",
+                            root / "preset_run", "--device", "cpu"]
+    cases["resume_huge"] = resume(copy_run(trained, root / "resume_huge", stored("config", json.dumps(HUGE))))
+    folder_config = json.loads((trained / "folder" / "config.json").read_text())
+    for case, change in {"folder_wide": {"embed_dim_list": HUGE["widths"]},
+                         "folder_blocks": {"num_blocks_list": [2**20, 1, 1]}}.items():
+        shutil.copytree(trained / "folder", root / case)
+        (root / case / "config.json").write_text(json.dumps({**folder_config, **change}))
+        cases[case] = ["sample", "--checkpoint", root / case, "--n", "1", "--out", root / f"{case}_out",
+                       "--device", "cpu"]
     return run_cases(cases, seconds=240, memory_gib=1.5), root
 
 
@@ -116,10 +133,23 @@ def outcomes(trained, tmp_path_factory):
     ("fifo_resume", "train", ["metrics.jsonl", "not a regular file"]),
     ("fifo_plot", "plot", ["metrics.jsonl", "not a regular file"]),
     ("fifo_config", "train", ["config_fifo.json", "not a regular file"]),
+    ("config_huge", "train", ["'tiny_gray' (19.", "T parameters) needs", "GiB to train", "more than the"]),
+    ("preset_huge", "train", ["'fractalmar_huge_in256' (848M parameters) needs", "GiB to train", "more than the"]),
+    ("resume_huge", "train", ["T parameters) needs", "GiB to train"]),
+    ("folder_wide", "sample", ["model.safetensors", "T parameters) needs", "GiB for its fp32 weights"]),
+    ("folder_blocks", "sample", ["model.safetensors", "weight tensors", "the file holds"]),
 ])
 def test_hostile_run_and_model_folders_are_one_line(outcomes, case, command, words):
     results, _ = outcomes
     assert_one_line_error(results[case], command, *words)
+
+
+def test_a_model_too_large_to_hold_leaves_nothing_behind(outcomes, trained):
+    """Refused before the run folder is made (or, resumed, touched) and before a sample is drawn."""
+    _, root = outcomes
+    assert not (root / "huge_run").exists() and not (root / "preset_run").exists()
+    assert not (root / "folder_wide_out").exists() and not (root / "folder_blocks_out").exists()
+    assert torch.load(root / "resume_huge" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 @pytest.mark.parametrize("case, words", [("metrics_deep", ["metrics.jsonl:2", "nested too deeply"]),
@@ -166,3 +196,4 @@ def test_huge_finite_sampling_settings_are_refused_everywhere(trained, tmp_path,
     (tmp_path / "folder" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="<= 10000|between"):
         fractalgen.load(tmp_path / "folder")
+
