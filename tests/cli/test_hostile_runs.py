@@ -4,6 +4,7 @@ What a run folder holds (checkpoint.pt's stored options and config, metrics.json
 folder holds (config.json) is read back through the same checks as a flag. Every command line runs
 in one child process with a time and an address-space limit (tests/bounded.py).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -12,10 +13,13 @@ import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
 from frame import TINY, tiny_data, train_tiny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fractalgen
+from fractalgen.cli.train import flag_type
 from fractalgen.errors import UserError
-from fractalgen.train import run_options
+from fractalgen.train import OPTION_BOUNDS, OPTION_KINDS, OPTIONAL, TrainOptions, run_options
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parser, unless bounded first
 HUGE = {**TINY, "widths": [2**20, 2**19, 2**18], "heads": [2, 2, 2]}  # some 19 trillion parameters
@@ -197,3 +201,43 @@ def test_huge_finite_sampling_settings_are_refused_everywhere(trained, tmp_path,
     with pytest.raises(ValueError, match="<= 10000|between"):
         fractalgen.load(tmp_path / "folder")
 
+
+# ---- fuzzed stored options: the flags' checks, or one line --------------------------------------------
+
+OPTION_NAMES = sorted({f.name for f in dataclasses.fields(TrainOptions)} | {"unknown"})
+OPTION_VALUES = (st.none() | st.booleans() | st.integers(-2, 300) | st.integers(-2**70, 2**70) | st.floats()
+                 | st.text(max_size=6) | st.lists(st.integers(0, 3), max_size=2)
+                 | st.dictionaries(st.text(max_size=3), st.integers(), max_size=1)
+                 | st.sampled_from(["cpu", "cuda:0", "meta", "mps:x", "official", "uniform", "bf16", "fp32", "auto",
+                                    10**12, 10**12 + 1, 2**31, 0.5, 1e-300]))  # near the bounds and the choices
+
+
+@pytest.fixture(scope="module")
+def stored_state(trained):
+    return torch.load(trained / "run" / "checkpoint.pt", weights_only=True)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.dictionaries(st.sampled_from(OPTION_NAMES), OPTION_VALUES, max_size=4)
+       | st.lists(st.integers(), max_size=2) | st.text(max_size=4))
+def test_fuzzed_stored_options_pass_the_flags_checks_or_are_one_line(stored_state, tmp_path_factory, stored):
+    """A resumed run's stored options go through TrainOptions' one validator: what it accepts is what the
+    flags accept (each value parses back through its flag's own type), the rest is one line."""
+    folder = tmp_path_factory.mktemp("options")
+    torch.save({**stored_state, "options": json.dumps(stored)}, folder / "checkpoint.pt")
+    try:
+        options = run_options({"resume": str(folder)})
+    except UserError as e:
+        assert str(e) and "\n" not in str(e), str(e)
+        return
+    for name, bound in OPTION_BOUNDS.items():
+        value = getattr(options, name)
+        if value is None:
+            assert name in OPTIONAL
+        elif bound.choices:
+            assert value in bound.choices
+        else:
+            assert flag_type(bound)(repr(value)) == value, (name, value)
+    for name, kind in OPTION_KINDS.items():
+        value = getattr(options, name)
+        assert (value is None and name in OPTIONAL) or type(value) is kind, (name, value)
