@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .footprint import check_fits
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import Level, init_weights
 from .sampling import Known, SampleContext, ValueCoder
@@ -26,6 +27,9 @@ from .settings import check as check_settings
 class FractalModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        device = torch.empty(0).device  # where the parameters will be made (`with torch.device(...)` chooses)
+        if device.type != "meta":  # a config too large for this machine: one line, before any allocation
+            check_fits(config, device)
         self.config = config
         # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
         # {"cfg": 10.0}; settings.resolve_settings prefers them to the config's presets.
@@ -243,13 +247,19 @@ def as_labels(labels, device, class_names: tuple[str, ...] | None = None) -> tor
     """Class labels as int64 (B,); class names (see class_indices) become their indices; floats,
     booleans and other text are refused rather than truncated."""
     if isinstance(labels, np.ndarray):  # numpy's integers become a tensor; its floats and booleans are refused below
-        labels = torch.from_numpy(np.ascontiguousarray(labels)) if labels.dtype.kind in "iufcb" else labels.tolist()
+        # (unsigned integers past int64 go as Python ints, refused by their value rather than wrapped round)
+        wraps = labels.dtype.kind == "u" and labels.size and int(labels.max()) >= 2**63
+        labels = (torch.from_numpy(np.ascontiguousarray(labels)) if labels.dtype.kind in "iufcb" and not wraps
+                  else labels.tolist())
     labels = class_indices(labels, class_names)
     values = labels if isinstance(labels, torch.Tensor) else None
     if values is None:
         items = labels if isinstance(labels, (list, tuple)) else [labels]
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
             raise ValueError(f"class labels must be integers, got {list(items)[:8]}")
+        beyond = next((v for v in items if not -2**63 <= v < 2**63), None)  # what an int64 tensor holds
+        if beyond is not None:
+            raise ValueError(f"label {beyond} is out of range: class labels are class indices")
         values = torch.tensor([int(v) for v in items], dtype=torch.long)
     elif values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
         raise ValueError(f"class labels must be integers, got a {values.dtype} tensor")

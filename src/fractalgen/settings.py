@@ -95,6 +95,16 @@ def check_setting(name: str, value, num_levels: int | None = None):
     raise SettingsError(name, f"one of the settings {', '.join(SETTING_NAMES)}", name)
 
 
+def check_seed(seed) -> int | None:
+    """A random seed as every entry point takes it: None (torch's global random stream) or an integer in
+    0..SEED_MAX, as the command line's --seed; anything else is a SettingsError naming the seed."""
+    if seed is None:
+        return None
+    if not integral(seed) or not 0 <= seed <= SEED_MAX:
+        raise SettingsError("seed", f"an integer in 0..{SEED_MAX} (or None)", seed)
+    return int(seed)
+
+
 # ---- the value --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .config import ConfigError, ModelConfig, config_for_data
 from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
 from .files import check_writable, save_grid
+from .footprint import check_fits
 from .formats import load as load_checkpoint
 from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
@@ -585,6 +586,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     elif config is None:
         config, classes_from_data = config_for_data(max(summary.sizes[0]), summary.channels[0], 0), True
     config = fit_classes(config, summary, classes_from_data, options.data)
+    # A config too large for this machine is one line now, not an allocation that fails minutes later.
+    check_fits(config, device, training=True, shards=d.world if options.fsdp and d.enabled else 1)
     out = Path(options.out)
     if d.main:
         for line in [*summary.lines(), *summary.fit_notes(config.img_size, config.channels)]:

@@ -1,13 +1,17 @@
 """The lossless codec and per-pixel likelihood maps: round trips, errors on bad streams, maps vs bits/dim."""
 import math
 import os
+import struct
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from frame import DATA, run_cli, tiny_model
+from frame import DATA, TINY, run_cli, tiny_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import rankdata
 
 import fractalgen
@@ -419,3 +423,65 @@ def test_cli_batch_size_and_images_per_stream_change_neither_file_nor_images(tmp
 
         decoded = np.stack([np.asarray(Image.open(tmp_path / f"o{k}" / f"{i:05d}_uncond.png")) for i in range(5)])
         assert np.array_equal(decoded, images[:5, 0].numpy())
+
+
+# ---- fuzzed files: the exact images or a CodecError, nothing else, in bounded time ----------------------
+
+# The header's fields in HEADER's order (the header crc follows them), each with what its slot can hold.
+HEADER_FIELDS = {"magic": st.binary(min_size=4, max_size=4), "version": st.integers(0, 255),
+                 "flags": st.integers(0, 255), "fingerprint": st.binary(min_size=8, max_size=8),
+                 "count": st.integers(0, 2**32 - 1), "channels": st.integers(0, 255),
+                 "height": st.integers(0, 2**16 - 1), "width": st.integers(0, 2**16 - 1),
+                 "group": st.integers(0, 2**32 - 1), "grid_bits": st.integers(0, 255),
+                 "checksum": st.binary(min_size=8, max_size=8),
+                 "payload_bytes": st.integers(0, 2**32 - 1), "payload_crc": st.integers(0, 2**32 - 1)}
+SMALL_VALUES = {"count": st.integers(0, 40), "group": st.integers(0, 40), "grid_bits": st.integers(0, 17),
+                "version": st.integers(0, 3), "flags": st.integers(0, 3)}  # near the real ones, where bugs hide
+
+
+@pytest.fixture(scope="module")
+def small_file():
+    """A tiny model, two labelled 8x8 images and their file, one image per stream (two streams)."""
+    model = tiny_model(TINY, perturb=0.3)
+    images = torch.randint(0, 256, (2, 1, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    labels = torch.tensor([1, 0])
+    return model, images, labels, fractalgen.compress(model, images, labels, images_per_stream=1)
+
+
+def mutated(data: bytes, changes: dict, edits: list, cut: int, crcs: bool) -> bytes:
+    """`data` with header fields replaced, payload bytes replaced at (position, value), `cut` bytes cut from the
+    payload's end (negative: that many zeros appended) and, `crcs`, the payload length and both crcs recomputed
+    (those the changes do not set). A version 1 header is written in version 1's layout."""
+    fields = dict(zip(HEADER_FIELDS, codec.HEADER.unpack(data[:codec.HEADER.size]), strict=False))
+    payload = bytearray(data[codec.HEADER.size:])
+    for position, value in edits:
+        if payload:
+            payload[position % len(payload)] = value
+    payload = payload[:len(payload) - cut] if cut >= 0 else payload + bytes(-cut)
+    if crcs:
+        fields.update(payload_bytes=len(payload), payload_crc=zlib.crc32(payload))
+    fields.update(changes)
+    layout = codec.HEADER
+    if fields["version"] == 1:
+        layout = codec.HEADER_V1
+        del fields["grid_bits"]
+    head = layout.pack(*fields.values(), 0)[:-4]
+    crc = zlib.crc32(head) if crcs else int.from_bytes(data[codec.HEADER.size - 4:codec.HEADER.size], "little")
+    return head + struct.pack("<I", crc) + bytes(payload)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(list(HEADER_FIELDS)), st.none(), max_size=3).flatmap(
+           lambda chosen: st.fixed_dictionaries({k: st.one_of(SMALL_VALUES.get(k, HEADER_FIELDS[k]), HEADER_FIELDS[k])
+                                                 for k in chosen})),
+       edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=2),
+       cut=st.sampled_from([0, 0, 0, 1, 4, -1, -4]), crcs=st.sampled_from([True, True, True, False]))
+def test_fuzzed_files_decode_exactly_or_raise_the_codec_error(small_file, changes, edits, cut, crcs):
+    model, images, labels, data = small_file
+    try:
+        decoded, decoded_labels = fractalgen.decompress(model, mutated(data, changes, edits, cut, crcs),
+                                                        return_labels=True)
+    except codec.CodecError as e:
+        assert "\n" not in str(e)
+        return
+    assert torch.equal(decoded, images) and torch.equal(decoded_labels, labels)

@@ -61,6 +61,7 @@ from ..images import (
     open_picture,
 )
 from ..model import label_problem
+from ..settings import SEED_MAX
 from ..visualize import GenerationRecorder, rows_figure, show_mask
 
 # ---- limits: what one request may cost ----------------------------------------------------------
@@ -310,7 +311,7 @@ def checked_number(component, name: str, names: list[str] | None = None):
 
 
 def seed_of(value) -> int:
-    return bounded(value, 0, 2**63 - 1, "the seed")
+    return bounded(value, 0, SEED_MAX, "the seed")  # the library's and --seed's range
 
 
 def bounded(value, low, high, name) -> int:

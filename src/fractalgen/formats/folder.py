@@ -32,9 +32,9 @@ from ..jsonfile import read_object
 from ..model import FractalModel
 from ..settings import SETTING_NAMES, resolve_settings
 from .card import CardFacts, facts_from_dict, model_card
-from .checks import CheckpointError, check_sampling
+from .checks import CheckpointError, check_before_building, check_sampling
 from .official import model_from_official_state, official_state_dict
-from .ours import stored_tensors
+from .ours import stored_count, stored_tensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -91,6 +91,7 @@ def load_folder(folder, config=None) -> FractalModel:
     cfg, sampling = read_config(folder / CONFIG_NAME)
     if config is not None:
         cfg = get_config(config)
+    check_before_building(cfg, stored_count(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except Exception as e:  # safetensors raises its own error types for damaged headers

@@ -18,7 +18,7 @@ import torch
 from ..config import ConfigError, ModelConfig, get_config
 from ..files import atomic_write
 from ..model import FractalModel
-from .checks import CheckpointError, check_tensors
+from .checks import CheckpointError, check_before_building, check_tensors
 
 # ---- official names --------------------------------------------------------------------
 
@@ -175,6 +175,7 @@ def load_official(path, config=None) -> FractalModel:
 
 def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalModel:
     """A model of config `cfg` from a state dict under the official names (shapes checked key by key)."""
+    check_before_building(cfg, len(state), path, context=f" for config {cfg.name!r}")
     with torch.device("meta"):
         model = FractalModel(cfg)
     wanted = model.state_dict()  # meta tensors: the shapes and dtypes to expect, under our names

@@ -11,7 +11,7 @@ from ..config import ConfigError, ModelConfig, get_config
 from ..files import atomic_write
 from ..jsonfile import parse_object
 from ..model import FractalModel
-from .checks import CheckpointError, check_sampling, check_tensors
+from .checks import CheckpointError, check_before_building, check_sampling, check_tensors
 
 FORMAT_VERSION = "1"
 
@@ -54,6 +54,17 @@ def read_metadata(path) -> dict:
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
 
 
+def stored_count(path) -> int:
+    """How many tensors a safetensors file holds, from its header (nothing else is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return len(list(f.keys()))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
+
+
 def metadata_json(meta: dict, key: str, path) -> dict:
     """One metadata entry parsed as a JSON object; anything else is one line naming the entry."""
     return parse_object(meta[key], f"{path}: metadata {key!r}", CheckpointError)
@@ -79,6 +90,7 @@ def load_ours(path, config=None) -> FractalModel:
     except ConfigError as e:
         raise CheckpointError(f"{path}: bad config in metadata: {e}") from None
     sampling = recommended_sampling(meta, path, cfg)
+    check_before_building(cfg, stored_count(path), path)
     try:
         state = load_file(str(path))
     except Exception as e:

@@ -18,10 +18,15 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+def swiglu_hidden(width: int) -> int:
+    """LLaMA's hidden width: 2/3 of 4x, rounded up to a multiple of 256."""
+    return -(-int(2 * 4 * width / 3) // 256) * 256
+
+
 class SwiGLU(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        hidden = -(-int(2 * 4 * width / 3) // 256) * 256  # LLaMA: 2/3 of 4x, rounded up to a multiple of 256
+        hidden = swiglu_hidden(width)
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
         self.down = nn.Linear(hidden, width, bias=False)
