@@ -274,7 +274,9 @@ class LossModule(nn.Module):
         self.masks = [MAR_MASKS[mar_masks]] * len(model.levels)  # AR levels ignore their mask spec
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.model.loss(images, labels, masks=self.masks)
+        # The labels were checked against the model's classes when the data was loaded (load_dataset,
+        # fit_classes): checking each batch again would read it back from the device every step.
+        return self.model.loss(images, labels, masks=self.masks, labels_checked=True)
 
 
 def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
@@ -703,7 +705,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             if options.shift:  # drawn from (seed, rank, step): a resumed run replays the same shifts
                 g = torch.Generator().manual_seed((options.seed + d.rank) * 1_000_003 + step)
                 images = random_shift(images, options.shift, g)
-            labels = labels.to(device) if labelled else None
+            labels = labels.to(device, non_blocking=True) if labelled else None  # a blocking copy waits for the device
             lr = lr_at(step, base_lr, warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
