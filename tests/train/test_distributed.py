@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -150,6 +151,28 @@ def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="global batch 5 is not divisible by 2 processes"):
         train(tiny_config(), single_options(data, tmp_path / "run", batch_size=5))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_process_group_waits_two_hours_for_a_rank(tmp_path, monkeypatch):
+    """Rank 0's preview samples and checkpoints outlast the backends' default wait in a collective:
+    train joins torchrun's group with a two-hour timeout."""
+    data = tiny_data(tmp_path / "d.npz")
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    joined = {}
+
+    class Joined(Exception):
+        pass
+
+    def init_process_group(backend, **kwargs):
+        joined.update(backend=backend, **kwargs)
+        raise Joined
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    with pytest.raises(Joined):
+        train(tiny_config(), single_options(data, tmp_path / "run"))
+    assert joined == {"backend": "gloo", "timeout": timedelta(hours=2)}
+    assert not (tmp_path / "run").exists()
 
 
 def test_barrier_is_a_no_op_without_a_process_group():
