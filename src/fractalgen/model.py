@@ -61,13 +61,16 @@ class FractalModel(nn.Module):
 
     # ---- class conditioning (level 0) ----------------------------------------------
 
-    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0) -> torch.Tensor:
-        """(B, width0): the class embedding, or the null class where labels are absent or dropped."""
+    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0,
+                        labels_checked: bool = False) -> torch.Tensor:
+        """(B, width0): the class embedding, or the null class where labels are absent or dropped.
+        `labels_checked`: the caller has checked them (see loss)."""
         null = self.null_class.expand(batch, -1)
         if labels is None or self.config.num_classes == 0:
             return null
         labels = labels.to(self.device)
-        check_labels(labels, self.config.num_classes)
+        if not labels_checked:
+            check_labels(labels, self.config.num_classes)
         emb = self.class_embed(labels)
         if drop_prob > 0:  # classifier-free guidance training
             drop = torch.rand(batch, device=emb.device) < drop_prob
@@ -87,13 +90,13 @@ class FractalModel(nn.Module):
             raise ValueError("images must hold pixel values 0..255 (uint8); these floats are not whole numbers in "
                              "that range (scale images in [0, 1] by 255 and round)")
 
-    def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
+    def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None, labels_checked=False):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
         x = images.to(self.device, self.null_class.dtype)  # raw 0..255 in fp32 (float64 in a .double() model)
         B = x.shape[0]
         drop = self.config.label_drop_prob if train else 0.0
-        conds = [self.class_condition(labels, B, drop)]
+        conds = [self.class_condition(labels, B, drop, labels_checked)]
         owner = torch.arange(B, device=x.device)
         guide_terms = []
         for i, level in enumerate(cast(Sequence[Level], self.levels)):
@@ -108,7 +111,7 @@ class FractalModel(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None,
              masks: Sequence[str | torch.Tensor | None] | None = None, train: bool = True,
-             guide_targets: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+             guide_targets: Sequence[torch.Tensor | None] | None = None, labels_checked: bool = False) -> torch.Tensor:
         """Training loss: mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
@@ -117,9 +120,11 @@ class FractalModel(nn.Module):
         channel mean, uniform MAR masks), averaged over pixels rather than per image.
         `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
         `guide_targets` (tests): per level, None or the guiding pixel's targets (B_level, C).
+        `labels_checked`: every label is known to be one of the model's classes (training checks its
+        data once, when it is loaded), so the check, a read of the labels back from the device, is skipped.
         """
         pixel_nll, _, guide_terms = self._recurse(images, labels if train else None, train=train, masks=masks,
-                                                  guide_targets=guide_targets)
+                                                  guide_targets=guide_targets, labels_checked=labels_checked)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
     def nll(self, images: torch.Tensor, masks: Sequence[str | torch.Tensor | None] | None = None,

@@ -166,6 +166,7 @@ def uses_threads(function):
 # import they make. Each is checked by `require_torch` before the path runs.
 NEWER_TORCH = {
     "torch.distributed.fsdp.fully_shard": (2, 6),  # --fsdp: public from 2.6 (private before)
+    "torch.distributed.fsdp.MixedPrecisionPolicy": (2, 6),  # --fsdp under bf16: public with fully_shard
 }
 
 

@@ -275,7 +275,9 @@ class LossModule(nn.Module):
         self.masks = [MAR_MASKS[mar_masks]] * len(model.levels)  # AR levels ignore their mask spec
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.model.loss(images, labels, masks=self.masks)
+        # The labels were checked against the model's classes when the data was loaded (load_dataset,
+        # fit_classes): checking each batch again would read it back from the device every step.
+        return self.model.loss(images, labels, masks=self.masks, labels_checked=True)
 
 
 def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
@@ -342,17 +344,29 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def shard(loss_module: LossModule) -> LossModule:
+def shard(loss_module: LossModule, precision: str = "fp32") -> LossModule:
     """FSDP (FULL_SHARD): every transformer block is its own unit, the rest belongs to the root.
 
     The root must be the module whose forward() runs (LossModule): FSDP gathers parameters in
     forward hooks, and model.loss is not a forward.
-    """
-    from torch.distributed.fsdp import fully_shard
 
+    `precision` "bf16": the blocks gather their weights in bf16 (half the traffic and memory of fp32)
+    and reduce their gradients in fp32, into fp32 shards that the optimizer steps. Their matmuls
+    see the weights autocast would have cast to bf16 anyway (the same rounding); their norms see
+    bf16-rounded gains. The root keeps fp32: it holds the pixel heads' output tables, which the fp32
+    islands read (nn/precision.py). Inputs are not cast: the residual stream stays as autocast leaves
+    it, and the images reach the root unrounded (they are also the pixel targets).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if precision == "bf16":
+        blocks_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                             cast_forward_inputs=False)
+    else:
+        blocks_policy = MixedPrecisionPolicy()  # fp32 throughout, as without sharding
     for module in loss_module.model.modules():
         for block in getattr(module, "blocks", []):
-            fully_shard(block)
+            fully_shard(block, mp_policy=blocks_policy)
     fully_shard(loss_module)
     return loss_module
 
@@ -628,8 +642,13 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         model = FractalModel(config).to(device)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
+    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16
+    # instructions --precision bf16 gives faster steps: benchmarks/RESULTS.md).
+    precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
+    autocast = precision_context(precision, device)
     if options.fsdp:
         require_torch("torch.distributed.fsdp.fully_shard", "--fsdp")
+        require_torch("torch.distributed.fsdp.MixedPrecisionPolicy", "--fsdp")
     sharded = options.fsdp and d.enabled
     if options.fsdp and not d.enabled and d.main:
         print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
@@ -644,7 +663,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         if note and d.main:
             print(note, flush=True)
     if sharded:
-        loss_module = shard(loss_module)  # before the optimizer: sharding replaces the parameters
+        loss_module = shard(loss_module, precision)  # before the optimizer: sharding replaces the parameters
     optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))
     step = 0
     if resume is not None:
@@ -667,10 +686,6 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
                                          num_workers=loader_workers(options.num_workers, device),
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16
-    # instructions --precision bf16 gives faster steps: benchmarks/RESULTS.md).
-    precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
-    autocast = precision_context(precision, device)
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
     log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 
@@ -693,7 +708,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             if options.shift:  # drawn from (seed, rank, step): a resumed run replays the same shifts
                 g = torch.Generator().manual_seed((options.seed + d.rank) * 1_000_003 + step)
                 images = random_shift(images, options.shift, g)
-            labels = labels.to(device) if labelled else None
+            labels = labels.to(device, non_blocking=True) if labelled else None  # a blocking copy waits for the device
             lr = lr_at(step, base_lr, warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr

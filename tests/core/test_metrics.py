@@ -484,6 +484,25 @@ def test_classifier_fid_on_the_held_out_digits(tmp_path):
     assert code == 2 and "mnist-classifier features" in err
 
 
+def test_inception_features_on_an_older_torch_turn_the_legacy_tf32_flags_off_and_back(tmp_path, monkeypatch):
+    """Before torch 2.9 (no fp32_precision) the flags are allow_tf32: off inside, the caller's afterwards."""
+    from types import SimpleNamespace
+
+    net = InceptionNet(scripted(Pool3Stand(), tmp_path / "pool3.pt"))
+    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)  # an older torch's flags
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    scripted_module, seen = net.module, []
+
+    def recording(x):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return scripted_module(x)
+
+    net.module = recording
+    net(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert seen == [(False, False)] and (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+
+
 def test_inception_features_run_in_plain_fp32_and_the_settings_come_back(tmp_path):
     """No TF32 (cuDNN allows it for convolutions by default) and no caller's autocast inside the
     network; the caller's settings are as they were afterwards. Flags readable without a GPU."""
