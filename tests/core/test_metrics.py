@@ -531,3 +531,24 @@ def test_inception_features_run_in_plain_fp32_and_the_settings_come_back(tmp_pat
         assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # restored on an error too
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+
+
+def test_every_feature_network_runs_without_tf32(tmp_path):
+    """The MNIST classifier's features and a user's function too, not only Inception."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("this test reads torch's fp32_precision settings (torch >= 2.9)")
+    from fractalgen.metrics import FunctionFeatureNet, extract
+
+    seen = []
+
+    def features(images):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        return images.float().flatten(1)
+
+    conv = torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        extract(FunctionFeatureNet("mine", features), [torch.zeros(2, 1, 4, 4, dtype=torch.uint8)])
+        assert seen == [("ieee", "ieee")] and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = conv
