@@ -23,16 +23,17 @@ decoded prefix alone:
   number of streams side by side: its batch size changes the speed, never the probabilities.
 
 File layout, format version 2 (little-endian), HEADER.size = 48 bytes:
-  magic "FGLC" | version u8 = 2 | flags u8 (bit 0: labels stored, bit 1: names stored) | model fingerprint 8 bytes
-  | count u32 | channels u8 | height u16 | width u16 | images per stream u32 | grid bits u8
-  | pixel checksum 8 bytes | payload bytes u32 | payload crc32 u32 | header crc32 u32
+  magic "FGLC" | version u8 = 2 | flags u8 (bit 0: labels stored, bit 1: names stored)
+  | model fingerprint 8 bytes | count u32 | channels u8 | height u16 | width u16
+  | images per stream u32 | grid bits u8 | pixel checksum 8 bytes | payload bytes u32
+  | payload crc32 u32 | header crc32 u32
 then the payload: the number of hints (varint), each hint as four varints (stream, step, row,
 2 * logit index + rounded up), the length in 32-bit words of each stream (varint), and the streams'
 words. A stream holds its images' labels (uniform over the classes, if stored) and then every value
 in generation order, the stream's images side by side. With flag bit 1, the names index follows the
 payload: each image's name as its length in bytes (varint) and its UTF-8 bytes, in image order, then
-the index's crc32 u32. A name is a portable relative path (`name_problem`); without the flag the file
-ends with the payload, byte for byte what a fractalgen without names writes. Version 1 files (one stream coded in the
+the index's crc32 u32. A name is a portable relative path (`name_problem`). Without the flag the file
+ends with the payload. Version 1 files (one stream coded in the
 encoder's batch layout in float32 on one thread; HEADER_V1.size = 47 bytes) still decode where
 they decoded before.
 """
