@@ -9,7 +9,7 @@ Sampling settings not given take the checkpoint's recommendation, else the confi
 """
 from __future__ import annotations
 
-from .codec import CodecError, compress, decompress
+from .codec import CodecError, compress, decompress, read_names
 from .conditional import edit, inpaint, outpaint, uncrop
 from .config import PRESETS, ConfigError, ConfigLike, LevelConfig, ModelConfig, get_config
 from .data import mnist_heldout
@@ -31,7 +31,7 @@ def build(config: ConfigLike) -> FractalModel:
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
     "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress",
-    "decompress", "CodecError",
+    "decompress", "read_names", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "get_config", "ConfigError", "CheckpointError",
 ]
