@@ -176,7 +176,7 @@ PRESET_RECIPES: dict[str, dict[str, Any]] = {
 # images) is made for ImageNet batches of 2048 and learns nothing at small batches: give --blr to use it.
 
 DEFAULT_EPOCHS = 10  # a run's length in epochs when neither steps nor epochs are given ...
-MIN_STEPS = 600  # ... but at least this many steps: a few hundred images need many passes
+MIN_STEPS = 1800  # ... but at least this many steps: a few hundred images need many passes (benchmarks/own_images.py)
 MAX_DEFAULT_BATCH, MIN_DEFAULT_BATCH = 64, 8
 LR_CENTRE, LR_CENTRE_WIDTH = 3e-3, 64  # the best rate at the sweep's centre (width 64)
 # Over widths 32-128 and batches 8-64 the best rate stayed within a factor 3 of the centre's; the batch
