@@ -6,6 +6,7 @@ patches given these conditions" to the next level; the pixel head ends the recur
 from __future__ import annotations
 
 import functools
+import json
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
+from .config import LEGACY_DEFAULTS, SAMPLING_PRESETS, ModelConfig, presets_in_full
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import Level, init_weights
 from .sampling import Known, SampleContext, ValueCoder
@@ -27,9 +28,12 @@ class FractalModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
-        # {"cfg": 10.0}; settings.resolve_settings prefers them to the config's presets.
-        self.recommended: dict = {}
+        # The recommended sampling settings, e.g. {"cfg": 10.0}: the preset's (SAMPLING_PRESETS) for a
+        # fresh model, the file's for a loaded one; settings.resolve_settings prefers them to the defaults.
+        self.recommended: dict = dict(SAMPLING_PRESETS.get(config.name, {}))
+        # Set only for a model from an older file whose config held other sampling settings than its
+        # recommendation (the bundled models): those four, which the codec's model fingerprint covers.
+        self.fingerprint_presets: dict | None = None
         width0 = config.widths[0]
         if config.num_classes > 0:
             self.class_embed = nn.Embedding(config.num_classes, width0)
@@ -38,6 +42,28 @@ class FractalModel(nn.Module):
         self.pixel_head = PixelHead(config.pixel_head)
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
+
+    def recommend(self, sampling: dict, presets: dict | None = None, fingerprinted: dict | None = None):
+        """Take `sampling` (a file's recommendation) over `presets` (the sampling settings an older config
+        held) as this model's recommendation. `fingerprinted`: the four settings the codec's fingerprint
+        covers for this model (default: `presets`, completed with their defaults); kept where they differ
+        from what the recommendation gives (`config.presets_in_full`)."""
+        presets = presets or {}
+        self.recommended = {**{k: v for k, v in presets.items() if v is not None and v != LEGACY_DEFAULTS[k]},
+                            **sampling}
+        if fingerprinted is None and not presets:
+            self.fingerprint_presets = None
+            return
+        held = presets_in_full(presets if fingerprinted is None else fingerprinted)
+        # Compared as JSON, as the fingerprint hashes them: 2 and 2.0 differ there.
+        same = json.dumps(held) == json.dumps(presets_in_full(self.recommended))
+        self.fingerprint_presets = None if same else held
+
+    def presets_for_fingerprint(self) -> dict:
+        """The four sampling settings the codec's model fingerprint covers, as the config held them when the
+        format was fixed: an older file's (`fingerprint_presets`) where they differ from the recommendation,
+        else the recommendation's (their defaults where it names none)."""
+        return self.fingerprint_presets or presets_in_full(self.recommended)
 
     def reset_parameters(self):
         init_weights(self)
@@ -143,7 +169,7 @@ class FractalModel(nn.Module):
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
 
         `settings`: a SamplingSettings, built once by the caller (`settings.resolve_settings`);
-        None takes the checkpoint's recommendation, else the config's presets. Keyword `overrides`
+        None takes the model's recommendation (`recommended`), else the defaults. Keyword `overrides`
         (cfg=..., num_iter=...) change single settings, as `fractalgen.sample` takes them.
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
         to the pixel heads (classifier-free guidance).
