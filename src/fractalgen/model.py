@@ -109,6 +109,11 @@ class FractalModel(nn.Module):
             raise ValueError("images must hold pixel values 0..255 (uint8); these floats are not whole numbers in "
                              "that range (scale images in [0, 1] by 255 and round)")
 
+    @property
+    def stages(self) -> tuple[Level | PixelHead, ...]:
+        """What the recursion walks, top-down: the generator levels, then the pixel head (the last level)."""
+        return (*cast(Sequence[Level], self.levels), self.pixel_head)
+
     def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
@@ -117,16 +122,17 @@ class FractalModel(nn.Module):
         drop = self.config.label_drop_prob if train else 0.0
         conds = [self.class_condition(labels, B, drop)]
         owner = torch.arange(B, device=x.device)
-        guide_terms = []
-        for i, level in enumerate(cast(Sequence[Level], self.levels)):
-            spec = masks[i] if masks is not None and masks[i] is not None else ("train" if train else "eval")
-            target = guide_targets[i] if guide_targets is not None else None
+        terms = []  # (loss per row, the image of each row) of every level that has one; the pixel head's last
+        for i, level in enumerate(self.stages):
+            mask = masks[i] if masks is not None and i < len(masks) else None
+            spec = mask if mask is not None else ("train" if train else "eval")
+            target = guide_targets[i] if guide_targets is not None and i < len(guide_targets) else None
             out = level.forward_train(x, conds, spec, weighted=train, guide_target=target)
-            if out.guide_nll is not None:
-                guide_terms.append((out.guide_nll, owner))
+            if out.nll is not None:
+                terms.append((out.nll, owner))
             x, conds, owner = out.x, out.conds, owner[out.parent]
-        pixel_nll = self.pixel_head.nll(conds[0], x.flatten(1).round().long(), weighted=train)  # x: (M, C, 1, 1)
-        return pixel_nll, owner, guide_terms
+        *guide_terms, (pixel_nll, pixel_owner) = terms
+        return pixel_nll, pixel_owner, guide_terms
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
              train: bool = True, guide_targets=None) -> torch.Tensor:
@@ -200,16 +206,10 @@ class FractalModel(nn.Module):
         return self._sample_level(0, ctx, [cond], guidance, known)
 
     def _sample_level(self, depth: int, ctx: SampleContext, conds, guidance, known: Known | None):
-        """Level `depth` (ctx: the settings at that depth) generates its squares; the pixel head ends it."""
-        if depth == len(self.levels):  # the pixel head: squares are single pixels
-            kv = km = None
-            if known is not None:
-                kv, km = known.values.flatten(1), known.mask.flatten(1)
-            values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
-            C = self.config.channels
-            return values.float().view(-1, C, 1, 1), logp.view(-1, C, 1, 1)
-        return cast(Level, self.levels[depth]).sample(conds, guidance, ctx, known,
-                                         next_level=partial(self._sample_level, depth + 1, ctx.deeper()))
+        """Level `depth` (ctx: the settings at that depth) generates its squares, the next level their
+        patches; the pixel head, the last, draws single pixels."""
+        return self.stages[depth].sample(conds, guidance, ctx, known,
+                                         partial(self._sample_level, depth + 1, ctx.deeper()))
 
 
 def eval_mode(function):
