@@ -1,10 +1,12 @@
 """Your own images with the defaults: a shapes folder, `fractalgen train --data --out`, samples judged by class.
 
     python -m benchmarks.own_images --out runs/own_images          # the numbers in benchmarks/RESULTS.md
+    python -m benchmarks.own_images --out runs/plain --style plain
+    python -m benchmarks.own_images --out runs/mine --data FOLDER  # your own labelled folder
     python -m benchmarks.own_images --out runs/tiny --train 8 --val 4 --size 8 --steps 2 --per-class 1
 
 Builds a shapes folder (benchmarks/shapes.py: 4 classes, 200 training and 40 held-out 16x16 RGB
-images), trains with no flag but --data and --out (plus --steps, for smoke runs), then trains a
+images; or takes --data), trains with no flag but --data and --out (plus --steps, for smoke runs), then trains a
 small classifier on the same folder's training images (its accuracy on the held-out images is
 printed) and reports which share of the samples of each class it recognises, at each guidance
 scale in CFGS (the model's recommended one first).
@@ -19,58 +21,26 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .shapes import CLASSES, make_shapes
+from .shapes import STYLES, make_shapes
 
 CFGS = (1.0, 2.0, 4.0)
 
 
-class ShapeClassifier(nn.Module):
-    """Two conv layers and a linear read-out over the pooled features: (N, C, H, W) in [0, 1] -> logits."""
-
-    def __init__(self, channels: int, classes: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.out = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.relu(self.conv2(x))
-        return self.out(x.mean((2, 3)))
-
-
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 400, seed: int = 0) -> ShapeClassifier:
-    """uint8 (N, C, H, W) and labels -> a classifier (random flips as augmentation)."""
-    torch.manual_seed(seed)
-    model = ShapeClassifier(images.shape[1], int(labels.max()) + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x = images.float() / 255
-    for _ in range(steps):
-        index = torch.randint(0, len(x), (min(64, len(x)),))
-        batch = x[index]
-        batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch.flip(-1), batch)
-        loss = F.cross_entropy(model(batch), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @torch.no_grad()
-def accuracy_per_class(classifier, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    predicted = classifier(images.float() / 255).argmax(1)
+def accuracy_per_class(judge, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    predicted = judge(images).argmax(1)
     return [float((predicted[labels == c] == c).float().mean()) for c in range(int(labels.max()) + 1)]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/own_images", help="folder for the data and the run (must not exist)")
+    parser.add_argument("--data", help="your own folder (ROOT/train/<class>/*, ROOT/val/<class>/*) instead of shapes")
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--val", type=int, default=40)
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--style", choices=STYLES, default="random", help="the shapes' colours (benchmarks/shapes.py)")
     parser.add_argument("--steps", type=int, help="training steps (default: the trainer's own default)")
     parser.add_argument("--per-class", type=int, default=25, help="samples per class at each guidance scale")
     args = parser.parse_args(argv)
@@ -78,7 +48,11 @@ def main(argv=None):
     out = Path(args.out)
     if out.exists():
         parser.error(f"{out} already exists")
-    data = make_shapes(out / "shapes", train=args.train, val=args.val, size=args.size)
+    if args.data:
+        data = Path(args.data)
+        out.mkdir(parents=True)
+    else:
+        data = make_shapes(out / "shapes", train=args.train, val=args.val, size=args.size, style=args.style)
     run = out / "run"
     flags = ["train", "--data", str(data), "--out", str(run), "--json"]
     flags += ["--steps", str(args.steps)] if args.steps else []
@@ -87,32 +61,34 @@ def main(argv=None):
     if done.returncode != 0:
         raise SystemExit(f"fractalgen {' '.join(flags)} failed:\n{done.stderr[-2000:]}")
     trained = json.loads(done.stdout.strip().splitlines()[-1])
-    print("\n".join(done.stdout.strip().splitlines()[:2]))
+    print("\n".join(line for line in done.stdout.strip().splitlines()[:-1] if not line.startswith("trained")))
     print(f"trained {trained['step']} steps in {time.time() - started:.0f} s wall, final loss {trained['loss']:.3f}")
 
     import fractalgen
     from fractalgen.data import load_dataset, stack
+    from fractalgen.guidance import train_judge
 
     model = fractalgen.load(run / "model.safetensors")
-    assert model.class_names == CLASSES, model.class_names
-    train_images, train_labels = stack(load_dataset(str(data), "train", args.size, 3))
-    val_images, val_labels = stack(load_dataset(str(data), "val", args.size, 3))
-    classifier = train_classifier(train_images, train_labels)
-    print(f"classifier on the held-out images: {sum(accuracy_per_class(classifier, val_images, val_labels)) / 4:.1%}")
+    classes, c = model.class_names or tuple(map(str, range(model.config.num_classes))), model.config
+    train_images, train_labels = stack(load_dataset(str(data), "train", c.img_size, c.channels))
+    val_images, val_labels = stack(load_dataset(str(data), "val", c.img_size, c.channels))
+    # The judge `fractalgen train` uses for its guidance, trained here with another seed.
+    classifier = train_judge(train_images, train_labels, len(classes), flip=True, seed=1)
+    held_out = accuracy_per_class(classifier, val_images, val_labels)
+    print(f"classifier on the held-out images: {sum(held_out) / len(held_out):.1%}")
     recommended = fractalgen.resolve_settings(model).cfg
     rows = []
     for cfg in dict.fromkeys((recommended, *CFGS)):
-        labels = [name for name in CLASSES for _ in range(args.per_class)]
+        labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
         images = fractalgen.sample(model, labels=labels, cfg=cfg, seed=0)
-        per_class = accuracy_per_class(classifier, images, torch.tensor(
-            [c for c in range(len(CLASSES)) for _ in range(args.per_class)]))
-        rows.append((cfg, per_class))
+        rows.append((cfg, accuracy_per_class(classifier, images, labels)))
         fractalgen_grid(images, out / f"samples_cfg{cfg:g}.png", args.per_class)
-    print("\n| cfg | " + " | ".join(CLASSES) + " | mean |")
-    print("|---|" + "---|" * (len(CLASSES) + 1))
+    print("\n| cfg | " + " | ".join(classes) + " | mean |")
+    print("|---|" + "---|" * (len(classes) + 1))
     for cfg, per_class in rows:
         mark = " (recommended)" if cfg == recommended else ""
-        print(f"| {cfg:g}{mark} | " + " | ".join(f"{a:.0%}" for a in per_class) + f" | {sum(per_class) / 4:.0%} |")
+        print(f"| {cfg:g}{mark} | " + " | ".join(f"{a:.0%}" for a in per_class)
+              + f" | {sum(per_class) / len(per_class):.0%} |")
 
 
 def fractalgen_grid(images, path: Path, nrow: int):

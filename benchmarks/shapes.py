@@ -2,9 +2,11 @@
 
     python -m benchmarks.shapes shapes                      # 200 train + 40 val 16x16 RGB images
     python -m benchmarks.shapes shapes --train 1000 --val 100
+    python -m benchmarks.shapes shapes --style plain       # on black
 
-Each image is one shape of a random colour, size and position on a random dark background, so a
-class is the shape alone. Seeded: the same arguments give the same files.
+Each image is one shape of random size and position, so a class is the shape alone. Styles: `random`
+(a random bright colour on a random dark background), `plain` (a random bright colour on black),
+`white` (white on black). Seeded: the same arguments give the same files.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "cross", "square", "triangle")
+STYLES = ("random", "plain", "white")
 
 
-def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
-    """One `size` x `size` RGB image of `kind`: a bright shape on a dark background."""
-    background = tuple(rng.randrange(0, 80) for _ in range(3))
-    colour = tuple(rng.randrange(120, 256) for _ in range(3))
+def draw_shape(kind: str, size: int, rng: random.Random, style: str = "random") -> Image.Image:
+    """One `size` x `size` RGB image of `kind`: a bright shape on a dark background (see STYLES)."""
+    background = tuple(rng.randrange(0, 80) for _ in range(3)) if style == "random" else (0, 0, 0)
+    colour = (255, 255, 255) if style == "white" else tuple(rng.randrange(120, 256) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     side = rng.randint(size // 2, size - 2)  # the shape's bounding box, inside the image
@@ -43,7 +46,7 @@ def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
 
 
 def make_shapes(root, train: int = 200, val: int = 40, size: int = 16, seed: int = 0,
-                classes=CLASSES) -> Path:
+                classes=CLASSES, style: str = "random") -> Path:
     """Write `train` and `val` images, split evenly over `classes`, under root/{train,val}/<class>/."""
     root = Path(root)
     rng = random.Random(seed)
@@ -52,7 +55,7 @@ def make_shapes(root, train: int = 200, val: int = 40, size: int = 16, seed: int
             folder = root / split / kind
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count // len(classes) + (c < count % len(classes))):
-                draw_shape(kind, size, rng).save(folder / f"{i:04d}.png")
+                draw_shape(kind, size, rng, style).save(folder / f"{i:04d}.png")
     return root
 
 
@@ -63,10 +66,11 @@ def main(argv=None):
     parser.add_argument("--val", type=int, default=40, help="held-out images")
     parser.add_argument("--size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", choices=STYLES, default="random", help="colours (see above)")
     args = parser.parse_args(argv)
     if Path(args.root).exists():
         parser.error(f"{args.root} already exists")
-    make_shapes(args.root, args.train, args.val, args.size, args.seed)
+    make_shapes(args.root, args.train, args.val, args.size, args.seed, style=args.style)
     print(f"wrote {args.train} training and {args.val} held-out images to {args.root}")
 
 

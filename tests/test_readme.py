@@ -46,3 +46,33 @@ def test_the_own_images_example_runs_as_written_on_a_tiny_folder(tmp_path, monke
     assert len(list((tmp_path / "samples").glob("*.png"))) >= 16
     assert json.loads((tmp_path / "shapes-model" / "config.json").read_text())["id2label"]["0"] == "circle"
     assert (tmp_path / "runs" / "shapes" / "loss.png").is_file()
+
+
+def section(title: str) -> str:
+    """The text of the README's `## title` section, up to the next `## ` heading."""
+    return README.read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_python_api_begins_within_the_first_80_lines():
+    headings = [n for n, line in enumerate(README.read_text().splitlines(), 1) if line == "## Python API"]
+    assert headings and headings[0] <= 80, headings
+
+
+def test_the_documented_test_command_is_make_test():
+    assert "    make test " in section("Quick start")  # .ci/run runs it; the Makefile defines it
+    assert re.search(r"^test:", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_layout_names_every_module_and_benchmark_and_only_files_that_exist():
+    layout = section("Layout")
+    package = ROOT / "src" / "fractalgen"
+    top = [p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+           if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")]
+    benches = [p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "__init__.py"]
+    unnamed = [name for name in top + benches if not re.search(rf"(?<![\w.]){re.escape(name)}", layout)]
+    assert not unnamed, f"the README's layout does not name {unnamed}"
+    tree = {p.name for folder in (package, ROOT / "benchmarks", ROOT / "tests") for p in folder.rglob("*")}
+    files = set(re.findall(r"\b\w+\.(?:py|md)\b", layout))
+    folders = {name.rstrip("/") for name in re.findall(r"\b\w+/(?=[\s,;)]|$)", layout)}  # not bits/dim
+    missing = (files | folders) - tree - {"src", "fractalgen", "benchmarks", "tests"}
+    assert not missing, f"the README's layout names what the tree lacks: {missing}"

@@ -26,6 +26,14 @@ PUBLIC_SINCE = {
     "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict": (2, 2),
     "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict": (2, 2),
 }
+# torch's loading and autocast APIs moved between releases: every name the code reaches under these
+# prefixes (as an attribute, e.g. torch.serialization.safe_globals) says since when torch has it.
+MOVING = ("torch.serialization.", "torch.get_autocast_", "torch.is_autocast_", "torch.set_autocast_")
+ATTRIBUTES_SINCE = {
+    "torch.serialization.safe_globals": (2, 5),  # the context manager; 2.4 had only add_safe_globals
+    "torch.get_autocast_dtype": (2, 4),
+    "torch.is_autocast_enabled": (2, 4),  # with the device type as its argument
+}
 
 
 def declared_minimum() -> tuple[int, int]:
@@ -46,6 +54,31 @@ def optional_torch_imports() -> set[str]:
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
                     found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found
+
+
+def torch_attributes() -> set[str]:
+    """Every dotted name `torch.a.b...` the code in src/fractalgen reaches, at each of its lengths."""
+    found = set()
+    for path in (ROOT / "src" / "fractalgen").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            parts = []
+            while isinstance(node, ast.Attribute):
+                parts.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "torch" and parts:
+                found.add(".".join(["torch", *reversed(parts)]))
+    return found
+
+
+def test_every_moving_torch_attribute_is_available_at_the_declared_minimum():
+    minimum = declared_minimum()
+    used = {name for name in torch_attributes() if name.startswith(MOVING)}
+    assert "torch.serialization.safe_globals" in used  # the scan sees attribute chains
+    for name in sorted(used):
+        assert name in ATTRIBUTES_SINCE, f"{name}: say since when torch has it"
+        assert ATTRIBUTES_SINCE[name] <= minimum, f"{name} needs torch {ATTRIBUTES_SINCE[name]}: raise the minimum"
+        module, attribute = name.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), attribute), name  # and it exists on this torch
 
 
 def test_every_optional_torch_import_is_available_at_the_declared_minimum_or_gated():

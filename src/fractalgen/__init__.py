@@ -9,9 +9,18 @@ Sampling settings not given take the model's recommendation (its file's, or its 
 """
 from __future__ import annotations
 
-from .codec import CodecError, compress, decompress
+from .codec import CodecError, compress, decompress, read_names
 from .conditional import edit, inpaint, outpaint, uncrop
-from .config import PRESETS, SAMPLING_PRESETS, ConfigError, LevelConfig, ModelConfig, config_and_presets, get_config
+from .config import (
+    PRESETS,
+    SAMPLING_PRESETS,
+    ConfigError,
+    ConfigLike,
+    LevelConfig,
+    ModelConfig,
+    config_and_presets,
+    get_config,
+)
 from .data import mnist_heldout
 from .files import save_grid, to_pil
 from .formats import CheckpointError, export, load, save, save_official, save_pretrained
@@ -23,7 +32,7 @@ from .settings import SamplingSettings, resolve_settings
 from .version import __version__ as __version__
 
 
-def build(config) -> FractalModel:
+def build(config: ConfigLike) -> FractalModel:
     """A freshly initialised model from a preset name, a ModelConfig or a dict (ours or official names).
     Its recommended sampling settings (`model.recommended`) are its preset's, or those an older config's
     dict or file carried."""
@@ -37,7 +46,7 @@ def build(config) -> FractalModel:
 __all__ = [
     "build", "load", "save", "save_official", "save_pretrained", "export", "CardFacts", "Measurement",
     "sample", "save_grid", "to_pil", "mnist_heldout", "bits_per_dim", "nll_per_image", "pixel_bits", "compress",
-    "decompress", "CodecError",
+    "decompress", "read_names", "CodecError",
     "inpaint", "outpaint", "uncrop", "edit", "SamplingSettings", "resolve_settings",
     "FractalModel", "ModelConfig", "LevelConfig", "PRESETS", "SAMPLING_PRESETS", "get_config", "ConfigError",
     "CheckpointError",

@@ -23,13 +23,17 @@ decoded prefix alone:
   number of streams side by side: its batch size changes the speed, never the probabilities.
 
 File layout, format version 2 (little-endian), HEADER.size = 48 bytes:
-  magic "FGLC" | version u8 = 2 | flags u8 (bit 0: labels stored) | model fingerprint 8 bytes
-  | count u32 | channels u8 | height u16 | width u16 | images per stream u32 | grid bits u8
-  | pixel checksum 8 bytes | payload bytes u32 | payload crc32 u32 | header crc32 u32
+  magic "FGLC" | version u8 = 2 | flags u8 (bit 0: labels stored, bit 1: names stored)
+  | model fingerprint 8 bytes | count u32 | channels u8 | height u16 | width u16
+  | images per stream u32 | grid bits u8 | pixel checksum 8 bytes | payload bytes u32
+  | payload crc32 u32 | header crc32 u32
 then the payload: the number of hints (varint), each hint as four varints (stream, step, row,
 2 * logit index + rounded up), the length in 32-bit words of each stream (varint), and the streams'
 words. A stream holds its images' labels (uniform over the classes, if stored) and then every value
-in generation order, the stream's images side by side. Version 1 files (one stream coded in the
+in generation order, the stream's images side by side. With flag bit 1, the names index follows the
+payload: each image's name as its length in bytes (varint) and its UTF-8 bytes, in image order, then
+the index's crc32 u32. A name is a portable relative path (`name_problem`). Without the flag the file
+ends with the payload. Version 1 files (one stream coded in the
 encoder's batch layout in float32 on one thread; HEADER_V1.size = 47 bytes) still decode where
 they decoded before.
 """
@@ -41,7 +45,9 @@ import hashlib
 import json
 import math
 import struct
+import unicodedata
 import zlib
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
@@ -60,6 +66,7 @@ from .settings import SamplingSettings
 MAGIC = b"FGLC"
 VERSION = 2
 FLAG_LABELS = 1
+FLAG_NAMES = 2
 HEADER = struct.Struct("<4sBB8sIBHHIB8sIII")
 HEADER_V1 = struct.Struct("<4sBB8sIBHHI8sIII")
 DEFAULT_BATCH = 512  # images decoded side by side: one sampler pass serves them all
@@ -73,6 +80,8 @@ WEIGHT_BITS = 32  # exp_table's precision: weight(0) = 2^32
 MIN_BITS_PER_VALUE = -math.log2(1 - 255 * 2.0**-24)
 STATE_BITS = 64  # what a stream's coder state may hold beyond its words
 ORDER_SEED = 0  # format version 1: MAR levels' random generation order
+MAX_NAME_BYTES = 1024  # a stored name, in UTF-8
+MAX_PART_BYTES = 255  # one folder or file name within it: what common file systems hold
 
 
 class CodecError(UserError, ValueError):
@@ -91,9 +100,16 @@ class Header:
     payload_bytes: int
     payload_crc: int
     grid_bits: int = GRID_BITS
+    has_names: bool = False  # a names index follows the payload
+
+    @property
+    def size(self) -> int:
+        """The header's bytes: where the payload starts."""
+        return HEADER_V1.size if self.version == 1 else HEADER.size
 
     def pack(self) -> bytes:
-        fields = (MAGIC, self.version, FLAG_LABELS if self.has_labels else 0, self.fingerprint, self.count,
+        flags = (FLAG_LABELS if self.has_labels else 0) | (FLAG_NAMES if self.has_names else 0)
+        fields = (MAGIC, self.version, flags, self.fingerprint, self.count,
                   *self.shape, self.group, self.grid_bits, self.checksum, self.payload_bytes, self.payload_crc)
         head = HEADER.pack(*fields, 0)[:-4]
         return head + struct.pack("<I", zlib.crc32(head))
@@ -102,22 +118,27 @@ class Header:
 # ---- public API --------------------------------------------------------------------------------
 
 @uses_threads
-def compress(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = DEFAULT_BATCH,
-             images_per_stream: int = IMAGES_PER_STREAM) -> bytes:
+def compress(model: FractalModel, images: torch.Tensor, labels: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+             batch_size: int = DEFAULT_BATCH, images_per_stream: int = IMAGES_PER_STREAM, *,
+             names: Sequence[str] | None = None) -> bytes:
     """Losslessly compress uint8 images (N, C, H, W) at the model's size into bytes.
 
     labels (N,) make the class-conditional model code the images, and are stored; None codes
     them unconditionally. About `batch_size` images are coded side by side (whole streams); it
     changes the speed, never the file. Each stream holds `images_per_stream` images: fewer cost
     a little more space (each stream's end), and a decoder then needs fewer images side by side.
+    names (N,), relative paths such as "cats/tabby.png" (see `name_problem`), are stored after
+    the images; `read_names` gives them back. Without names the file ends with the images.
     """
-    return encode(model, images, labels, batch_size, images_per_stream)[0]
+    return encode(model, images, labels, batch_size, images_per_stream, names=names)[0]
 
 
 def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_BATCH,
-           images_per_stream: int = IMAGES_PER_STREAM) -> tuple[bytes, torch.Tensor]:
+           images_per_stream: int = IMAGES_PER_STREAM, *, names: Sequence[str] | None = None
+           ) -> tuple[bytes, torch.Tensor]:
     """`compress`, also returning the model's bits for every value (N, C, H, W) (what pixel_bits gives)."""
     images, labels = check_inputs(model, images, labels)
+    names = check_names(names, images.shape[0])
     batch_size = check_batch_size(batch_size)
     if isinstance(images_per_stream, bool) or not isinstance(images_per_stream, int) or not (
             1 <= images_per_stream <= MAX_IMAGES_PER_STREAM):
@@ -144,8 +165,10 @@ def encode(model: FractalModel, images, labels=None, batch_size: int = DEFAULT_B
     payload = b"".join([varint(len(hints)), *(varint(v) for hint in hints for v in hint),
                         *(varint(len(w)) for w in words), *(w.tobytes() for w in words)])
     header = Header(VERSION, labels is not None, fingerprint(model), N, tuple(images.shape[1:]), group,
-                    pixel_checksum(images, labels), len(payload), zlib.crc32(payload))
-    return header.pack() + payload, torch.cat(bits) if bits else torch.zeros(images.shape, dtype=torch.float64)
+                    pixel_checksum(images, labels), len(payload), zlib.crc32(payload), has_names=names is not None)
+    index = b"" if names is None else names_index(names)
+    return (header.pack() + payload + index,
+            torch.cat(bits) if bits else torch.zeros(images.shape, dtype=torch.float64))
 
 
 @uses_threads
@@ -154,9 +177,10 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
     """The images (uint8 (N, C, H, W), CPU) that `compress` coded into `data`; with
     return_labels=True, (images, labels or None). About `batch_size` images are decoded side by side
     (whole streams); it changes the speed, never the result. Raises CodecError (one clear line) when
-    the data is not a stream this model wrote, is damaged or truncated, or decodes to anything but
-    the original pixels."""
+    the data is not a stream this model wrote, is damaged or truncated (its names index included), or
+    decodes to anything but the original pixels. The stored names, if any: `read_names(data)`."""
     header = read_header(data)
+    read_names(data)  # a damaged or forged names index fails the file before the long part
     batch_size = check_batch_size(batch_size)
     c = model.config
     if header.fingerprint != fingerprint(model):
@@ -166,7 +190,7 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
         raise CodecError(f"the file holds {header.shape} images, the model makes "
                          f"{(c.channels, c.img_size, c.img_size)}")
     check_count(header)
-    payload = memoryview(data)[len(data) - header.payload_bytes:]
+    payload = memoryview(data)[header.size:header.size + header.payload_bytes]
     decode_version = decode_v2 if header.version == 2 else decode_v1
     try:
         images, labels = decode_version(model, header, payload, batch_size)
@@ -182,7 +206,8 @@ def decompress(model: FractalModel, data: bytes, return_labels: bool = False, ba
 
 
 def read_header(data: bytes | memoryview) -> Header:
-    """Parse and check the header of a compressed stream (and the payload's length and crc)."""
+    """Parse and check the header of a compressed stream (and the lengths and crcs of the payload and
+    of the names index)."""
     data = memoryview(data)
     if len(data) < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
         raise CodecError("not a fractalgen compressed file (wrong magic bytes)")
@@ -200,15 +225,21 @@ def read_header(data: bytes | memoryview) -> Header:
         grid_bits = 0
     else:
         _, _, flags, fp, count, C, H, W, group, grid_bits, checksum, payload_bytes, payload_crc, _ = fields
+    if version == 2 and flags & ~(FLAG_LABELS | FLAG_NAMES):
+        raise CodecError(f"the header has flags {flags:#04x}, unknown to this fractalgen (a newer format?)")
     header = Header(version, bool(flags & FLAG_LABELS), fp, count, (C, H, W), group, checksum, payload_bytes,
-                    payload_crc, grid_bits)
+                    payload_crc, grid_bits, has_names=version == 2 and bool(flags & FLAG_NAMES))
     got = len(data) - layout.size
     if got < payload_bytes:
         raise CodecError(f"truncated: the payload has {got} of {payload_bytes} bytes")
-    if got > payload_bytes:
+    if got > payload_bytes and not header.has_names:
         raise CodecError(f"{got - payload_bytes} unexpected bytes after the payload")
-    if zlib.crc32(data[layout.size:]) != payload_crc:
+    if got < payload_bytes + 4 and header.has_names:
+        raise CodecError("truncated: the names index after the payload is missing")
+    if zlib.crc32(data[layout.size:layout.size + payload_bytes]) != payload_crc:
         raise CodecError("the payload is damaged (checksum mismatch)")
+    if header.has_names and zlib.crc32(data[layout.size + payload_bytes:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CodecError("the names index is damaged or truncated (checksum mismatch)")
     if group < 1 or (version == 2 and (group > MAX_IMAGES_PER_STREAM or not 1 <= grid_bits <= 16)):
         raise CodecError("the header is damaged (impossible stream layout)")
     return header
@@ -230,6 +261,122 @@ def check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 2**20:
         raise CodecError(f"batch size must be an integer in 1..{2**20}, got {batch_size!r}")
     return batch_size
+
+
+# ---- names: an optional index after the payload ----------------------------------------------------
+
+# Characters Windows refuses in a file name (a backslash separates folders there). Control characters
+# are refused too: names are printed.
+FORBIDDEN_CHARACTERS = frozenset('\\:*?"<>|')
+DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", *(f"{port}{k}" for port in ("COM", "LPT") for k in range(10))])
+
+
+def shown(name: str) -> str:
+    """A name as an error message quotes it: its start, when it is long."""
+    return repr(name if len(name) <= 60 else name[:50] + "...")
+
+
+def name_problem(name) -> str | None:
+    """What keeps `name` from being a stored name, or None. A stored name is a relative path inside one
+    folder that every common system can write: '/'-separated parts, none empty, '.' or '..', none
+    ending in a dot or a space, none a Windows device name (CON, NUL, COM1 ...); no control characters
+    and none of \\ : * ? " < > |; at most MAX_PART_BYTES bytes a part and MAX_NAME_BYTES in all (UTF-8)."""
+    if not isinstance(name, str):
+        return f"a name is a {type(name).__name__}, not a string"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: a file name that was not UTF-8 on disk
+        return f"{shown(name)} is not valid Unicode text"
+    if not name:
+        return "a name is empty"
+    if size > MAX_NAME_BYTES:
+        return f"{shown(name)} is longer than {MAX_NAME_BYTES} bytes"
+    bad = next((ch for ch in name if ch in FORBIDDEN_CHARACTERS or unicodedata.category(ch) == "Cc"), None)
+    if bad is not None:
+        return f"{shown(name)} holds {bad!r}: a stored name holds no control characters and none of \\ : * ? \" < > |"
+    if name.startswith("/"):
+        return f"{shown(name)} is an absolute path (names are relative paths inside the output folder)"
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return f"{shown(name)} has an empty, '.' or '..' part (names are relative paths inside the output folder)"
+        if len(part.encode("utf-8")) > MAX_PART_BYTES:
+            return f"{shown(name)} has a part longer than {MAX_PART_BYTES} bytes"
+        if part[-1] in ". ":
+            return f"{shown(name)} has a part ending in {part[-1]!r}, which Windows drops"
+        if part.split(".")[0].rstrip(" ").upper() in DEVICE_NAMES:
+            return f"{shown(name)} has a part that Windows reserves for a device ({part.split('.')[0]})"
+    return None
+
+
+def same_file_key(name: str) -> str:
+    """Names with one key are one file on a file system that ignores case and Unicode normalisation
+    (Windows, macOS): "A.png", "a.png" and "\u00e4.png" in either composition."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def names_problem(names: list[str]) -> str | None:
+    """What keeps `names` from being stored together, or None: a bad name (`name_problem`), two names
+    of one file (on some system: `same_file_key`), or a name that is also another's folder. One sort
+    of the keys, with "/" as the lowest character: a file's key is then followed by its own folder's."""
+    for name in names:
+        if (problem := name_problem(name)) is not None:
+            return problem
+    keys = [same_file_key(name).replace("/", "\0") for name in names]  # no name holds a control character
+    order = sorted(range(len(names)), key=keys.__getitem__)
+    for first, then in zip(order, order[1:], strict=False):
+        if keys[first] == keys[then]:
+            return (f"{shown(names[first])} and {shown(names[then])} name one file (names must differ beyond case and "
+                    "Unicode form)")
+        if keys[then].startswith(keys[first]) and keys[then][len(keys[first])] == "\0":
+            return f"{shown(names[first])} is a file, and a folder in {shown(names[then])}"
+    return None
+
+
+def check_names(names, count: int) -> list[str] | None:
+    """The library's `names` argument: None, or one stored name per image."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise CodecError(f"names must be a list of strings, one per image, got {type(names).__name__}")
+    names = list(names)
+    if len(names) != count:
+        raise CodecError(f"{len(names)} names for {count} images")
+    if (problem := names_problem(names)) is not None:
+        raise CodecError(f"names: {problem}")
+    return names
+
+
+def names_index(names: list[str]) -> bytes:
+    """The names index: each name's length in bytes (varint) and its UTF-8 bytes, then their crc32."""
+    index = b"".join(varint(len(encoded)) + encoded for encoded in (name.encode("utf-8") for name in names))
+    return index + struct.pack("<I", zlib.crc32(index))
+
+
+def read_names(data: bytes | memoryview) -> list[str] | None:
+    """The names stored in a compressed file, one per image in order; None when it stores none (written
+    without names, or by a fractalgen before them). The model is not needed. Raises CodecError (one clear
+    line) for a damaged or forged file, names included: its work and memory are bounded by its size."""
+    header = read_header(data)
+    if not header.has_names:
+        return None
+    start = header.size + header.payload_bytes
+    index = memoryview(data)[start:len(data) - 4]
+    if 2 * header.count > len(index):  # a name takes at least two bytes: its length and one character
+        raise CodecError(f"the names index is damaged or forged: {len(index)} bytes cannot name "
+                         f"{header.count} images")
+    reader = PayloadReader(index, "names index")
+    names = []
+    for _ in range(header.count):
+        raw = reader.take(reader.count(limit=MAX_NAME_BYTES))
+        try:
+            names.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CodecError("the names index is damaged or forged (a name is not UTF-8)") from None
+    if reader.remaining():
+        raise CodecError(f"the names index is damaged ({reader.remaining()} bytes after its last name)")
+    if (problem := names_problem(names)) is not None:
+        raise CodecError(f"the names index is damaged or forged: {problem}")
+    return names
 
 
 # ---- streams -------------------------------------------------------------------------------------
@@ -447,16 +594,16 @@ def varint(value: int) -> bytes:
 
 
 class PayloadReader:
-    """Reads varints from a payload, refusing to run past its end."""
+    """Reads varints from a payload (or the names index: `part`), refusing to run past its end."""
 
-    def __init__(self, payload: memoryview):
-        self.payload, self.position = payload, 0
+    def __init__(self, payload: memoryview, part: str = "payload"):
+        self.payload, self.position, self.part = payload, 0, part
 
     def varint(self) -> int:
         value = shift = 0
         while True:
             if self.position >= len(self.payload) or shift > 63:
-                raise CodecError("the payload is damaged (a number runs past its end)")
+                raise CodecError(f"the {self.part} is damaged (a number runs past its end)")
             byte = self.payload[self.position]
             self.position += 1
             value |= (byte & 0x7F) << shift
@@ -467,8 +614,14 @@ class PayloadReader:
     def count(self, limit: int) -> int:
         value = self.varint()
         if value > limit:
-            raise CodecError("the payload is damaged (a count larger than the payload can hold)")
+            raise CodecError(f"the {self.part} is damaged (a count larger than it can hold)")
         return value
+
+    def take(self, length: int) -> bytes:
+        if length > self.remaining():
+            raise CodecError(f"the {self.part} is damaged (a field runs past its end)")
+        self.position += length
+        return bytes(self.payload[self.position - length:self.position])
 
     def remaining(self) -> int:
         return len(self.payload) - self.position
@@ -560,7 +713,8 @@ def pixel_checksum(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
     return h.digest()[:8]
 
 
-def check_inputs(model: FractalModel, images, labels):
+def check_inputs(model: FractalModel, images: torch.Tensor | np.ndarray,
+                 labels: Sequence[int] | torch.Tensor | np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     c = model.config
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:

@@ -38,9 +38,9 @@ from .errors import UserError
 from .model import FractalModel, as_labels, check_labels, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
-from .samples import make_generator, step_callback, to_uint8
+from .samples import check_count, make_generator, step_callback, to_uint8
 from .sampling import Known
-from .settings import SamplingSettings, legacy_overrides, resolve_settings
+from .settings import SamplingSettings, check_seed, legacy_overrides, resolve_settings
 
 
 class ConditionalInputError(UserError, ValueError):
@@ -52,7 +52,7 @@ class ConditionalInputError(UserError, ValueError):
 @uses_threads
 @eval_mode
 def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch.Tensor | np.ndarray,
-            labels: int | str | Sequence | torch.Tensor | None = None, *legacy,
+            labels: int | str | Sequence | torch.Tensor | None = None, *legacy: Any,
             settings: SamplingSettings | None = None,
             cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
             filter_threshold: float | None = None, num_iter: Sequence[int] | int | None = None,
@@ -79,6 +79,7 @@ def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch
                              temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
                              seed=seed, samples=samples, progress=progress)
     seed, samples, progress = (given.pop(k) for k in ("seed", "samples", "progress"))
+    seed = check_seed(seed)
     if samples is not None:
         warnings.warn("inpaint(samples=...) is deprecated: the number of completions per image is n=...",
                       DeprecationWarning, stacklevel=4)  # the caller, past the two decorators
@@ -89,8 +90,7 @@ def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch
     mask = _as_known(known, images.shape)
     labels = _as_labels(model, labels, N)
     settings = resolve_settings(model, settings=settings, **given)  # checked before any work
-    if n < 1:
-        raise ConditionalInputError(f"n (completions per image) must be >= 1, got {n}")
+    n = check_count(n, "n (completions per image)", 1, N * images[0].numel() if N else 0, ConditionalInputError)
     images, mask = images.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
     if labels is not None:
         labels = labels.repeat_interleave(n, 0)
@@ -126,7 +126,8 @@ def box_mask(size: int, box: Sequence[int]) -> torch.Tensor:
     return inside
 
 
-def outpaint(model: FractalModel, images, box: Sequence[int], labels=None, *,
+def outpaint(model: FractalModel, images: torch.Tensor | np.ndarray, box: Sequence[int],
+             labels: int | str | Sequence | torch.Tensor | None = None, *,
              settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
     """Keep the pixels inside box = (x0, y0, x1, y1) (end exclusive) and generate everything around them.
     `settings` and the keyword `options` (cfg=..., seed=..., n=...) as `inpaint` takes them."""
@@ -142,7 +143,8 @@ def centre_box(size: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
     return (start, start, start + side, start + side)
 
 
-def uncrop(model: FractalModel, images, fraction: float = 0.5, labels=None, *,
+def uncrop(model: FractalModel, images: torch.Tensor | np.ndarray, fraction: float = 0.5,
+           labels: int | str | Sequence | torch.Tensor | None = None, *,
            settings: SamplingSettings | None = None, **options: Any) -> torch.Tensor:
     """Outpainting from a small known centre: keep the central square and generate the rest.
 

@@ -14,6 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 from .jsonfile import read_object
 from .settings import SCHEDULE_NAMES, SETTING_DEFAULTS, SettingsError, check_setting
@@ -257,7 +258,7 @@ class ModelConfig:
         num_iter = self._preset_setting("num_iter")
         return num_iter if num_iter is not None else tuple(lv.seq_len for lv in self.levels)
 
-    def replace(self, **changes) -> ModelConfig:
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation -------------------------------------------------
@@ -288,7 +289,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def from_official(cls, d: dict, **overrides) -> ModelConfig:
+    def from_official(cls, d: dict, **overrides: Any) -> ModelConfig:
         """Build from the official constructor's field names (plus optional `channels`)."""
         d, sampling = split_sampling(d)
         _warn_ignored(sampling)
@@ -517,7 +518,12 @@ def config_for_data(image_size: int, channels: int, num_classes: int) -> ModelCo
     )
 
 
-def get_config(config) -> ModelConfig:
+# What every `config` argument takes (get_config reads it): a preset name, a JSON file's path, a ModelConfig,
+# or a dict of its fields (ours or the official names).
+ConfigLike: TypeAlias = str | Path | ModelConfig | dict[str, Any]
+
+
+def get_config(config: ConfigLike) -> ModelConfig:
     """A preset name, a ModelConfig, a dict (ours or official field names) or a JSON file path."""
     config, presets = config_and_presets(config)
     _warn_ignored(presets)

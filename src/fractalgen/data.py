@@ -30,7 +30,7 @@ MNIST_SPLIT_SEED, MNIST_VAL = 0, 500  # fixed: every user gets the same 4,500 / 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, PIL's RGB -> L weights
 
 
-def note(message: str):
+def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
@@ -142,7 +142,8 @@ def fit_array(images: np.ndarray, size: int, source: str) -> np.ndarray:
     raise UserError(f"{source}: images are {h}x{w}, the model needs {size}x{size}")
 
 
-def array_dataset(images, labels, size: int, channels: int, source: str, num_classes: int | None = None):
+def array_dataset(images: np.ndarray, labels: np.ndarray | None, size: int, channels: int, source: str,
+                  num_classes: int | None = None) -> ArrayDataset:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise UserError(f"{source}: 'images' must be uint8, got {images.dtype}")
@@ -166,7 +167,8 @@ def array_dataset(images, labels, size: int, channels: int, source: str, num_cla
     return ArrayDataset(tensor, torch.from_numpy(labels), num_classes, source)
 
 
-def read_image_npz(path, names=("images",), with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def read_image_npz(path: str | Path, names: tuple[str, ...] = ("images",),
+                   with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 images (N, H, W) or (N, H, W, C) and optional integer `labels` from an .npz.
 
     Only these two arrays are read, each after its declared shape and type are checked
@@ -195,6 +197,7 @@ def read_image_npz(path, names=("images",), with_labels: bool = True) -> tuple[n
 def mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The embedded digits, (N, 28, 28) uint8 and labels: a fixed seeded permutation, last 500 = val."""
     images, labels = read_image_npz(MNIST_FILE)
+    assert labels is not None  # the embedded digits are labelled
     order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(images))
     index = order[:-MNIST_VAL] if split == "train" else order[-MNIST_VAL:]
     return images[index], labels[index]
@@ -217,13 +220,13 @@ def source_path(spec: str) -> Path:
     return path
 
 
-def load_dataset(spec: str, split: str, size: int, channels: int):
+def load_dataset(spec: str, split: str, size: int, channels: int) -> ArrayDataset | ImageFolder:
     """A dataset at the model's size and channel count from `mnist`, an image folder, or an .npz file."""
     if split not in ("train", "val"):
         raise UserError(f"unknown split {split!r} (choose train or val)")
     if spec == "mnist":
-        images, labels = mnist_split(split)
-        return array_dataset(images, labels, size, channels, f"mnist/{split}", num_classes=10)
+        digits, digit_labels = mnist_split(split)
+        return array_dataset(digits, digit_labels, size, channels, f"mnist/{split}", num_classes=10)
     path = source_path(spec)
     if path.is_file():
         images, labels = read_image_npz(path)
@@ -303,9 +306,9 @@ def describe_data(spec: str) -> DataSummary:
     """The summary of `--data` (mnist, an image folder or an .npz) without loading its images."""
     if spec == "mnist":
         images, labels = read_image_npz(MNIST_FILE)
-        counts = np.bincount(mnist_split("train")[1], minlength=10)
+        digit_counts = np.bincount(mnist_split("train")[1], minlength=10)
         return DataSummary("mnist", "array", {"train": len(images) - MNIST_VAL, "val": MNIST_VAL}, None,
-                           tuple(int(c) for c in counts), ((28, 28),), (1,), len(images))
+                           tuple(int(c) for c in digit_counts), ((28, 28),), (1,), len(images))
     path = source_path(spec)
     if path.is_file():
         images, labels = read_image_npz(path)
@@ -319,7 +322,8 @@ def describe_data(spec: str) -> DataSummary:
     train = splits["train"]
     counts = (tuple(sum(1 for _, label in train.files if label == c) for c in range(train.num_classes))
               if train.num_classes else ())
-    sizes, modes = {}, {}
+    sizes: dict[tuple[int, int], int] = {}  # (width, height) -> files probed
+    modes: dict[int, int] = {}  # channels -> files probed
     step = max(1, len(train.files) // SUMMARY_PROBES)
     probes = train.files[::step][:SUMMARY_PROBES]
     for file, _ in probes:

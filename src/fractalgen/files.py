@@ -210,8 +210,11 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return save_image(grid(images, nrow, padding * scale, scale), path)
 
 
-def save_each(images: torch.Tensor, labels, folder: str | Path, first_index: int = 0) -> list[Path]:
-    """One PNG per image (uint8 (N, C, H, W)), named by `image_name`; returns the paths."""
-    return [save_image(cast(Image.Image, to_pil(image)),
-                       Path(folder) / image_name(first_index + i, None if labels is None else labels[i]))
-            for i, image in enumerate(images)]
+def save_each(images: torch.Tensor, labels, folder: str | Path, first_index: int = 0,
+              names: list[str] | None = None) -> list[Path]:
+    """One PNG per image (uint8 (N, C, H, W)), named by `image_name`, or by `names` (relative paths whose
+    folders are made as needed); returns the paths."""
+    if names is None:
+        names = [image_name(first_index + i, None if labels is None else labels[i]) for i in range(len(images))]
+    return [save_image(cast(Image.Image, to_pil(image)), Path(folder) / name, format="PNG")
+            for image, name in zip(images, names, strict=True)]

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -16,7 +17,7 @@ from .runtime import uses_threads
 @eval_mode
 def nll_per_image(model: FractalModel, images: torch.Tensor, passes: int = 1, batch_size: int = 256,
                   generator_seed: int | None = None, progress: Callable[[int], None] | None = None,
-                  labels=None) -> torch.Tensor:
+                  labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """Per-image bits/dim (N,): unconditional, or class-conditional with `labels` (one per image, or one
     for all, checked as `sample` checks them). MAR levels draw random masks: `passes` are averaged.
 
@@ -64,7 +65,8 @@ def _nll_batches(model, images, passes, batch_size, progress, labels) -> torch.T
 
 
 @uses_threads
-def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1, labels=None) -> float:
+def bits_per_dim(model: FractalModel, images: torch.Tensor, passes: int = 1,
+                 labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None) -> float:
     """Mean bits/dim over the images (uint8 (N, C, H, W)): unconditional, or class-conditional with
     `labels` (one per image, or one for all)."""
     return float(nll_per_image(model, images, passes, labels=labels).mean())
@@ -114,7 +116,8 @@ def measure(model: FractalModel, data: str, split: str = "val", passes: int | No
 
 @uses_threads
 @torch.no_grad()
-def pixel_bits(model: FractalModel, images: torch.Tensor, labels=None, batch_size: int = 256) -> torch.Tensor:
+def pixel_bits(model: FractalModel, images: torch.Tensor,
+               labels: Sequence[int] | torch.Tensor | np.ndarray | None = None, batch_size: int = 256) -> torch.Tensor:
     """Bits of every value, float (N, C, H, W): -log2 p(value | everything the model conditions it on),
     in the order the model generates. uint8 images (N, C, H, W); labels (N,) condition on the class.
 

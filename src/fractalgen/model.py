@@ -10,13 +10,14 @@ import json
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .config import LEGACY_DEFAULTS, SAMPLING_PRESETS, ModelConfig, presets_in_full
+from .footprint import check_fits
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import Level, init_weights
 from .sampling import Known, SampleContext, ValueCoder
@@ -25,8 +26,11 @@ from .settings import check as check_settings
 
 
 class FractalModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        device = torch.empty(0).device  # where the parameters will be made (`with torch.device(...)` chooses)
+        if device.type != "meta":  # a config too large for this machine: one line, before any allocation
+            check_fits(config, device)
         self.config = config
         # The recommended sampling settings, e.g. {"cfg": 10.0}: the preset's (SAMPLING_PRESETS) for a
         # fresh model, the file's for a loaded one; settings.resolve_settings prefers them to the defaults.
@@ -43,7 +47,7 @@ class FractalModel(nn.Module):
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
 
-    def recommend(self, sampling: dict, presets: dict | None = None, fingerprinted: dict | None = None):
+    def recommend(self, sampling: dict, presets: dict | None = None, fingerprinted: dict | None = None) -> None:
         """Take `sampling` (a file's recommendation) over `presets` (the sampling settings an older config
         held) as this model's recommendation. `fingerprinted`: the four settings the codec's fingerprint
         covers for this model (default: `presets`, completed with their defaults); kept where they differ
@@ -65,14 +69,14 @@ class FractalModel(nn.Module):
         else the recommendation's (their defaults where it names none)."""
         return self.fingerprint_presets or presets_in_full(self.recommended)
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         init_weights(self)
         for name, p in self.named_parameters():
             if name.endswith(("pos_embed", "mask_token", "null_class")):
                 nn.init.normal_(p, std=0.02)
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.null_class.device
 
     @property
@@ -83,13 +87,16 @@ class FractalModel(nn.Module):
 
     # ---- class conditioning (level 0) ----------------------------------------------
 
-    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0):
-        """(B, width0): the class embedding, or the null class where labels are absent or dropped."""
+    def class_condition(self, labels: torch.Tensor | None, batch: int, drop_prob: float = 0.0,
+                        labels_checked: bool = False) -> torch.Tensor:
+        """(B, width0): the class embedding, or the null class where labels are absent or dropped.
+        `labels_checked`: the caller has checked them (see loss)."""
         null = self.null_class.expand(batch, -1)
         if labels is None or self.config.num_classes == 0:
             return null
         labels = labels.to(self.device)
-        check_labels(labels, self.config.num_classes)
+        if not labels_checked:
+            check_labels(labels, self.config.num_classes)
         emb = self.class_embed(labels)
         if drop_prob > 0:  # classifier-free guidance training
             drop = torch.rand(batch, device=emb.device) < drop_prob
@@ -114,13 +121,13 @@ class FractalModel(nn.Module):
         """What the recursion walks, top-down: the generator levels, then the pixel head (the last level)."""
         return (*cast(Sequence[Level], self.levels), self.pixel_head)
 
-    def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None):
+    def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None, labels_checked=False):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
         x = images.to(self.device, self.null_class.dtype)  # raw 0..255 in fp32 (float64 in a .double() model)
         B = x.shape[0]
         drop = self.config.label_drop_prob if train else 0.0
-        conds = [self.class_condition(labels, B, drop)]
+        conds = [self.class_condition(labels, B, drop, labels_checked)]
         owner = torch.arange(B, device=x.device)
         terms = []  # (loss per row, the image of each row) of every level that has one; the pixel head's last
         for i, level in enumerate(self.stages):
@@ -134,8 +141,9 @@ class FractalModel(nn.Module):
         *guide_terms, (pixel_nll, pixel_owner) = terms
         return pixel_nll, pixel_owner, guide_terms
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, masks=None,
-             train: bool = True, guide_targets=None) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+             masks: Sequence[str | torch.Tensor | None] | None = None, train: bool = True,
+             guide_targets: Sequence[torch.Tensor | None] | None = None, labels_checked: bool = False) -> torch.Tensor:
         """Training loss: mean pixel-head loss over every pixel that reached it + guiding-pixel losses.
 
         images uint8 (N, C, H, W); labels int64 (N,) (None: unconditional). Class labels are
@@ -144,12 +152,15 @@ class FractalModel(nn.Module):
         channel mean, uniform MAR masks), averaged over pixels rather than per image.
         `masks` (tests): per level, None, "all" or a bool (B_level, N_level) tensor.
         `guide_targets` (tests): per level, None or the guiding pixel's targets (B_level, C).
+        `labels_checked`: every label is known to be one of the model's classes (training checks its
+        data once, when it is loaded), so the check, a read of the labels back from the device, is skipped.
         """
         pixel_nll, _, guide_terms = self._recurse(images, labels if train else None, train=train, masks=masks,
-                                                  guide_targets=guide_targets)
+                                                  guide_targets=guide_targets, labels_checked=labels_checked)
         return pixel_nll.mean() + sum(g.mean() for g, _ in guide_terms)
 
-    def nll(self, images: torch.Tensor, masks=None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def nll(self, images: torch.Tensor, masks: Sequence[str | torch.Tensor | None] | None = None,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
         """Likelihood-mode loss per image (N,), in nats per dimension, plain channel mean: unconditional,
         or conditioned on the class with labels int64 (N,).
 
@@ -166,10 +177,11 @@ class FractalModel(nn.Module):
     # ---- sampling -----------------------------------------------------------------------
 
     @torch.inference_mode()  # not no_grad: no view/version tracking, which AR sampling's many small ops pay for
-    def generate(self, labels=None, n: int | None = None, settings: SamplingSettings | None = None, *,
+    def generate(self, labels: int | str | Sequence[int | str] | torch.Tensor | np.ndarray | None = None,
+                 n: int | None = None, settings: SamplingSettings | None = None, *,
                  generator: torch.Generator | None = None, known: Known | None = None,
                  on_step: Callable | None = None, coder: ValueCoder | None = None,
-                 **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+                 **overrides: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
         drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
@@ -266,13 +278,19 @@ def as_labels(labels, device, class_names: tuple[str, ...] | None = None) -> tor
     """Class labels as int64 (B,); class names (see class_indices) become their indices; floats,
     booleans and other text are refused rather than truncated."""
     if isinstance(labels, np.ndarray):  # numpy's integers become a tensor; its floats and booleans are refused below
-        labels = torch.from_numpy(np.ascontiguousarray(labels)) if labels.dtype.kind in "iufcb" else labels.tolist()
+        # (unsigned integers past int64 go as Python ints, refused by their value rather than wrapped round)
+        wraps = labels.dtype.kind == "u" and labels.size and int(labels.max()) >= 2**63
+        labels = (torch.from_numpy(np.ascontiguousarray(labels)) if labels.dtype.kind in "iufcb" and not wraps
+                  else labels.tolist())
     labels = class_indices(labels, class_names)
     values = labels if isinstance(labels, torch.Tensor) else None
     if values is None:
         items = labels if isinstance(labels, (list, tuple)) else [labels]
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
             raise ValueError(f"class labels must be integers, got {list(items)[:8]}")
+        beyond = next((v for v in items if not -2**63 <= v < 2**63), None)  # what an int64 tensor holds
+        if beyond is not None:
+            raise ValueError(f"label {beyond} is out of range: class labels are class indices")
         values = torch.tensor([int(v) for v in items], dtype=torch.long)
     elif values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
         raise ValueError(f"class labels must be integers, got a {values.dtype} tensor")

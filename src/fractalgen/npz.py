@@ -14,7 +14,6 @@ its declared size fits in the memory this machine has free.
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,25 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .memory import gib, host_room
 
 # What a damaged or hostile archive raises while we read it; each becomes one line naming the file.
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, KeyError)
-
-
-def available_memory() -> int:
-    """Bytes of memory free for new allocations (MemAvailable on Linux; all of it elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
 class NpzArchive:
@@ -120,10 +104,10 @@ class NpzArchive:
         """The member's data, once its declared size is known to fit in free memory."""
         shape, dtype = self.header(name)
         size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd shapes
-        free = available_memory()
-        if size > free:
+        room = host_room()
+        if room is not None and size > room.bytes:
             raise UserError(f"{self.path}: array {name!r} declares shape {shape} ({gib(size)}), more than the "
-                            f"{gib(free)} of memory free")
+                            f"{gib(room.bytes)} {room.source}")
         try:
             with self.zip.open(name + ".npy") as f:
                 return np.lib.format.read_array(f, allow_pickle=False)

@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import re
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -47,11 +48,32 @@ def auto_threads() -> int:
     Why not torch's default (one thread per core): when the cores are busy with other jobs,
     every parallel region of our many small ops waits for a thread the kernel has given to
     someone else (measured: `python -m benchmarks.threads`, benchmarks/RESULTS.md).
-    Idle CPUs = usable CPUs - the 1-minute load average (rounded); torch's own default
-    (OMP_NUM_THREADS, or the core count) stays the upper bound.
+    Busy CPUs = the larger of the 1-minute load average and the processes runnable right now
+    (other than this one): the average lags a load that just began by up to a minute, the count
+    of the moment misses one that pauses. Torch's own default (OMP_NUM_THREADS, or the core
+    count) stays the upper bound.
     """
-    idle = usable_cpus() - os.getloadavg()[0] if hasattr(os, "getloadavg") else usable_cpus()
-    return max(1, min(torch.get_num_threads(), usable_cpus(), round(idle)))
+    busy = max(os.getloadavg()[0], runnable_now() - 1) if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), usable_cpus(), round(usable_cpus() - busy)))
+
+
+def runnable_now() -> int:
+    """Processes (threads) runnable on this machine at this moment, this one included: the fourth field
+    of /proc/loadavg ("running/total"), the median of a few reads a millisecond apart (one read may
+    catch a passing kernel task, or another job between steps); 1 where the kernel does not say."""
+    try:
+        counts = []
+        for i in range(RUNNABLE_READS):
+            if i:
+                time.sleep(RUNNABLE_GAP_S)
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        return sorted(counts)[len(counts) // 2]
+    except (OSError, ValueError, IndexError):
+        return 1
+
+
+RUNNABLE_READS, RUNNABLE_GAP_S = 5, 0.001
 
 
 def choose_threads(option: str | int) -> int:
@@ -144,6 +166,7 @@ def uses_threads(function):
 # import they make. Each is checked by `require_torch` before the path runs.
 NEWER_TORCH = {
     "torch.distributed.fsdp.fully_shard": (2, 6),  # --fsdp: public from 2.6 (private before)
+    "torch.distributed.fsdp.MixedPrecisionPolicy": (2, 6),  # --fsdp under bf16: public with fully_shard
 }
 
 

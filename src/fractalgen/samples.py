@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from .memory import gib, host_room
 from .model import FractalModel, as_labels, eval_mode
 from .nn import precision_context
 from .runtime import uses_threads
-from .settings import SETTING_NAMES, SamplingSettings, legacy_overrides, resolve_settings
+from .settings import SETTING_NAMES, SamplingSettings, check_seed, legacy_overrides, resolve_settings
 
 DEFAULT_BATCH_SIZE = 100
 
@@ -35,23 +37,35 @@ def to_uint8(values: torch.Tensor) -> torch.Tensor:
     return values.round().clamp(0, 255).to(torch.uint8)
 
 
-def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None) -> tuple[int, list | None]:
+def check_count(value, name: str, minimum: int, image_bytes: int, error: type[Exception] = ValueError) -> int:
+    """A number of images asked for: an integer >= `minimum` whose images (`image_bytes` each, the
+    output alone) fit in the memory there is (memory.py), else `error` naming the argument as `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}, got {value!r:.60}")
+    value = int(value)
+    room = host_room()
+    if room is not None and value * image_bytes > room.bytes:
+        raise error(f"{name} = {value} asks for {gib(value * image_bytes)} of images, more than the "
+                    f"{gib(room.bytes)} {room.source}")
+    return value
+
+
+def count_and_labels(labels, n, class_names: tuple[str, ...] | None = None,
+                     image_bytes: int = 0) -> tuple[int, list | None]:
     """(number of images, labels as a list of indices or None for unconditional); names are looked up
     in `class_names`."""
     if labels is not None:
         labels = as_labels(labels, "cpu", class_names).tolist()  # floats, booleans and text refused, not truncated
-        return len(labels), labels
+        return check_count(len(labels), "the number of labels", 0, image_bytes), labels
     if n is None:
         raise ValueError("give labels or n")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n (how many images) must be an integer >= 0, got {n!r}")
-    return int(n), None
+    return check_count(n, "n (how many images)", 0, image_bytes), None
 
 
 @uses_threads
 @eval_mode
 def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | None = None,
-           n: int | None = None, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
+           n: int | None = None, *legacy: Any, settings: SamplingSettings | None = None, cfg: float | None = None,
            cfg_schedule: str | None = None, temperature: float | None = None,
            filter_threshold: float | None = None,
            num_iter: Sequence[int] | int | None = None, seed: int | None = None,
@@ -75,9 +89,10 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     given = legacy_overrides(legacy, "sample", LEGACY_ORDER, 5, cfg=cfg, cfg_schedule=cfg_schedule,
                              temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
                              seed=seed)
-    seed = given.pop("seed")
+    seed = check_seed(given.pop("seed"))
     settings = resolve_settings(model, settings=settings, **given)
-    total, labels = count_and_labels(labels, n, model.class_names)
+    c, s = model.config.channels, model.config.img_size
+    total, labels = count_and_labels(labels, n, model.class_names, image_bytes=c * s * s)
     autocast = precision_context(precision, model.device)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
                                    or batch_size < 1):
@@ -93,7 +108,6 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
                                        on_step=step_callback(on_step if i == 0 else None, progress, start, count))
         out.append(to_uint8(values))
     if not out:
-        c, s = model.config.channels, model.config.img_size
         return torch.zeros(0, c, s, s, dtype=torch.uint8)
     return torch.cat(out)
 

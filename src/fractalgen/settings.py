@@ -16,7 +16,7 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import UserError
 from .sampling import CFG_SCHEDULES
@@ -97,6 +97,16 @@ def check_setting(name: str, value, num_levels: int | None = None):
     raise SettingsError(name, f"one of the settings {', '.join(SETTING_NAMES)}", name)
 
 
+def check_seed(seed) -> int | None:
+    """A random seed as every entry point takes it: None (torch's global random stream) or an integer in
+    0..SEED_MAX, as the command line's --seed; anything else is a SettingsError naming the seed."""
+    if seed is None:
+        return None
+    if not integral(seed) or not 0 <= seed <= SEED_MAX:
+        raise SettingsError("seed", f"an integer in 0..{SEED_MAX} (or None)", seed)
+    return int(seed)
+
+
 # ---- the value --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ class SamplingSettings:
         """Plain JSON-able values (num_iter as a list)."""
         return {**dataclasses.asdict(self), "num_iter": list(self.num_iter)}
 
-    def replace(self, **changes) -> SamplingSettings:
+    def replace(self, **changes: Any) -> SamplingSettings:
         """These settings with some changed (None leaves a setting as it is)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -135,8 +145,30 @@ def check(settings: SamplingSettings, num_levels: int) -> None:
 
 # ---- resolution ---------------------------------------------------------------------------------
 
-def resolve_settings(model, *legacy, settings: SamplingSettings | None = None, cfg: float | None = None,
-                     cfg_schedule: str | None = None, temperature: float | None = None,
+class LevelShape(Protocol):
+    @property
+    def seq_len(self) -> int: ...
+
+
+class LevelsShape(Protocol):
+    """What resolve_settings reads of a model's config (a ModelConfig): its generator levels (their sequence
+    lengths: the default num_iter) and their count."""
+
+    @property
+    def levels(self) -> Sequence[LevelShape]: ...
+    @property
+    def num_levels(self) -> int: ...
+
+
+class Configured(Protocol):
+    """A model as resolve_settings sees it (a FractalModel; this module sits below model.py and config.py)."""
+
+    @property
+    def config(self) -> LevelsShape: ...
+
+
+def resolve_settings(model: Configured, *legacy: Any, settings: SamplingSettings | None = None,
+                     cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
                      filter_threshold: float | None = None,
                      num_iter: Sequence[int] | int | None = None) -> SamplingSettings:
     """The settings to sample `model` with: each keyword that is not None, else `settings` (a whole

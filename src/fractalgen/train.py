@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,16 +35,18 @@ from .config import ConfigError, ModelConfig, check_presets, config_for_data, sp
 from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
 from .files import check_writable, save_grid
+from .footprint import check_fits
 from .formats import load as load_checkpoint
 from .formats.checks import CheckpointError, check_sampling
 from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
+from .guidance import can_choose, choose_guidance, train_judge
 from .model import FractalModel
 from .nn import PRECISIONS, precision_context, resolve_precision
 from .run_lock import LOCK_NAME, RunLock
 from .runtime import Dist, loader_workers, require_torch, setup_distributed
 from .samples import sample
-from .settings import SEED_MAX
+from .settings import SEED_MAX, resolve_settings
 from .trainlog import MetricsLog
 
 COLLECTIVE_TIMEOUT = timedelta(hours=2)  # how long a rank may wait for the others (see train_locked)
@@ -81,7 +84,7 @@ class TrainOptions:
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FULL_SHARD)
     log_every: int = 10  # steps per line of metrics.jsonl
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         """Every option within OPTION_BOUNDS: for library callers and for the options a resumed run
         stored, as for the flags (steps=0 must not quietly fall back to epochs, nor epochs=0 to one step)."""
         for name, kind in OPTION_KINDS.items():
@@ -117,6 +120,7 @@ class Bound:
         """None when `value` is acceptable, else what is wrong ("must be ..., got ...")."""
         if self.choices:
             return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r:.60}"
+        assert self.low is not None and self.high is not None  # a numeric bound has both ends (OPTION_BOUNDS)
         is_int = isinstance(value, int) and not isinstance(value, bool)
         if self.kind is int and not is_int:
             return f"must be an integer, got {value!r:.60}"
@@ -160,7 +164,7 @@ DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d{1,4})?")
 
 # The bundled models' recipes (how they were trained); flags given, and a resumed run's stored options,
 # override them. Every other preset and config takes the measured rules below.
-PRESET_RECIPES = {
+PRESET_RECIPES: dict[str, dict[str, Any]] = {
     "mnist_ar": {"steps": 5500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1},
     "mnist_mar": {"steps": 18000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "flip": False, "shift": 1,
                   "mar_masks": "uniform"},
@@ -173,7 +177,7 @@ PRESET_RECIPES = {
 # images) is made for ImageNet batches of 2048 and learns nothing at small batches: give --blr to use it.
 
 DEFAULT_EPOCHS = 10  # a run's length in epochs when neither steps nor epochs are given ...
-MIN_STEPS = 600  # ... but at least this many steps: a few hundred images need many passes
+MIN_STEPS = 1800  # ... but at least this many steps: a few hundred images need many passes (benchmarks/own_images.py)
 MAX_DEFAULT_BATCH, MIN_DEFAULT_BATCH = 64, 8
 LR_CENTRE, LR_CENTRE_WIDTH = 3e-3, 64  # the best rate at the sweep's centre (width 64)
 # Over widths 32-128 and batches 8-64 the best rate stayed within a factor 3 of the centre's; the batch
@@ -250,12 +254,12 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
         given.setdefault("out", given["resume"])
     if "out" not in given:
         raise UserError("give --out (the run folder)")
-    stored = {}
+    stored: dict[str, Any] = {}
     if "resume" in given:
         stored = read_checkpoint(given["resume"])["options"]
         stored = {k: v for k, v in stored.items()
                   if k not in ("out", "resume") and k in TrainOptions.__dataclass_fields__}
-    recipe = dict(PRESET_RECIPES.get(preset, {})) if "resume" not in given else {}
+    recipe = dict(PRESET_RECIPES.get(preset, {})) if preset is not None and "resume" not in given else {}
     if "epochs" in given:  # a length asked for in epochs replaces the recipe's length in steps
         recipe.pop("steps", None)
     return TrainOptions(**{**recipe, **stored, **given})
@@ -266,13 +270,15 @@ def run_options(given: dict, preset: str | None = None) -> TrainOptions:
 class LossModule(nn.Module):
     """DistributedDataParallel synchronises gradients around forward(): route the loss through it."""
 
-    def __init__(self, model: FractalModel, mar_masks: str = "official"):
+    def __init__(self, model: FractalModel, mar_masks: str = "official") -> None:
         super().__init__()
         self.model = model
         self.masks = [MAR_MASKS[mar_masks]] * len(model.levels)  # AR levels ignore their mask spec
 
-    def forward(self, images, labels):
-        return self.model.loss(images, labels, masks=self.masks)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        # The labels were checked against the model's classes when the data was loaded (load_dataset,
+        # fit_classes): checking each batch again would read it back from the device every step.
+        return self.model.loss(images, labels, masks=self.masks, labels_checked=True)
 
 
 def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
@@ -283,9 +289,10 @@ def some_parameters_sit_out(config: ModelConfig, labelled: bool) -> bool:
     return not labelled or config.num_classes == 0 or config.label_drop_prob == 0
 
 
-def param_groups(model: nn.Module, weight_decay: float):
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Official rule: weight decay on matrices only (none on biases, norms or other 1-D parameters)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -299,7 +306,7 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def enable_grad_checkpointing(model: FractalModel):
+def enable_grad_checkpointing(model: FractalModel) -> None:
     """Recompute each transformer block in the backward pass instead of storing its activations."""
     from torch.utils.checkpoint import checkpoint
 
@@ -320,15 +327,17 @@ def enable_grad_checkpointing(model: FractalModel):
 
 
 def rng_state(device: torch.device) -> dict:
+    # numpy's stubs type get_state() without arguments as its dict form; it returns the legacy tuple
+    # ("MT19937", keys uint32 (624,), position, has_gauss, cached_gaussian).
+    numpy_state = cast(tuple, np.random.get_state())
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2])}
+             "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2])}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict, device: torch.device):
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
@@ -336,22 +345,34 @@ def set_rng_state(state: dict, device: torch.device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def shard(loss_module: LossModule) -> LossModule:
+def shard(loss_module: LossModule, precision: str = "fp32") -> LossModule:
     """FSDP (FULL_SHARD): every transformer block is its own unit, the rest belongs to the root.
 
     The root must be the module whose forward() runs (LossModule): FSDP gathers parameters in
     forward hooks, and model.loss is not a forward.
-    """
-    from torch.distributed.fsdp import fully_shard
 
+    `precision` "bf16": the blocks gather their weights in bf16 (half the traffic and memory of fp32)
+    and reduce their gradients in fp32, into fp32 shards that the optimizer steps. Their matmuls
+    see the weights autocast would have cast to bf16 anyway (the same rounding); their norms see
+    bf16-rounded gains. The root keeps fp32: it holds the pixel heads' output tables, which the fp32
+    islands read (nn/precision.py). Inputs are not cast: the residual stream stays as autocast leaves
+    it, and the images reach the root unrounded (they are also the pixel targets).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if precision == "bf16":
+        blocks_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                             cast_forward_inputs=False)
+    else:
+        blocks_policy = MixedPrecisionPolicy()  # fp32 throughout, as without sharding
     for module in loss_module.model.modules():
         for block in getattr(module, "blocks", []):
-            fully_shard(block)
+            fully_shard(block, mp_policy=blocks_policy)
     fully_shard(loss_module)
     return loss_module
 
 
-def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
+def full_optimizer_state(model: FractalModel, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
     """The optimizer state in torch's usual layout (state keyed by parameter index), on CPU.
 
     Collective under FSDP (the shards are gathered; rank 0 gets the state, the others {}), so a
@@ -361,8 +382,9 @@ def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    by_name = get_optimizer_state_dict(model, optimizer,
-                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # torch types the values loosely: "state" maps names to dicts, "param_groups" is a list of dicts.
+    by_name = cast(dict[str, Any], get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(parameter_order(model, optimizer))}
@@ -370,7 +392,7 @@ def full_optimizer_state(model: FractalModel, optimizer, sharded: bool) -> dict:
             "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]]}
 
 
-def load_optimizer_state(model: FractalModel, optimizer, state: dict, sharded: bool):
+def load_optimizer_state(model: FractalModel, optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
     """Inverse of full_optimizer_state: every rank passes the full state; FSDP keeps its shard."""
     if not sharded:
         optimizer.load_state_dict(state)
@@ -378,13 +400,14 @@ def load_optimizer_state(model: FractalModel, optimizer, state: dict, sharded: b
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = parameter_order(model, optimizer)
-    by_name = {"state": {names[i]: value for i, value in state["state"].items()},
-               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    by_name: dict[str, Any] = {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
     # Not strict: a parameter that never had a gradient (null_class without dropped labels) has no state yet.
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def parameter_order(model: nn.Module, optimizer) -> list[str]:
+def parameter_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the optimizer's index order (its groups, in order)."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
@@ -404,15 +427,17 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool):
-        self.signum, self.announce, self.previous = None, announce, {}
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+        self.previous: dict[signal.Signals, Any] = {}  # signal -> the handler it had before
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
@@ -475,10 +500,11 @@ def start_from(model: FractalModel, initial: FractalModel, path: str) -> str | N
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
-def save_checkpoint(out: Path, model: FractalModel, optimizer, step: int, batches: EpochBatches,
-                    options: TrainOptions, d: Dist, device: torch.device, sharded: bool = False):
+def save_checkpoint(out: Path, model: FractalModel, optimizer: torch.optim.Optimizer, step: int,
+                    batches: EpochBatches, options: TrainOptions, d: Dist, device: torch.device,
+                    sharded: bool = False) -> None:
     """Collective (every rank's RNG state is gathered, FSDP shards too); rank 0 writes."""
-    states = [None] * d.world
+    states: list[dict | None] = [None] * d.world
     if d.enabled:
         dist.all_gather_object(states, rng_state(device))
     else:
@@ -544,7 +570,7 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
             out.rmdir()
 
 
-def check_run_folder(out: Path, resume: str | None):
+def check_run_folder(out: Path, resume: str | None) -> None:
     """A fresh run (or a resumed one writing elsewhere) must not write over a run or a model in `out`."""
     if resume is not None and Path(resume).resolve() in (out.resolve(), (out / CHECKPOINT_NAME).resolve()):
         return
@@ -587,6 +613,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     elif config is None:
         config, classes_from_data = config_for_data(max(summary.sizes[0]), summary.channels[0], 0), True
     config = fit_classes(config, summary, classes_from_data, options.data)
+    # A config too large for this machine is one line now, not an allocation that fails minutes later.
+    check_fits(config, device, training=True, shards=d.world if options.fsdp and d.enabled else 1)
     out = Path(options.out)
     if d.main:
         for line in [*summary.lines(), *summary.fit_notes(config.img_size, config.channels)]:
@@ -629,21 +657,28 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         model.recommend(recommended or {}, presets)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
+    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16
+    # instructions --precision bf16 gives faster steps: benchmarks/RESULTS.md).
+    precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
+    autocast = precision_context(precision, device)
     if options.fsdp:
         require_torch("torch.distributed.fsdp.fully_shard", "--fsdp")
+        require_torch("torch.distributed.fsdp.MixedPrecisionPolicy", "--fsdp")
     sharded = options.fsdp and d.enabled
     if options.fsdp and not d.enabled and d.main:
         print("note: --fsdp needs several processes (torchrun --nproc_per_node=N); training unsharded",
               file=sys.stderr)
+    loss_module: LossModule | nn.parallel.DistributedDataParallel
     loss_module = LossModule(model, options.mar_masks)
     if resume is not None:  # every rank loads the full weights; FSDP then keeps its shard
         fit_checkpoint(lambda: model.load_state_dict(resume["model"]), options.resume)
     elif initial is not None:
+        assert options.init is not None  # initial is read from options.init
         note = start_from(model, initial, options.init)
         if note and d.main:
             print(note, flush=True)
     if sharded:
-        loss_module = shard(loss_module)  # before the optimizer: sharding replaces the parameters
+        loss_module = shard(loss_module, precision)  # before the optimizer: sharding replaces the parameters
     optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=base_lr, betas=(0.9, 0.95))
     step = 0
     if resume is not None:
@@ -666,10 +701,6 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
                                          num_workers=loader_workers(options.num_workers, device),
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
-    # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16
-    # instructions --precision bf16 gives faster steps: benchmarks/RESULTS.md).
-    precision = resolve_precision(options.precision, device)  # "fp32" or "bf16"
-    autocast = precision_context(precision, device)
     writer = tensorboard_writer(out) if options.tensorboard and d.main else None
     log = MetricsLog(out, options.log_every, step, device) if d.main else None  # out/metrics.jsonl
 
@@ -692,7 +723,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
             if options.shift:  # drawn from (seed, rank, step): a resumed run replays the same shifts
                 g = torch.Generator().manual_seed((options.seed + d.rank) * 1_000_003 + step)
                 images = random_shift(images, options.shift, g)
-            labels = labels.to(device) if labelled else None
+            labels = labels.to(device, non_blocking=True) if labelled else None  # a blocking copy waits for the device
             lr = lr_at(step, base_lr, warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -700,10 +731,10 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 loss = loss_module(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # queued behind the forward: nothing is read back in between
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            total_norm = nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             # One collective and one read-back per step: the mean loss, the gradient norm, and whether any
             # rank was asked to stop. Every rank sees the same values, so all stop together.
-            loss_value, grad_norm, stopping = reduce_status(loss.detach(), grad_norm, stop.signum is not None, d)
+            loss_value, grad_norm, stopping = reduce_status(loss.detach(), total_norm, stop.signum is not None, d)
             if not math.isfinite(loss_value):
                 raise UserError(f"loss is {loss_value} at step {step}; stopped before updating the weights "
                                 f"(the last checkpoint, if any, is kept)")
@@ -717,6 +748,7 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 rate = seen / max(1e-9, time.time() - started)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
                 bar.update(1)
+                assert log is not None  # rank 0 keeps the metrics log
                 log.step(step, loss_value, lr, grad_norm, images.shape[0] * d.world,
                          flush=step == total or stopping)
                 if writer is not None:
@@ -732,10 +764,40 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
                 write_samples(model, out / "samples" / f"step{step:07d}.png", options.seed, precision)
     if writer is not None:
         writer.close()
+    if d.main and labelled and not sharded and not interrupted and step == total:
+        recommend_guidance(model, dataset, options, out, step)
     if dist.is_initialized():
         dist.destroy_process_group()
     return {"step": step, "total": total, "loss": loss_value, "seconds": time.time() - started,
             "interrupted": int(interrupted) if interrupted else None, "rank": d.rank, "already_done": False}
+
+
+GUIDANCE_MIN_STEPS = 200  # shorter runs keep the config's guidance scale: their samples say little yet
+JUDGE_IMAGES = 2000  # training images the judge learns from at most (spread over the whole set)
+JUDGE_MIN_ACCURACY = 0.8  # on those images; a judge below it cannot tell the classes apart, nor measure them
+
+
+def recommend_guidance(model: FractalModel, dataset, options: TrainOptions, out: Path, steps: int):
+    """At the end of a class-conditional run of `steps` steps whose model recommends no guidance yet (cfg 1;
+    presets with their own recommendation keep it): measure which guidance scale makes the classes
+    visible (guidance.py) and store it as the model's recommendation in out/model.safetensors."""
+    if not can_choose(model) or steps < GUIDANCE_MIN_STEPS or len(dataset) < 2 * model.config.num_classes:
+        return
+    if resolve_settings(model).cfg != 1.0:  # a preset with its own recommendation (published, or a recipe's)
+        return
+    picked = torch.linspace(0, len(dataset) - 1, min(JUDGE_IMAGES, len(dataset))).long().tolist()
+    items = [dataset[i] for i in picked]
+    images, labels = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+    judge = train_judge(images, labels, model.config.num_classes, flip=options.flip, seed=options.seed)
+    accuracy = judge.accuracy(images, labels)
+    if accuracy < JUDGE_MIN_ACCURACY:
+        print(f"note: guidance not measured: a classifier trained on the images tells only {accuracy:.0%} of "
+              f"them apart; the recommended cfg stays {resolve_settings(model).cfg:g}", flush=True)
+        return
+    choice = choose_guidance(model, judge, seed=options.seed)
+    model.recommended = {**model.recommended, "cfg": choice.cfg}
+    save_ours(model, out / "model.safetensors")
+    print(f"guidance: {choice.summary()} (stored in {out / 'model.safetensors'})", flush=True)
 
 
 def reduce_status(loss: torch.Tensor, grad_norm: torch.Tensor, stop: bool, d: Dist) -> tuple[float, float, bool]:
@@ -768,7 +830,7 @@ def random_shift(images: torch.Tensor, limit: int, generator: torch.Generator) -
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def write_samples(model: FractalModel, path: Path, seed: int, precision: str):
+def write_samples(model: FractalModel, path: Path, seed: int, precision: str) -> None:
     """A small preview grid (one row per class, up to 10 classes) with the model's resolved settings,
     at the training's precision."""
     classes = min(model.config.num_classes, 10)

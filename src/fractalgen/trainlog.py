@@ -117,7 +117,8 @@ class MetricsLog:
         except UserError as e:  # an unreadable old log: time restarts at zero, the run itself is unaffected
             print(f"note: {e}; the logged wall time restarts at zero", file=sys.stderr)
             return 0.0
-        return float(before[-1].get("wall_s", 0.0)) if before else 0.0
+        wall = before[-1].get("wall_s") if before else None  # null where a line had no finite value
+        return float(wall) if wall is not None else 0.0
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float, images: int, flush: bool = False):
         """Record one optimizer step (`step` counts steps done); write a line every `every` steps."""

@@ -251,3 +251,12 @@ def test_nll_never_reports_nan(files, tmp_path):
             p.mul_(1e30)
     with pytest.raises(UserError, match="likelihood is not finite"):
         measure(model, str(files / "d.npz"), "train")
+
+
+@pytest.mark.parametrize("flags", [["--n", "100000000000000"], ["--per-class", "100000000000000"]])
+def test_counts_whose_images_cannot_fit_are_one_line(tmp_path, flags):
+    """Refused before a label is listed per image (a list of 10**14 labels was built before), naming the flag."""
+    code, _, err = run_cli("sample", *flags, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"error: {flags[0]} = 100000000000000 asks for" in err and "GiB of images, more than the" in err
+    assert not (tmp_path / "out").exists()

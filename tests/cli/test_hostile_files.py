@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
-from frame import tiny_config, tiny_model
+from frame import DATA, tiny_config, tiny_model
 from PIL import Image
 from safetensors.torch import save_file
 
 import fractalgen
+from fractalgen import codec
 from fractalgen.formats.official import official_state_dict
 from fractalgen.images import fit_picture as center_crop_adm
 
@@ -334,3 +335,52 @@ def test_an_official_file_without_a_state_dict_says_what_it_holds(tmp_path, entr
     torch.save({"args": None} if entry is None else {"model": entry, "args": None}, path)
     with pytest.raises(fractalgen.CheckpointError, match=words.replace("(", r"\(").replace(")", r"\)")):
         fractalgen.load(path)
+
+
+# ---- 11. a compressed file's names index: forged counts, lengths, text and paths -----------
+
+def forged_names(index: bytes, count: int | None = None) -> bytes:
+    """A stored version 2 file (four digits, the default model's) with a names index appended: flag set,
+    image count replaced by `count`, every checksum recomputed."""
+    data = (DATA / "v2_mnist_4_labelled.fgz").read_bytes()
+    fields = list(codec.HEADER.unpack(data[:codec.HEADER.size]))
+    fields[2] |= codec.FLAG_NAMES
+    fields[4] = fields[4] if count is None else count
+    head = codec.HEADER.pack(*fields[:-1], 0)[:-4]
+    return (head + struct.pack("<I", zlib.crc32(head)) + data[codec.HEADER.size:] + index
+            + struct.pack("<I", zlib.crc32(index)))
+
+
+def names_index(*names: bytes) -> bytes:
+    return b"".join(codec.varint(len(name)) + name for name in names)
+
+
+# Deep, distinct, valid names: the most work per byte, down to the last name, a file named like their
+# first folder; a million names, each one byte, all alike.
+DEEP = [("d/" * 500 + f"{k:05d}").encode() for k in range(4000)]
+FORGED_NAMES = {
+    "names-count": (names_index(b"a.png", b"b.png"), 2**32 - 1, "cannot name 4294967295 images"),
+    "names-length": (names_index(b"a.png") + codec.varint(2**62), None, "larger than it can hold"),
+    "names-utf8": (names_index(b"a.png", b"b.png", b"c.png", b"\xc0\xae\xc0\xae/x.png"), None, "not UTF-8"),
+    "names-up": (names_index(b"a.png", b"b.png", b"c.png", b"../escape.png"), None, "'..' part"),
+    "names-root": (names_index(b"a.png", b"b.png", b"c.png", b"/tmp/escape.png"), None, "absolute path"),
+    "names-deep": (names_index(*DEEP, b"d"), len(DEEP) + 1, "is a file, and a folder"),
+    "names-many": (b"\x01a" * 10**6, 10**6, "name one file"),
+}
+
+
+@builder
+def forged_names_index(folder):
+    cases = {}
+    for name, (index, count, _) in FORGED_NAMES.items():
+        (folder / f"{name}.fgz").write_bytes(forged_names(index, count))
+        cases[name] = ["decompress", folder / f"{name}.fgz", "--out", folder / "out" / name]
+    return cases
+
+
+def test_decompress_refuses_forged_names_indexes_in_one_line_and_writes_nothing(outcomes):
+    results, folders = outcomes
+    for name, (_, _, words) in FORGED_NAMES.items():
+        assert_one_line_error(results[name], "decompress", "the names index is damaged", words)
+    assert not (folders["forged_names_index"] / "out").exists()
+    assert not list(folders["forged_names_index"].parent.rglob("escape.png"))

@@ -4,6 +4,7 @@ What a run folder holds (checkpoint.pt's stored options and config, metrics.json
 folder holds (config.json) is read back through the same checks as a flag. Every command line runs
 in one child process with a time and an address-space limit (tests/bounded.py).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -11,13 +12,17 @@ import shutil
 import pytest
 import torch
 from bounded import assert_one_line_error, run_cases
-from frame import train_tiny
+from frame import TINY, tiny_data, train_tiny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fractalgen
+from fractalgen.cli.train import flag_type
 from fractalgen.errors import UserError
-from fractalgen.train import run_options
+from fractalgen.train import OPTION_BOUNDS, OPTION_KINDS, OPTIONAL, TrainOptions, run_options
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json's recursive parser, unless bounded first
+HUGE = {**TINY, "widths": [2**20, 2**19, 2**18], "heads": [2, 2, 2]}  # some 19 trillion parameters
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,22 @@ def outcomes(trained, tmp_path_factory):
     (root / "config_fifo.json").unlink(missing_ok=True)
     os.mkfifo(root / "config_fifo.json")
     cases["fifo_config"] = ["train", "--config", root / "config_fifo.json", "--out", root / "never", "--device", "cpu"]
+    # a model this machine cannot hold: from a config file, a preset, a resumed run's stored config or a
+    # model folder whose config.json is forged (its weights stay small)
+    (root / "huge.json").write_text(json.dumps(HUGE))
+    data = tiny_data(root / "d.npz")
+    cases["config_huge"] = ["train", "--config", root / "huge.json", "--data", data, "--out", root / "huge_run",
+                            "--device", "cpu"]
+    cases["preset_huge"] = ["train", "--preset", "fractalmar_huge_in256", "--data", data, "--out",
+                            root / "preset_run", "--device", "cpu"]
+    cases["resume_huge"] = resume(copy_run(trained, root / "resume_huge", stored("config", json.dumps(HUGE))))
+    folder_config = json.loads((trained / "folder" / "config.json").read_text())
+    for case, change in {"folder_wide": {"embed_dim_list": HUGE["widths"]},
+                         "folder_blocks": {"num_blocks_list": [2**20, 1, 1]}}.items():
+        shutil.copytree(trained / "folder", root / case)
+        (root / case / "config.json").write_text(json.dumps({**folder_config, **change}))
+        cases[case] = ["sample", "--checkpoint", root / case, "--n", "1", "--out", root / f"{case}_out",
+                       "--device", "cpu"]
     return run_cases(cases, seconds=240, memory_gib=1.5), root
 
 
@@ -116,10 +137,23 @@ def outcomes(trained, tmp_path_factory):
     ("fifo_resume", "train", ["metrics.jsonl", "not a regular file"]),
     ("fifo_plot", "plot", ["metrics.jsonl", "not a regular file"]),
     ("fifo_config", "train", ["config_fifo.json", "not a regular file"]),
+    ("config_huge", "train", ["'tiny_gray' (19.", "T parameters) needs", "GiB to train", "more than the"]),
+    ("preset_huge", "train", ["'fractalmar_huge_in256' (848M parameters) needs", "GiB to train", "more than the"]),
+    ("resume_huge", "train", ["T parameters) needs", "GiB to train"]),
+    ("folder_wide", "sample", ["model.safetensors", "T parameters) needs", "GiB for its fp32 weights"]),
+    ("folder_blocks", "sample", ["model.safetensors", "weight tensors", "the file holds"]),
 ])
 def test_hostile_run_and_model_folders_are_one_line(outcomes, case, command, words):
     results, _ = outcomes
     assert_one_line_error(results[case], command, *words)
+
+
+def test_a_model_too_large_to_hold_leaves_nothing_behind(outcomes, trained):
+    """Refused before the run folder is made (or, resumed, touched) and before a sample is drawn."""
+    _, root = outcomes
+    assert not (root / "huge_run").exists() and not (root / "preset_run").exists()
+    assert not (root / "folder_wide_out").exists() and not (root / "folder_blocks_out").exists()
+    assert torch.load(root / "resume_huge" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 @pytest.mark.parametrize("case, words", [("metrics_deep", ["metrics.jsonl:2", "nested too deeply"]),
@@ -166,3 +200,44 @@ def test_huge_finite_sampling_settings_are_refused_everywhere(trained, tmp_path,
     (tmp_path / "folder" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="<= 10000|between"):
         fractalgen.load(tmp_path / "folder")
+
+
+# ---- fuzzed stored options: the flags' checks, or one line --------------------------------------------
+
+OPTION_NAMES = sorted({f.name for f in dataclasses.fields(TrainOptions)} | {"unknown"})
+OPTION_VALUES = (st.none() | st.booleans() | st.integers(-2, 300) | st.integers(-2**70, 2**70) | st.floats()
+                 | st.text(max_size=6) | st.lists(st.integers(0, 3), max_size=2)
+                 | st.dictionaries(st.text(max_size=3), st.integers(), max_size=1)
+                 | st.sampled_from(["cpu", "cuda:0", "meta", "mps:x", "official", "uniform", "bf16", "fp32", "auto",
+                                    10**12, 10**12 + 1, 2**31, 0.5, 1e-300]))  # near the bounds and the choices
+
+
+@pytest.fixture(scope="module")
+def stored_state(trained):
+    return torch.load(trained / "run" / "checkpoint.pt", weights_only=True)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.dictionaries(st.sampled_from(OPTION_NAMES), OPTION_VALUES, max_size=4)
+       | st.lists(st.integers(), max_size=2) | st.text(max_size=4))
+def test_fuzzed_stored_options_pass_the_flags_checks_or_are_one_line(stored_state, tmp_path_factory, stored):
+    """A resumed run's stored options go through TrainOptions' one validator: what it accepts is what the
+    flags accept (each value parses back through its flag's own type), the rest is one line."""
+    folder = tmp_path_factory.mktemp("options")
+    torch.save({**stored_state, "options": json.dumps(stored)}, folder / "checkpoint.pt")
+    try:
+        options = run_options({"resume": str(folder)})
+    except UserError as e:
+        assert str(e) and "\n" not in str(e), str(e)
+        return
+    for name, bound in OPTION_BOUNDS.items():
+        value = getattr(options, name)
+        if value is None:
+            assert name in OPTIONAL
+        elif bound.choices:
+            assert value in bound.choices
+        else:
+            assert flag_type(bound)(repr(value)) == value, (name, value)
+    for name, kind in OPTION_KINDS.items():
+        value = getattr(options, name)
+        assert (value is None and name in OPTIONAL) or type(value) is kind, (name, value)

@@ -1,12 +1,18 @@
-"""The sampler never waits on the host per step when nothing is known and nothing is coded.
+"""The sampler never waits on the host per step when nothing is known and nothing is coded, and a
+training step waits once, for its status, plus what the MAR levels' data-dependent shapes need.
 
 On a GPU every op whose result the host must read (a scalar, a data-dependent shape) stops the
 queue until the device catches up. The same ops run on the CPU, so we count them there under a
 dispatch mode: the count per `sample` call must not grow with the number of steps.
 """
+import collections
+import os
+import traceback
+
 import pytest
 import torch
-from frame import tiny_model
+from frame import tiny_config, tiny_data, tiny_model, train_options
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fractalgen
@@ -108,3 +114,101 @@ def test_counting_on_the_host_draws_what_reading_the_device_draws(name, steps):
                                    generator=generator, known=known) + (generator.get_state(),))
     for host, device in zip(*runs, strict=True):
         assert torch.equal(host, device)
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+PACKAGE = os.path.dirname(fractalgen.__file__) + os.sep  # frames in fractalgen's own files
+# Reads of tensors that live on the host in a GPU run too, which the CPU cannot tell apart: the data
+# (loading and batch order, data.py) and AdamW's step counts (host tensors unless capturable or fused).
+HOST_SIDE = (os.path.join(PACKAGE, "data.py"), os.path.dirname(torch.optim.__file__) + os.sep)
+# Reads that never reach the dispatcher for a CPU tensor (its data is read in place), seen as the
+# methods called: on a GPU each copies from the device first.
+READ_METHODS = {"tolist", "numpy", "cpu"}
+
+
+class TrainingReads(HostReads):
+    """HostReads, plus the READ_METHODS; each read named by the innermost fractalgen function making
+    it, the host-side ones (HOST_SIDE) left out."""
+
+    def __enter__(self):
+        self.methods = MethodReads(self.record)
+        self.methods.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        return self.methods.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        before = len(self.ops)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if len(self.ops) > before:
+            self.ops.pop()
+            self.record()
+        return out
+
+    def record(self):
+        frames = traceback.extract_stack()
+        if not any(f.filename.startswith(HOST_SIDE) for f in frames):
+            self.ops.append(next(f.name for f in reversed(frames) if f.filename.startswith(PACKAGE)))
+
+
+class MethodReads(TorchFunctionMode):
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in READ_METHODS:
+            self.record()
+        return func(*args, **(kwargs or {}))
+
+
+def training_reads(tmp_path, config, steps: int, **options) -> collections.Counter:
+    data = tiny_data(tmp_path / f"d{steps}.npz")
+    with TrainingReads() as counter:
+        fractalgen.train.train(config, train_options(tmp_path / f"r{steps}", data, steps=steps, save_every=1000,
+                                                     **options))
+    return collections.Counter(counter.ops)
+
+
+@pytest.mark.parametrize("kinds, masks, per_step", [
+    (["ar", "ar"], "official", {"reduce_status": 1}),
+    # A MAR level passes only its masked patches down: one data-dependent shape (nonzero) per level.
+    (["mar", "mar"], "uniform", {"reduce_status": 1, "forward_train": 2}),
+    # The official mask ratio is truncated by resampling: one more read per level, to see whether to.
+    (["mar", "mar"], "official", {"reduce_status": 1, "forward_train": 2, "training_mask": 2}),
+])
+def test_a_training_step_reads_the_device_once_plus_the_mar_levels_shapes(tmp_path, kinds, masks, per_step):
+    """Each step reads its status (loss, gradient norm, stop) back once; nothing else in the loop, the
+    labels' check included (the data was checked when loaded), waits for the device."""
+    config = tiny_config(kinds=kinds)
+    few = training_reads(tmp_path, config, 2, mar_masks=masks)
+    many = training_reads(tmp_path, config, 5, mar_masks=masks)
+    added = many - few  # the reads of 3 more steps
+    assert added == collections.Counter({name: 3 * n for name, n in per_step.items()}), (few, many)
+    assert many - collections.Counter({name: 5 * n for name, n in per_step.items()}) == few - collections.Counter(
+        {name: 2 * n for name, n in per_step.items()})  # the rest is a constant (setup, the last checkpoint)
+
+
+def test_the_training_counter_sees_a_read_in_the_loop(tmp_path, monkeypatch):
+    """A label check on the device in every step (what the loop used to do) shows up as one read a step."""
+    from fractalgen.model import FractalModel
+
+    loss = FractalModel.loss
+    monkeypatch.setattr(FractalModel, "loss", lambda self, *args, labels_checked, **kwargs: loss(self, *args, **kwargs))
+    config = tiny_config()
+    added = training_reads(tmp_path, config, 5) - training_reads(tmp_path, config, 2)
+    assert added == collections.Counter({"reduce_status": 3, "check_labels": 3})
+
+
+def test_sampling_reads_a_constant_number_of_times_counting_the_reads_the_dispatcher_misses():
+    """.tolist(), .numpy() and .cpu() of a CPU tensor never reach the dispatch mode: counted as calls."""
+    model = tiny_model("tiny_mar")
+    counts = []
+    for steps in (2, 8):
+        with TrainingReads() as counter:
+            fractalgen.sample(model, labels=[0, 3, 9], cfg=3.0, seed=1, num_iter=(steps, steps), batch_size=None)
+        counts.append(collections.Counter(counter.ops))
+    assert counts[0] == counts[1] and sum(counts[1].values()) <= 2, counts  # the labels: read once, checked once

@@ -484,6 +484,25 @@ def test_classifier_fid_on_the_held_out_digits(tmp_path):
     assert code == 2 and "mnist-classifier features" in err
 
 
+def test_inception_features_on_an_older_torch_turn_the_legacy_tf32_flags_off_and_back(tmp_path, monkeypatch):
+    """Before torch 2.9 (no fp32_precision) the flags are allow_tf32: off inside, the caller's afterwards."""
+    from types import SimpleNamespace
+
+    net = InceptionNet(scripted(Pool3Stand(), tmp_path / "pool3.pt"))
+    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)  # an older torch's flags
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    scripted_module, seen = net.module, []
+
+    def recording(x):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return scripted_module(x)
+
+    net.module = recording
+    net(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert seen == [(False, False)] and (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+
+
 def test_inception_features_run_in_plain_fp32_and_the_settings_come_back(tmp_path):
     """No TF32 (cuDNN allows it for convolutions by default) and no caller's autocast inside the
     network; the caller's settings are as they were afterwards. Flags readable without a GPU."""
@@ -512,3 +531,24 @@ def test_inception_features_run_in_plain_fp32_and_the_settings_come_back(tmp_pat
         assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # restored on an error too
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+
+
+def test_every_feature_network_runs_without_tf32(tmp_path):
+    """The MNIST classifier's features and a user's function too, not only Inception."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("this test reads torch's fp32_precision settings (torch >= 2.9)")
+    from fractalgen.metrics import FunctionFeatureNet, extract
+
+    seen = []
+
+    def features(images):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        return images.float().flatten(1)
+
+    conv = torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        extract(FunctionFeatureNet("mine", features), [torch.zeros(2, 1, 4, 4, dtype=torch.uint8)])
+        assert seen == [("ieee", "ieee")] and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = conv

@@ -88,3 +88,24 @@ def test_bits_per_dim_with_labels_is_the_class_conditional_likelihood():
     for bad, message in [([0, 1], "2 labels for 3 images"), ([0, 1, 3], "0..2"), ([0.5, 1, 1], "integers")]:
         with pytest.raises(ValueError, match=message):
             fractalgen.bits_per_dim(model, images, labels=bad)
+
+
+@pytest.mark.parametrize("load, runnable, cpus, expected", [
+    (0.0, 1, 2, 2),  # idle: every CPU
+    (0.0, 3, 2, 1),  # two jobs that began a moment ago: the 1-minute average has not seen them yet
+    (2.0, 1, 2, 1),  # jobs that pause at this moment but kept the CPUs busy over the last minute
+    (1.0, 2, 4, 3),
+    (9.0, 9, 2, 1),  # never fewer than one
+])
+def test_auto_counts_the_cpus_other_work_leaves_idle_now(monkeypatch, load, runnable, cpus, expected):
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runtime, "runnable_now", lambda: runnable)
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 8)
+    assert runtime.auto_threads() == expected
+
+
+def test_runnable_now_reads_the_kernels_count_and_survives_its_absence(monkeypatch):
+    assert runtime.runnable_now() >= 1
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    assert runtime.runnable_now() == 1

@@ -1,12 +1,15 @@
 """Model folders (config.json + model.safetensors + README.md) by path and by hub id from a local cache."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from frame import TINY, run_cli, tiny_model
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 
 import fractalgen
@@ -263,3 +266,56 @@ def test_card_strings_with_any_character_keep_the_front_matter_valid(text):
     from fractalgen.formats.card import yaml_scalar
 
     assert yaml.safe_load(f"k: {yaml_scalar(text)}")["k"] == text
+
+
+# ---- a fuzzed config.json: the model, or one line of the project's errors --------------------------------
+
+# JSON values of every type, numbers far outside any field's range included (NaN and the infinities are
+# written as Python's json writes them, which the reader refuses).
+NUMBERS = (st.integers(-3, 2**20 + 1) | st.floats() | st.sampled_from([0, 1, -1, 0.5, 1e300, 2**31, 2**63, -2**70]))
+JSON = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=6) | NUMBERS.map(str),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=10)
+# The fields a folder's config.json holds (drawn most often), every ModelConfig field and a few others.
+WRITTEN_KEYS = sorted(json.loads(json.dumps(fractalgen.formats.folder.folder_config(tiny_model(TINY), {}))))
+OTHER_KEYS = sorted({*fractalgen.ModelConfig.__dataclass_fields__, "label2id", "fractal_level", "grad_checkpointing",
+                     "unknown"})
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz") / "folder"
+    fractalgen.save_pretrained(tiny_model(TINY), folder)
+    return folder
+
+
+def fuzzed_load(tiny_folder, folder, document) -> None:
+    """Load a copy of the tiny folder whose config.json holds `document`: the model or one line."""
+    shutil.copytree(tiny_folder, folder)
+    (folder / "config.json").write_text(json.dumps(document))
+    try:
+        model = fractalgen.load(folder)
+    except (CheckpointError, fractalgen.ConfigError, UserError) as e:
+        assert str(e) and "\n" not in str(e), str(e)
+        return
+    assert model.config.num_classes >= 0 and sum(p.numel() for p in model.parameters()) > 0
+
+
+@settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(WRITTEN_KEYS) | st.sampled_from(OTHER_KEYS),
+                               st.lists(st.integers(-1, 2**21), min_size=3, max_size=3)  # one per level
+                               | st.lists(NUMBERS, min_size=1, max_size=4) | JSON, max_size=3))
+@example(changes={"embed_dim_list": [2**20, 2**19, 2**18]})  # too large for any machine: the size check
+@example(changes={"num_blocks_list": [2**20, 1, 1]})  # more tensors than the file holds
+@example(changes={"embed_dim_list": [32, 8, 8], "num_heads_list": [2, 2, 2]})  # another shape: the key named
+def test_fuzzed_config_fields_load_or_are_one_line(tiny_folder, tmp_path_factory, changes):
+    """Values of every type in every field: each ends in a model or one line (the size check refuses
+    widths and block counts that would not fit, before building)."""
+    config = json.loads((tiny_folder / "config.json").read_text())
+    fuzzed_load(tiny_folder, tmp_path_factory.mktemp("case") / "folder", {**config, **changes})
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=JSON)
+def test_a_fuzzed_config_document_is_one_line(tiny_folder, tmp_path_factory, document):
+    fuzzed_load(tiny_folder, tmp_path_factory.mktemp("case") / "folder", document)

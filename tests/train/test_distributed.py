@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -38,8 +39,8 @@ def train_args(data, config, out, *extra):
             "--keep-checkpoints", "--sample-every", "0", "--device", "cpu", "--threads", "1", "--seed", "1", *extra]
 
 
-def torchrun(args, timeout=300):
-    env = {**os.environ, "FRACTALGEN_TEST_FLOAT64": "1", "OMP_NUM_THREADS": "1"}
+def torchrun(args, timeout=300, float64=True):
+    env = {**os.environ, "FRACTALGEN_TEST_FLOAT64": "1" if float64 else "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*TORCHRUN, str(TRAIN_WORKER), *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -127,12 +128,51 @@ def test_torchrun_fsdp_equals_one_process_and_checkpoints_cross_over(single):
         assert_same_training_state(read_checkpoint(reference), read_checkpoint(target))
 
 
+@pytest.mark.slow
+def test_torchrun_fsdp_trains_under_bf16(single):
+    """Two gloo ranks gather the blocks in bf16 and reduce in fp32 (what one rank cannot show): the run
+    finishes, and the checkpoint holds fp32 weights and optimizer state, finite."""
+    root, data, config, _ = single
+    run = root / "fsdp-bf16"
+    stdout = torchrun(train_args(data, config, run, "--fsdp", "--precision", "bf16"), float64=False)
+    assert "(gloo, FSDP)" in stdout and "bf16 autocast" in stdout
+    state = read_checkpoint(run)
+    assert state["step"] == STEPS
+    for name, weights in state["model"].items():
+        assert weights.dtype == torch.float32 and torch.isfinite(weights).all(), name
+    for values in state["optimizer"]["state"].values():
+        for key, value in values.items():
+            assert value.dtype == torch.float32 and torch.isfinite(value).all(), key
+
+
 def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
     data = tiny_data(tmp_path / "d.npz")
     monkeypatch.setattr(train_module, "setup_distributed", lambda device, **kwargs: (Dist(0, 2), torch.device("cpu")))
     with pytest.raises(UserError, match="global batch 5 is not divisible by 2 processes"):
         train(tiny_config(), single_options(data, tmp_path / "run", batch_size=5))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_process_group_waits_two_hours_for_a_rank(tmp_path, monkeypatch):
+    """Rank 0's preview samples and checkpoints outlast the backends' default wait in a collective:
+    train joins torchrun's group with a two-hour timeout."""
+    data = tiny_data(tmp_path / "d.npz")
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    joined = {}
+
+    class Joined(Exception):
+        pass
+
+    def init_process_group(backend, **kwargs):
+        joined.update(backend=backend, **kwargs)
+        raise Joined
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    with pytest.raises(Joined):
+        train(tiny_config(), single_options(data, tmp_path / "run"))
+    assert joined == {"backend": "gloo", "timeout": timedelta(hours=2)}
+    assert not (tmp_path / "run").exists()
 
 
 def test_barrier_is_a_no_op_without_a_process_group():
@@ -183,3 +223,90 @@ def test_sigterm_to_torchrun_checkpoints_and_resumes(single):
     assert 5 <= stopped < 40 and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     torchrun(["train", "--resume", str(run), "--threads", "1"])
     assert read_checkpoint(run)["step"] == 40
+
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A real gloo process group of one rank in this process (FSDP needs one), taken down afterwards."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def sharded_step(precision: str, monkeypatch) -> dict:
+    """Shard a model with MAR levels and pixel-head blocks as training does, and take one forward and
+    backward at `precision`: the dtypes the blocks' and the root's weights have inside the forward, the
+    gradients' dtypes, and the policies fully_shard was given."""
+    from torch.distributed import fsdp
+
+    from fractalgen.nn import precision_context
+
+    policies, fully_shard = [], fsdp.fully_shard
+
+    def recording(module, **kwargs):
+        policies.append((type(module).__name__, kwargs.get("mp_policy")))
+        return fully_shard(module, **kwargs)
+
+    monkeypatch.setattr(fsdp, "fully_shard", recording)
+    torch.manual_seed(0)
+    model = FractalModel(tiny_config(kinds=["mar", "mar"]))
+    loss_module = train_module.shard(train_module.LossModule(model), precision)
+    seen = {"blocks": set(), "root": set()}
+    # Hooks registered after FSDP's own: they run once the unit's weights are gathered.
+    for module in model.modules():
+        for block in getattr(module, "blocks", []):
+            block.register_forward_pre_hook(lambda m, args: seen["blocks"].update(p.dtype for p in m.parameters()))
+    root = [p for name, p in model.named_parameters() if ".blocks." not in name]
+    loss_module.register_forward_pre_hook(lambda m, args: seen["root"].update(p.dtype for p in root))
+    with precision_context(precision, "cpu"):
+        loss = loss_module(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1]))
+    loss.backward()
+    seen["gradients"] = {p.grad.dtype for p in model.parameters() if p.grad is not None}
+    seen["policies"] = policies
+    return seen
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_fsdp_under_bf16_gathers_the_blocks_in_bf16_and_reduces_in_fp32(monkeypatch):
+    """A real fully_shard on one gloo rank: the policy reaches the blocks (their weights are bf16 inside
+    the forward), the root stays fp32 (the pixel heads' tables feed fp32 islands), gradients land in the
+    fp32 shards. The reduction's dtype cannot show on one rank, so the policies given are checked too."""
+    seen = sharded_step("bf16", monkeypatch)
+    assert seen["blocks"] == {torch.bfloat16} and seen["root"] == {torch.float32}
+    assert seen["gradients"] == {torch.float32}
+    *blocks, (root_name, root_policy) = seen["policies"]
+    assert root_name == "LossModule" and root_policy is None  # fully_shard's default: no casting
+    model = FractalModel(tiny_config(kinds=["mar", "mar"]))
+    assert len(blocks) == sum(len(getattr(m, "blocks", [])) for m in model.modules()) > 2  # the levels' and the heads'
+    for _, policy in blocks:
+        assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
+        assert not policy.cast_forward_inputs  # the residual stream and the images as autocast leaves them
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_fsdp_under_fp32_casts_nothing(monkeypatch):
+    seen = sharded_step("fp32", monkeypatch)
+    assert seen["blocks"] == seen["root"] == seen["gradients"] == {torch.float32}
+    assert all(policy is None or policy.param_dtype is None and policy.reduce_dtype is None
+               for _, policy in seen["policies"])
+
+
+def test_training_hands_its_precision_to_fsdp(tmp_path, monkeypatch):
+    """train resolves the precision before sharding and passes it on (auto is fp32 on a CPU)."""
+    data = tiny_data(tmp_path / "d.npz")
+    monkeypatch.setattr(train_module, "setup_distributed", lambda device, **kwargs: (Dist(0, 2), torch.device("cpu")))
+
+    class Sharded(Exception):
+        pass
+
+    def shard(loss_module, precision):
+        raise Sharded(precision)
+
+    monkeypatch.setattr(train_module, "shard", shard)
+    for asked, given in (("bf16", "bf16"), ("fp32", "fp32"), ("auto", "fp32")):
+        with pytest.raises(Sharded) as caught:
+            train(tiny_config(), single_options(data, tmp_path / asked, fsdp=True, precision=asked))
+        assert caught.value.args == (given,)

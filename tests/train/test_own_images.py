@@ -195,3 +195,87 @@ def test_init_starts_from_the_weights_with_a_fresh_schedule_and_a_new_class_embe
     code, _, err = run_cli("train", "--init", shapes_run, "--preset", "mnist_ar", "--data", shapes,
                            "--out", tmp_path / "bad", "--steps", "1", "--batch-size", "2")
     assert code == 2 and "--init" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- the recommended guidance, measured at the end of a run ---------------------------------------
+
+def test_the_judge_learns_classes_a_glance_tells_apart():
+    from fractalgen.guidance import train_judge
+
+    generator = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 60, (16, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    bright = torch.randint(190, 256, (16, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    images, labels = torch.cat([dark, bright]), torch.tensor([0] * 16 + [1] * 16)
+    judge = train_judge(images, labels, 2, steps=60)
+    assert judge.accuracy(images, labels) == 1.0
+    assert judge.accuracy(images, 1 - labels) == 0.0
+
+
+class ScriptedJudge:
+    """Recognition rates given in advance, one per candidate scale in turn."""
+
+    def __init__(self, rates):
+        self.rates = iter(rates)
+
+    def accuracy(self, images, labels):
+        return next(self.rates)
+
+
+@pytest.mark.parametrize("rates, chosen", [
+    ([0.30, 0.50, 0.90, 0.93, 0.95], 2.0),  # the smallest scale within 0.05 of the best
+    ([0.97, 0.95, 0.98, 0.99, 0.99], 1.0),  # classes already visible: no guidance needed
+    ([0.25, 0.25, 0.25, 0.25, 0.60], 4.0),
+])
+def test_the_smallest_scale_near_the_best_is_recommended(rates, chosen):
+    from fractalgen.guidance import CANDIDATES, choose_guidance
+
+    model = fractalgen.build(ModelConfig.from_dict(TINY))
+    choice = choose_guidance(model, ScriptedJudge(rates), per_class=1)
+    assert choice.cfg == chosen
+    assert choice.recognised == dict(zip(CANDIDATES, rates, strict=True))
+    assert f"recommended cfg {chosen:g}" in choice.summary()
+
+
+def test_guidance_is_measured_only_where_it_means_something():
+    from fractalgen.guidance import can_choose, choose_guidance
+
+    assert can_choose(fractalgen.build(ModelConfig.from_dict(TINY)))
+    for changes in ({"num_classes": 0}, {"label_drop_prob": 0.0}, {"num_classes": 1000}):
+        model = fractalgen.build(ModelConfig.from_dict({**TINY, **changes}))
+        assert not can_choose(model)
+        with pytest.raises(ValueError, match="class-conditional"):
+            choose_guidance(model, ScriptedJudge([1.0] * 5))
+
+
+def test_a_finished_class_conditional_run_stores_its_measured_guidance(shapes, tmp_path, monkeypatch, capsys):
+    import fractalgen.train as training
+
+    monkeypatch.setattr(training, "JUDGE_MIN_ACCURACY", 0.0)  # a tiny folder: any judge will do here
+    chosen = []
+    real = training.choose_guidance
+
+    def choose(model, judge, **kwargs):
+        chosen.append(real(model, judge, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(training, "choose_guidance", choose)
+    monkeypatch.setattr(training, "GUIDANCE_MIN_STEPS", 2)
+    train(None, options(tmp_path, shapes, steps=2))
+    assert len(chosen) == 1 and "guidance: samples recognised" in capsys.readouterr().out
+    model = fractalgen.load(tmp_path / "run" / "model.safetensors")
+    assert fractalgen.resolve_settings(model).cfg == chosen[0].cfg
+    monkeypatch.setattr(training, "GUIDANCE_MIN_STEPS", 3)  # too short a run: the config's scale is kept
+    train(None, options(tmp_path, shapes, name="short", steps=2))
+    assert len(chosen) == 1
+    assert fractalgen.resolve_settings(fractalgen.load(tmp_path / "short" / "model.safetensors")).cfg == 1.0
+
+
+def test_a_preset_with_its_own_guidance_keeps_it(shapes, tmp_path, monkeypatch):
+    import fractalgen.train as training
+
+    monkeypatch.setattr(training, "GUIDANCE_MIN_STEPS", 2)
+    monkeypatch.setattr(training, "choose_guidance", lambda *a, **k: pytest.fail("measured a preset's guidance"))
+    config = ModelConfig.from_dict({**TINY, "channels": 3, "num_classes": 4, "cfg": 2.5, "pixel_mean": [0.5] * 3,
+                                    "pixel_std": [0.5] * 3})
+    train(config, options(tmp_path, shapes, steps=2))
+    assert fractalgen.resolve_settings(fractalgen.load(tmp_path / "run" / "model.safetensors")).cfg == 2.5

@@ -1,16 +1,20 @@
 """The training log (RUN/metrics.jsonl) and the loss-curve plot drawn from it."""
 import json
+import math
 import os
 
 import numpy as np
 import pytest
+import torch
 from frame import TINY, tiny_config, tiny_data
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fractalgen.errors import UserError
 from fractalgen.plot import LINE, nice_step, plot_run, ticks
 from fractalgen.train import TrainOptions, train
-from fractalgen.trainlog import FIELDS, read_metrics
+from fractalgen.trainlog import FIELDS, MetricsLog, read_metrics
 
 
 def options(tmp_path, **changes):
@@ -130,3 +134,51 @@ def test_plot_holds_extreme_numbers(tmp_path, values):
     except UserError as e:
         assert "no values of 'loss'" in str(e)
     assert len(ticks(-1e300, 1e300)[0]) <= MAX_TICKS + 1 and len(ticks(5e-324, 1e-323)[0]) <= MAX_TICKS + 1
+
+
+# ---- fuzzed logs: records in step order, or one line; a resume reads on -----------------------------------
+
+NUMBERS = st.integers(-3, 10**6) | st.floats(allow_nan=False) | st.sampled_from([2**63, -2**63, 10**400, 0, None])
+VALUES = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=4),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                  max_size=2), max_leaves=6)
+RECORDS = (st.fixed_dictionaries({"step": st.integers(0, 12)}, optional={k: NUMBERS for k in FIELDS[1:]})
+           | st.dictionaries(st.sampled_from([*FIELDS, "other"]), NUMBERS | VALUES, max_size=5))
+
+
+def as_line(item) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    try:
+        return json.dumps(item).encode()  # 10**400 as digits, inf and nan as Python writes them
+    except ValueError:
+        return b"{}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(RECORDS | VALUES | st.binary(max_size=12), max_size=6), torn=st.booleans(),
+       start=st.integers(0, 10))
+@example(lines=[{"step": 1, "wall_s": None}], torn=False, start=5)  # null: a value that was not finite
+def test_fuzzed_logs_read_in_order_or_are_one_line(tmp_path_factory, lines, torn, start):
+    """Whatever the lines: the reader gives records with integer steps in increasing order and numbers (or
+    null) in the known fields, or one line; `fractalgen plot` draws them or says why not; a resumed run's
+    log continues (an unreadable one restarts its wall time, with a note)."""
+    run = tmp_path_factory.mktemp("log")
+    (run / "metrics.jsonl").write_bytes(b"\n".join(map(as_line, lines)) + (b"" if torn else b"\n"))
+    try:
+        records = read_metrics(run)
+    except UserError as e:
+        assert "\n" not in str(e) and "metrics.jsonl:" in str(e), str(e)
+    else:
+        steps = [r["step"] for r in records]
+        assert all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps)
+        assert steps == sorted(set(steps))
+        for record in records:
+            assert all(record.get(k) is None or (isinstance(record[k], (int, float))
+                                                 and not isinstance(record[k], bool)) for k in FIELDS)
+        try:
+            assert plot_run(run).is_file()
+        except UserError as e:
+            assert "no values of 'loss'" in str(e)
+    wall = MetricsLog(run, 1, start, torch.device("cpu")).wall_before
+    assert isinstance(wall, float) and math.isfinite(wall)

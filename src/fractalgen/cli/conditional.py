@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import conditional
 from ..errors import UserError
@@ -77,7 +79,7 @@ def run(args) -> int:
     if args.label is not None:
         check_labels(args.label, model.config.num_classes, UserError)
 
-    changes = []
+    changes: list[str] = []
     picture = to_channels(open_picture(args.image), channels, changes)  # the model's mode, the input's size
     regenerate_full = region_to_regenerate(args, picture.size)  # bool (h, w) at the input's size
     image, regenerate, crop = fit_to_model(picture, regenerate_full, size, changes)
@@ -108,8 +110,9 @@ def run(args) -> int:
             completions = conditional.inpaint(model, image[None], known[None], labels=args.label,
                                               progress=advance_to(bar), **options)
     for name, completion in zip(names, completions, strict=True):
-        save_image(to_pil(completion), out_dir / name)
+        save_image(cast(Image.Image, to_pil(completion)), out_dir / name)  # (C, H, W) -> one picture
     for name, completion in zip(full_names, completions, strict=False):
+        assert crop is not None  # full_names is empty without a crop
         save_image(paste_back(picture, completion, regenerate_full, crop), out_dir / name)
     label = "" if args.label is None else f" under class {args.label}"
     title = f"{args.command}{label}: the input (red: regenerated), then {args.n} completion(s)"
@@ -122,13 +125,12 @@ def run(args) -> int:
     return 0
 
 
-def paste_back(picture, completion: torch.Tensor, regenerate: np.ndarray, crop):
+def paste_back(picture: Image.Image, completion: torch.Tensor, regenerate: np.ndarray,
+               crop: tuple[int, ...]) -> Image.Image:
     """The input picture with the regenerated pixels of its square replaced by the completion, resized to the
     square's side (bicubic); pixels outside the square and known pixels stay as they were."""
-    from PIL import Image
-
     left, top, right, bottom = crop
-    square = to_pil(completion).resize((right - left, bottom - top), Image.BICUBIC)
+    square = cast(Image.Image, to_pil(completion)).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
     where = Image.fromarray(regenerate[top:bottom, left:right].astype(np.uint8) * 255)  # the paste mask
     full = picture.copy()
     full.paste(square, (left, top), where)
@@ -137,7 +139,7 @@ def paste_back(picture, completion: torch.Tensor, regenerate: np.ndarray, crop):
 
 # ---- inputs ---------------------------------------------------------------------------------------------
 
-def region_to_regenerate(args, image_size) -> np.ndarray:
+def region_to_regenerate(args, image_size: tuple[int, int]) -> np.ndarray:
     """Bool (h, w) at the input's size, True = regenerate, from --mask, --box or the command's default."""
     w, h = image_size
     if args.mask:
@@ -165,7 +167,8 @@ def region_to_regenerate(args, image_size) -> np.ndarray:
     return regenerate
 
 
-def fit_to_model(picture, regenerate: np.ndarray, size: int, changes: list[str]):
+def fit_to_model(picture: Image.Image, regenerate: np.ndarray, size: int, changes: list[str]
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...] | None]:
     """The picture (already in the model's mode) and its region to regenerate at the model's size, by the
     picture rules (fractalgen.images: ADM centre crop; a model pixel regenerated when any pixel it overlaps is).
 

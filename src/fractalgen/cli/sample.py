@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..samples import check_count
 from .options import (
     add_checkpoint,
     add_json,
@@ -38,6 +39,9 @@ def labels_for(model, classes: list[str] | None, per_class: int | None, n: int |
     """(labels or None for unconditional, number of images). --n alone samples unconditionally.
     `classes`: numbers or the model's class names."""
     k = model.config.num_classes
+    image_bytes = model.config.channels * model.config.img_size**2
+    if n is not None:  # before a label is listed per image: a count the images cannot fit in is one line
+        check_count(n, "--n", 1, image_bytes, UserError)
     if k == 0 and (classes is not None or per_class is not None):
         raise UserError("this model is unconditional: use --n, not --classes/--per-class")
     if k == 0 or (classes is None and per_class is None and n is not None):
@@ -51,6 +55,8 @@ def labels_for(model, classes: list[str] | None, per_class: int | None, n: int |
     if not chosen:
         raise UserError("--classes is empty")
     check_labels(chosen, k, UserError)
+    if per_class is not None:
+        check_count(per_class, "--per-class", 1, len(chosen) * image_bytes, UserError)
     labels = [c for c in chosen for _ in range(per_class or 1)]
     if n is not None:
         labels = [labels[i % len(labels)] for i in range(n)]

@@ -33,6 +33,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import gradio as gr
 import numpy as np
@@ -60,6 +61,7 @@ from ..images import (
     open_picture,
 )
 from ..model import label_problem
+from ..settings import SEED_MAX
 from ..visualize import GenerationRecorder, rows_figure, show_mask
 
 # ---- limits: what one request may cost ----------------------------------------------------------
@@ -205,7 +207,7 @@ def readable_uploads(component, what: str):
 def to_model_image(image: Image.Image, model) -> tuple[torch.Tensor, list[str]]:
     """A PIL image -> uint8 (C, S, S) at the model's size, by the picture rules every reader shares
     (fractalgen.images: alpha over white, 16-bit scaled, ADM centre crop); also what was changed, in words."""
-    notes = []
+    notes: list[str] = []
     return model_image(image, model.config.channels, model.config.img_size, notes), notes
 
 
@@ -309,7 +311,7 @@ def checked_number(component, name: str, names: list[str] | None = None):
 
 
 def seed_of(value) -> int:
-    return bounded(value, 0, 2**63 - 1, "the seed")
+    return bounded(value, 0, SEED_MAX, "the seed")  # the library's and --seed's range
 
 
 def bounded(value, low, high, name) -> int:
@@ -368,7 +370,7 @@ class Demo:
 
     def __init__(self, models: Models, workdir: Path):
         self.models, self.workdir = models, workdir
-        self.heldout = None  # held-out digits, loaded on first use
+        self.heldout: tuple[np.ndarray, np.ndarray] | None = None  # held-out digits, loaded on first use
 
     # -- Sample --
     def sample_api(self, label, seed, guidance=None, temperature=None):
@@ -421,7 +423,7 @@ class Demo:
         for layer in editor.get("layers") or []:
             alpha = np.asarray(layer.convert("RGBA"))[..., 3]
             if alpha.shape != painted.shape:  # a layer the editor kept at another size: match the picture
-                alpha = np.asarray(Image.fromarray(alpha).resize(background.size, Image.BOX))
+                alpha = np.asarray(Image.fromarray(alpha).resize(background.size, Image.Resampling.BOX))
             painted |= alpha > 0
         if not painted.any():
             raise refuse("nothing painted: brush over the part to regenerate, or press a preset")
@@ -488,7 +490,7 @@ class Demo:
         exact = "exact: AR levels" if set(model.config.kinds) == {"ar"} else "estimate: MAR levels"
         lines = [(f"**{bpd:.3f} bits/dim**: the model needs about {bpd * dims / 8:.0f} bytes for these "
                   f"{dims} values ({exact})")]
-        png = png_bytes(to_pil(pixels))
+        png = png_bytes(cast(Image.Image, to_pil(pixels)))  # (C, S, S) -> one picture
         coded = len(fractalgen.compress(model, pixels[None]))  # a complete file: header and checksum included
         lines.append(f"compressed with the model (`fractalgen compress`): **{coded} bytes** as a complete file "
                      f"(header included), {compared(coded, png)} than the optimised PNG ({png} bytes)")
@@ -515,8 +517,9 @@ def build_app(models: Models, workdir: Path, workers: int = 1, queue_size: int =
 
     def takes_digits(model):  # the held-out MNIST digits fit this model: offer them
         return model.config.img_size == 28 and model.config.channels == 1
-    busy = {"concurrency_id": "model", "concurrency_limit": workers}  # every model call shares one limit
-    shown = {"format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}  # outputs: lossless
+    # Every model call shares one limit; outputs are lossless PNGs.
+    busy: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": workers}
+    shown: dict[str, Any] = {"format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
 
     rec = settings(sampler)
     with gr.Blocks(title="fractalgen", analytics_enabled=False, delete_cache=(60, UPLOAD_LIFETIME)) as page:
@@ -660,7 +663,8 @@ def refuse_foreign_files(page: gr.Blocks) -> None:
         except InvalidPathError:
             raise refuse("a file this server was not sent: upload it first") from None
 
-    page.preprocess_data = preprocess_checked
+    # Wrapping this one instance's methods is deliberate (Gradio offers no hook for it): hence the ignores.
+    page.preprocess_data = preprocess_checked  # type: ignore[method-assign]
 
     def checked(path) -> None:
         if path is not None and URL.match(str(path)):
@@ -677,8 +681,8 @@ def refuse_foreign_files(page: gr.Blocks) -> None:
             checked(path)
             return await move_async(path)
 
-        block.move_resource_to_block_cache = move_checked
-        block.async_move_resource_to_block_cache = move_async_checked
+        block.move_resource_to_block_cache = move_checked  # type: ignore[method-assign]
+        block.async_move_resource_to_block_cache = move_async_checked  # type: ignore[method-assign]
 
 
 def stored(folder: Path) -> tuple[int, int]:

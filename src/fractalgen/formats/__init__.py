@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigLike
 from ..model import FractalModel
 from .card import CardFacts
 from .checks import CheckpointError
@@ -53,7 +54,7 @@ def resolve(path) -> Path:
     return p
 
 
-def load(path, config=None, device=None) -> FractalModel:
+def load(path: str | Path, config: ConfigLike | None = None, device: str | torch.device | None = None) -> FractalModel:
     """Load any checkpoint into a model in eval mode: ours, official, a bundled name, a model folder
     (config.json + model.safetensors) or a Hugging Face hub id ("owner/name", from the local cache)."""
     folder = None if str(path) in BUNDLED else model_folder(path)
@@ -76,8 +77,9 @@ def load(path, config=None, device=None) -> FractalModel:
     return model.eval()
 
 
-def export(checkpoint, folder, config=None, card: CardFacts | dict | None = None,
-           dtype: torch.dtype | None = None, sampling: dict | None = None, overwrite: bool = False) -> Path:
+def export(checkpoint: str | Path, folder: str | Path, config: ConfigLike | None = None,
+           card: CardFacts | dict | None = None, dtype: torch.dtype | None = None, sampling: dict | None = None,
+           overwrite: bool = False) -> Path:
     """Any checkpoint `fractalgen.load` reads (official .pth, ours, a training run folder, a bundled
     name, another model folder) as a model folder.
 

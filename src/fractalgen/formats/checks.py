@@ -1,5 +1,5 @@
-"""What every reader checks: the one error it raises, loaded tensors against the model's, and a
-file's recommended sampling settings."""
+"""What every reader checks: the one error it raises, a file's config before it is built, loaded
+tensors against the model's, and a file's recommended sampling settings."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,24 @@ import json
 import torch
 
 from ..config import SAMPLING_PRESETS, ModelConfig, config_and_presets
+from ..footprint import check_fits, count, model_size
 from ..settings import SETTING_NAMES, SettingsError, check_setting
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def check_before_building(config: ModelConfig, held: int, path, context: str = ""):
+    """A file's config (or the one given for it) before it is built, even on the meta device: it may
+    not need more weight tensors than the file's `held` (a forged block count would take minutes and
+    gigabytes of Python objects to build before the first missing key showed), and its fp32 weights
+    must fit in memory (footprint.check_fits)."""
+    size = model_size(config)
+    if size.tensors > held:
+        raise CheckpointError(f"{path}: the config describes a model of {size.tensors} weight tensors "
+                              f"({count(size.parameters)} parameters), the file holds {held}{context}")
+    check_fits(config, error=CheckpointError, where=f"{path}: ")
 
 
 def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "metadata 'sampling'") -> dict:

@@ -32,9 +32,9 @@ from ..jsonfile import read_object
 from ..model import FractalModel
 from ..settings import SETTING_NAMES, resolve_settings
 from .card import CardFacts, facts_from_dict, model_card
-from .checks import CheckpointError, check_sampling, given_config
+from .checks import CheckpointError, check_before_building, check_sampling, given_config
 from .official import model_from_official_state, official_state_dict
-from .ours import stored_tensors
+from .ours import stored_count, stored_tensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -104,6 +104,7 @@ def load_folder(folder, config=None) -> FractalModel:
         fingerprinted = presets
     elif not presets:
         fingerprinted = None
+    check_before_building(cfg, stored_count(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except Exception as e:  # safetensors raises its own error types for damaged headers
@@ -184,7 +185,7 @@ def folder_config(model: FractalModel, sampling: dict) -> dict:
     return {**config.to_official(), **ours, "sampling": sampling}
 
 
-def save_pretrained(model: FractalModel, folder, card: CardFacts | dict | None = None,
+def save_pretrained(model: FractalModel, folder: str | Path, card: CardFacts | dict | None = None,
                     dtype: torch.dtype | None = None, sampling: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Write `model` as a model folder: config.json, model.safetensors and a README.md model card.

@@ -11,13 +11,14 @@ import argparse
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import ConfigError, ModelConfig, get_config
 from ..files import atomic_write
 from ..model import FractalModel
-from .checks import CheckpointError, check_tensors, given_config
+from .checks import CheckpointError, check_before_building, check_tensors, given_config
 
 # ---- official names --------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ def load_official(path, config=None) -> FractalModel:
 
 def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalModel:
     """A model of config `cfg` from a state dict under the official names (shapes checked key by key)."""
+    check_before_building(cfg, len(state), path, context=f" for config {cfg.name!r}")
     with torch.device("meta"):
         model = FractalModel(cfg)
     wanted = model.state_dict()  # meta tensors: the shapes and dtypes to expect, under our names
@@ -194,7 +196,7 @@ def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalMod
     return model
 
 
-def save_official(model: FractalModel, path, **extra):
+def save_official(model: FractalModel, path: str | Path, **extra: Any) -> None:
     """Export to the official layout ({'model': state_dict, **extra}), written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model).items()}
     atomic_write(lambda f: torch.save({"model": state, **extra}, f), path)

@@ -11,7 +11,7 @@ from ..config import ConfigError, ModelConfig, check_presets, presets_in_full, s
 from ..files import atomic_write
 from ..jsonfile import parse_object
 from ..model import FractalModel
-from .checks import CheckpointError, check_sampling, check_tensors, given_config
+from .checks import CheckpointError, check_before_building, check_sampling, check_tensors, given_config
 
 FORMAT_VERSION = "1"
 
@@ -26,7 +26,8 @@ def stored_tensors(state: dict, dtype: torch.dtype | None = None) -> dict:
             .cpu().contiguous() for k, v in state.items()}
 
 
-def save_ours(model: FractalModel, path, dtype: torch.dtype | None = None, sampling: dict | None = None):
+def save_ours(model: FractalModel, path: str | Path, dtype: torch.dtype | None = None,
+              sampling: dict | None = None) -> None:
     """Safetensors weights with the config and the recommended sampling settings as metadata.
 
     `sampling` (e.g. {"cfg": 10.0, "temperature": 1.0}) defaults to the model's own
@@ -56,6 +57,17 @@ def read_metadata(path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
+
+
+def stored_count(path) -> int:
+    """How many tensors a safetensors file holds, from its header (nothing else is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return len(list(f.keys()))
     except Exception as e:
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:300]}") from None
 
@@ -90,6 +102,7 @@ def load_ours(path, config=None) -> FractalModel:
     except ConfigError as e:
         raise CheckpointError(f"{path}: bad config in metadata: {e}") from None
     sampling = recommended_sampling(meta, path, cfg)
+    check_before_building(cfg, stored_count(path), path)
     try:
         state = load_file(str(path))
     except Exception as e:

@@ -6,8 +6,10 @@ digits, or any function a user or a test supplies.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,12 +61,35 @@ def _bundled_classifier():
     return load_mnist_classifier()
 
 
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """Plain fp32 inside, as the reference statistics were computed: no TF32 in CUDA matmuls and
+    convolutions (cuDNN allows TF32 convolutions by default on Ampere and later, which moves the
+    features), and no caller's autocast. The settings are restored on the way out."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: reading the legacy flags after this API errs
+        settings: list[tuple[Any, str, Any]] = [(matmul, "fp32_precision", "ieee"),
+                                                (conv.conv, "fp32_precision", "ieee")]  # type: ignore[attr-defined]
+    else:
+        settings = [(matmul, "allow_tf32", False), (conv, "allow_tf32", False)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 def extract(net: FeatureNet, batches: Iterable[torch.Tensor], want_logits: bool = True,
             on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the network over uint8 batches: features (N, D) float64, logits (N, K) float64 or None."""
     features, logits = [], []
     for images in batches:
-        f, lg = net(images, with_logits=want_logits)
+        with exact_fp32(images.device):  # every network: TF32 would move features on a GPU
+            f, lg = net(images, with_logits=want_logits)
         features.append(f.detach().double().flatten(1).cpu().numpy())  # some nets return (B, D, 1, 1)
         if want_logits and lg is not None:
             logits.append(lg.detach().double().cpu().numpy())

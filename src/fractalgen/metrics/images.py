@@ -41,7 +41,7 @@ class ImageSet:
         self._describe()
 
     @classmethod
-    def from_tensor(cls, images, source: str = "images") -> ImageSet:
+    def from_tensor(cls, images: torch.Tensor | np.ndarray, source: str = "images") -> ImageSet:
         """Images in memory in the library's layout, uint8 (N, C, H, W), tensor or array (e.g. the held-out
         digits of `fractalgen.mnist_heldout()`); `source` names them."""
         array = images.numpy(force=True) if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -64,28 +64,33 @@ class ImageSet:
         self._describe()
         return self
 
-    def _describe(self):
+    def _describe(self) -> None:
         # Files are read as "L" or "RGB", as the first one is, by the picture rules (fractalgen.images).
         self.mode = mode_for(channels_of(header(self.files[0])[2])) if self.files else None
         self.size = None  # (H, W), set by the first read
-        first = self._read_files(self.files[:1])[0] if self.files else self.array[0]
+        first = self._read_files(self.files[:1])[0] if self.files else self._in_memory()[0]
         self.height, self.width, self.channels = first.shape
         self.size = (self.height, self.width)
 
     def __len__(self) -> int:
-        return len(self.files) if self.files else len(self.array)
+        return len(self.files) if self.files else len(self._in_memory())
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):
             if self.files:
                 chunk = self._read_files(self.files[start:start + batch_size])
             else:
-                chunk = self.array[start:start + batch_size]
+                chunk = self._in_memory()[start:start + batch_size]
             yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
     def read_all(self) -> np.ndarray:
         """All images, (N, H, W, C) uint8."""
         return self.array if self.array is not None else self._read_files(self.files)
+
+    def _in_memory(self) -> np.ndarray:
+        """The images of a set held in memory, (N, H, W, C); a set without files always has them."""
+        assert self.array is not None
+        return self.array
 
     def _read_files(self, files: list[Path]) -> np.ndarray:
         images = []

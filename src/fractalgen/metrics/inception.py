@@ -23,17 +23,15 @@ three channels.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import UserError
-from .features import FeatureNet
+from .features import FeatureNet, exact_fp32
 
 INCEPTION_SIZE = 299
 ENV_VAR = "FRACTALGEN_INCEPTION"
@@ -79,28 +77,6 @@ def find_inception(path: str | os.PathLike | None = None) -> Path:
         if p.is_file():
             return p
     raise UserError(HOW_TO_GET)
-
-
-@contextlib.contextmanager
-def exact_fp32(device: torch.device):
-    """Plain fp32 inside, as the reference statistics were computed: no TF32 in CUDA matmuls and
-    convolutions (cuDNN allows TF32 convolutions by default on Ampere and later, which moves the
-    features), and no caller's autocast. The settings are restored on the way out."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: reading the legacy flags after this API errs
-        settings: list[tuple[Any, str, Any]] = [(matmul, "fp32_precision", "ieee"),
-                                                (conv.conv, "fp32_precision", "ieee")]  # type: ignore[attr-defined]
-    else:
-        settings = [(matmul, "allow_tf32", False), (conv, "allow_tf32", False)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
-    try:
-        for owner, name, value in settings:
-            setattr(owner, name, value)
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 class InceptionNet(FeatureNet):

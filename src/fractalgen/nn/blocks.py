@@ -18,10 +18,15 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+def swiglu_hidden(width: int) -> int:
+    """LLaMA's hidden width: 2/3 of 4x, rounded up to a multiple of 256."""
+    return -(-int(2 * 4 * width / 3) // 256) * 256
+
+
 class SwiGLU(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        hidden = -(-int(2 * 4 * width / 3) // 256) * 256  # LLaMA: 2/3 of 4x, rounded up to a multiple of 256
+        hidden = swiglu_hidden(width)
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
         self.down = nn.Linear(hidden, width, bias=False)
@@ -57,14 +62,23 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that applies a gain and bias handed in bf16 in fp32 (or wider), as CUDA's autocast
+    does: FSDP under bf16 gathers a block's weights in bf16 (train.shard), and the CPU kernel refuses
+    bf16 weights with an fp32 input. fp32 and wider weights are used as they are."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, fp32_or_wider(self.weight), fp32_or_wider(self.bias), self.eps)
+
+
 class ViTBlock(nn.Module):
     """Pre-LN block: LayerNorm(1e-6), attention with biases, 4x GELU MLP."""
 
     def __init__(self, width: int, heads: int, attn_dropout: float = 0.0, proj_dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.norm1 = LayerNorm(width, eps=1e-6)
         self.attn = Attention(width, heads, bias=True, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.norm2 = LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, 4 * width, proj_dropout)
 
     def forward(self, x, causal=False, cache=None, queries=None):
