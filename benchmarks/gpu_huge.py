@@ -92,7 +92,8 @@ def time_batch(model, labels: list[int], dtype: str, timed_steps: int | None) ->
     """
     device, c = model.device, model.config
     tokens = model.levels[0].config.seq_len
-    steps = tokens if c.kinds[0] == "ar" else min(tokens, c.default_num_iter[0])  # AR: one step per patch
+    settings = fractalgen.resolve_settings(model, filter_threshold=FILTER)  # the preset's (the authors')
+    steps = tokens if c.kinds[0] == "ar" else min(tokens, settings.num_iter[0])  # AR: one step per patch
     step_ends = []
 
     def on_step(canvas, filled):
@@ -106,9 +107,7 @@ def time_batch(model, labels: list[int], dtype: str, timed_steps: int | None) ->
         # Precision set once at the entry point: this autocast (fp32 islands kept by the model), which
         # precision "auto" keeps; fp32 asks for fp32 outright.
         with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
-            fractalgen.sample(model, labels=labels, cfg=c.cfg, cfg_schedule=c.cfg_schedule,
-                              temperature=c.temperature, filter_threshold=FILTER, num_iter=c.default_num_iter,
-                              seed=0, batch_size=len(labels), on_step=on_step,
+            fractalgen.sample(model, labels=labels, settings=settings, seed=0, batch_size=len(labels), on_step=on_step,
                               precision="fp32" if dtype == "fp32" else "auto")
         synchronize(device)
         measured = time.perf_counter() - start
@@ -129,7 +128,7 @@ class _Enough(Exception):
 def warm_up(model, labels: list[int], dtype: str, level0_steps: int) -> float:
     """Sample the first `level0_steps` level-0 steps of one batch, every level running, and stop there:
     kernel selection, the allocator and compilation see the batch's shapes. Returns the seconds it took."""
-    device, c = model.device, model.config
+    device = model.device
     done = []
 
     def on_step(canvas, filled):
@@ -139,9 +138,9 @@ def warm_up(model, labels: list[int], dtype: str, level0_steps: int) -> float:
 
     start = time.perf_counter()
     with contextlib.suppress(_Enough), torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
-        fractalgen.sample(model, labels=labels, cfg=c.cfg, cfg_schedule=c.cfg_schedule, temperature=c.temperature,
-                          filter_threshold=FILTER, num_iter=c.default_num_iter, seed=0, batch_size=len(labels),
-                          on_step=on_step, precision="fp32" if dtype == "fp32" else "auto")
+        fractalgen.sample(model, labels=labels, settings=fractalgen.resolve_settings(model, filter_threshold=FILTER),
+                          seed=0, batch_size=len(labels), on_step=on_step,
+                          precision="fp32" if dtype == "fp32" else "auto")
     synchronize(device)
     return time.perf_counter() - start
 
@@ -177,8 +176,9 @@ def main(argv=None):
     timed_steps = None if args.full else args.timed_steps
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{c.name}: batch {args.batch}, {args.dtype}, iterations {list(c.default_num_iter)}, cfg {c.cfg}, "
-          f"temperature {c.temperature}; device {name}, torch {torch.__version__}", flush=True)
+    settings = fractalgen.resolve_settings(model)
+    print(f"{c.name}: batch {args.batch}, {args.dtype}, iterations {list(settings.num_iter)}, cfg {settings.cfg}, "
+          f"temperature {settings.temperature}; device {name}, torch {torch.__version__}", flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if args.reps == 0:  # the warm-up run is the result

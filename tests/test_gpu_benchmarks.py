@@ -51,7 +51,7 @@ def test_gpu_huge_samples_in_batches_of_batch_and_takes_zero_reps(monkeypatch):
 def test_the_estimate_runs_every_level0_step_and_the_levels_below_only_where_timed():
     torch.manual_seed(0)
     model = fractalgen.build("tiny_mar_gp4").eval()
-    steps = model.config.default_num_iter[0]
+    steps = fractalgen.resolve_settings(model).num_iter[0]
     result = gpu_huge.time_batch(model, [0, 1], "fp32", timed_steps=3)
     assert result["estimated"] and result["level0_steps"] == steps and result["timed_steps"] == 3
     assert result["seconds"] >= result["measured_seconds"] > 0  # the skipped steps are charged, not dropped

@@ -690,8 +690,12 @@ FINGERPRINT_FIELDS = ("img_sizes", "widths", "blocks", "heads", "kinds", "channe
 
 
 def fingerprint(model: FractalModel) -> bytes:
-    """8 bytes of SHA-256 over the config's FINGERPRINT_FIELDS and every weight (names, shapes, fp32 values)."""
-    fields = {name: getattr(model.config, name) for name in FINGERPRINT_FIELDS}
+    """8 bytes of SHA-256 over the config's FINGERPRINT_FIELDS and every weight (names, shapes, fp32 values).
+
+    Four of the fields (num_iter, cfg, temperature, cfg_schedule) were sampling settings of the config when
+    the format was fixed; they now come from the model (`FractalModel.presets_for_fingerprint`)."""
+    presets = model.presets_for_fingerprint()
+    fields = {name: presets[name] if name in presets else getattr(model.config, name) for name in FINGERPRINT_FIELDS}
     h = hashlib.sha256(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
                                   indent=1).encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -65,7 +65,7 @@ def inpaint(model: FractalModel, images: torch.Tensor | np.ndarray, known: torch
         (N, C, H, W) gives a mask per channel.
     labels: None (unconditional), one class for all images, or one per image.
     settings, cfg, cfg_schedule, temperature, filter_threshold, num_iter: how to sample, as `sample`
-        takes them (None: the checkpoint's recommendation, else the config's presets).
+        takes them (None: the model's recommendation, else the defaults).
     n: completions per image (`samples`, its old name, is deprecated).
     precision: fp32, bf16 or auto (bf16 on GPUs with native bf16, fp32 elsewhere), as `sample` takes it.
     threads (keyword): CPU threads for this call, as `sample` takes them.

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from .jsonfile import read_object
-from .settings import SCHEDULE_NAMES, SettingsError, check_setting
+from .settings import SCHEDULE_NAMES, SETTING_DEFAULTS, SettingsError, check_setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,11 +100,6 @@ class ModelConfig:
     r_weight: float = 5.0  # weight of the first channel's loss in training
     pixel_mean: tuple[float, ...] = IMAGENET_MEAN
     pixel_std: tuple[float, ...] = IMAGENET_STD
-    # Recommended sampling settings (the official ones for the official presets).
-    num_iter: tuple[int, ...] | None = None  # per generator level; None = sequence lengths
-    cfg: float = 1.0
-    temperature: float = 1.0
-    cfg_schedule: str = "linear"
     name: str = "custom"
     class_names: tuple[str, ...] | None = None  # one per class (from the training folder's class folders)
     # The AR blocks' dropouts, fixed by the official code; written to files only when changed.
@@ -113,8 +109,7 @@ class ModelConfig:
     def __post_init__(self):
         self._check_types()
         # Normalise lists to tuples so configs built from JSON compare equal and hash.
-        for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "num_iter",
-                  "class_names"):
+        for f in ("img_sizes", "widths", "blocks", "heads", "kinds", "pixel_mean", "pixel_std", "class_names"):
             value = getattr(self, f)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, f, tuple(value))
@@ -184,14 +179,6 @@ class ModelConfig:
                 raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
         if self.r_weight <= 0:
             raise ConfigError(f"r_weight must be positive, got {self.r_weight}")
-        presets = {"cfg": self.cfg, "temperature": self.temperature, "cfg_schedule": self.cfg_schedule}
-        if self.num_iter is not None:
-            presets["num_iter"] = self.num_iter
-        try:  # the sampling presets: the same checks as every other door of a setting
-            for name, value in presets.items():
-                check_setting(name, value, n - 1)
-        except SettingsError as e:
-            raise ConfigError(f"config field {e.setting!r}: {e}") from None
         if self.class_names is not None:
             names = self.class_names
             if len(names) != self.num_classes:
@@ -242,9 +229,34 @@ class ModelConfig:
         return PixelHeadConfig(width=self.widths[-1], blocks=self.blocks[-1], heads=self.heads[-1],
                                cond_width=self.widths[-2], channels=self.channels, red_weight=self.r_weight)
 
+    # ---- deprecated: the sampling presets left the config (SAMPLING_PRESETS, model.recommended) ----------
+
+    def _preset_setting(self, name: str):
+        warnings.warn(f"ModelConfig.{name} is deprecated: a model's recommended sampling settings are "
+                      f"model.recommended (fractalgen.resolve_settings(model) resolves them), a preset's are "
+                      f"SAMPLING_PRESETS[name]", DeprecationWarning, stacklevel=3)
+        return SAMPLING_PRESETS.get(self.name, {}).get(name, LEGACY_DEFAULTS[name])
+
+    @property
+    def num_iter(self) -> tuple[int, ...] | None:
+        return self._preset_setting("num_iter")
+
+    @property
+    def cfg(self) -> float:
+        return self._preset_setting("cfg")
+
+    @property
+    def temperature(self) -> float:
+        return self._preset_setting("temperature")
+
+    @property
+    def cfg_schedule(self) -> str:
+        return self._preset_setting("cfg_schedule")
+
     @property
     def default_num_iter(self) -> tuple[int, ...]:
-        return self.num_iter if self.num_iter is not None else tuple(lv.seq_len for lv in self.levels)
+        num_iter = self._preset_setting("num_iter")
+        return num_iter if num_iter is not None else tuple(lv.seq_len for lv in self.levels)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -262,7 +274,8 @@ class ModelConfig:
         """Our own field names, or the official constructor's (see OFFICIAL_FIELDS)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object (field names and values), got {_describe(d)}")
-        d = dict(d)
+        d, sampling = split_sampling(d)
+        _warn_ignored(sampling)
         known = {f.name for f in dataclasses.fields(cls)}
         if any(k in d for k in OFFICIAL_FIELDS if k not in known):  # some official names equal ours
             return cls.from_official(d)
@@ -278,7 +291,8 @@ class ModelConfig:
     @classmethod
     def from_official(cls, d: dict, **overrides: Any) -> ModelConfig:
         """Build from the official constructor's field names (plus optional `channels`)."""
-        d = dict(d)
+        d, sampling = split_sampling(d)
+        _warn_ignored(sampling)
         unknown = sorted(set(d) - set(OFFICIAL_FIELDS) - set(EXTRA_FIELDS))
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
@@ -336,8 +350,8 @@ OFFICIAL_FIELDS = {
     "label_drop_prob": "label_drop_prob", "r_weight": "r_weight",
 }
 # Our additions accepted beside the official fields.
-EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "num_iter", "cfg", "temperature", "cfg_schedule", "name",
-                "class_names", "ar_residual_dropout", "ar_attn_dropout")
+EXTRA_FIELDS = ("channels", "pixel_mean", "pixel_std", "name", "class_names", "ar_residual_dropout",
+                "ar_attn_dropout")
 WRITTEN_WHEN_CHANGED = ("ar_residual_dropout", "ar_attn_dropout")
 
 
@@ -348,8 +362,7 @@ FIELD_TYPES = {
     "heads": "list of integer", "kinds": "list of string", "channels": "integer", "num_classes": "integer",
     "num_conds": "integer", "guiding_pixel": "boolean", "attn_dropout": "number", "proj_dropout": "number",
     "label_drop_prob": "number", "r_weight": "number", "pixel_mean": "list of number",
-    "pixel_std": "list of number", "num_iter": "list of integer?", "cfg": "number", "temperature": "number",
-    "cfg_schedule": "string", "name": "string", "class_names": "list of string?",
+    "pixel_std": "list of number", "name": "string", "class_names": "list of string?",
     "ar_residual_dropout": "number", "ar_attn_dropout": "number",
 }
 TYPE_PHRASES = {"integer": "an integer", "number": "a finite number", "boolean": "true or false", "string": "a string"}
@@ -374,29 +387,59 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
+# ---- the sampling settings older configs carried -----------------------------------------------------
+
+# A config used to carry its model's recommended sampling settings as these four fields, and files
+# written then still do: their readers move them into the model's recommendation (model.recommended).
+# The values a config held when a field was absent:
+LEGACY_DEFAULTS: dict = {"num_iter": None, **{k: SETTING_DEFAULTS[k] for k in ("cfg", "temperature", "cfg_schedule")}}
+
+
+def split_sampling(fields: dict) -> tuple[dict, dict]:
+    """A config's fields (ours or the official names) without the sampling settings an older config
+    carried, and those settings as it held them."""
+    return ({k: v for k, v in fields.items() if k not in LEGACY_DEFAULTS},
+            {k: fields[k] for k in LEGACY_DEFAULTS if k in fields})
+
+
+def _warn_ignored(sampling: dict):
+    if sampling:
+        warnings.warn(f"config field(s) {', '.join(sampling)} are sampling settings, no longer part of a "
+                      f"ModelConfig: ignored here (fractalgen.build and the file readers keep them as the "
+                      f"model's recommendation, model.recommended)", DeprecationWarning, stacklevel=3)
+
+
+def presets_in_full(settings: dict) -> dict:
+    """The four sampling settings an older config held, for a model recommending `settings` (or for an
+    older config holding them): each as given (num_iter as a list), else its default."""
+    full = {k: settings.get(k, default) for k, default in LEGACY_DEFAULTS.items()}
+    if full["num_iter"] is not None:
+        full["num_iter"] = list(full["num_iter"])
+    return full
+
+
 # ---- presets ---------------------------------------------------------------
 
-def _official(name, sizes, widths, blocks, heads, kind, guiding, num_iter, cfg, temperature):
+def _official(name, sizes, widths, blocks, heads, kind, guiding):
     n = len(sizes) - 1
     return ModelConfig(
         img_sizes=sizes, widths=widths, blocks=blocks, heads=heads, kinds=(kind,) * n,
-        num_classes=1000, num_conds=1 if kind == "ar" else 5, guiding_pixel=guiding,
-        num_iter=num_iter, cfg=cfg, temperature=temperature, name=name,
+        num_classes=1000, num_conds=1 if kind == "ar" else 5, guiding_pixel=guiding, name=name,
     )
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The paper's five models, with the authors' published sampling settings.
+    # The paper's five models.
     "fractalar_in64": _official("fractalar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
-                                "ar", False, (64, 16), 11.0, 1.03),
+                                "ar", False),
     "fractalmar_in64": _official("fractalmar_in64", (64, 4, 1), (1024, 512, 128), (32, 8, 3), (16, 8, 4),
-                                 "mar", False, (64, 16), 6.5, 1.02),
+                                 "mar", False),
     "fractalmar_base_in256": _official("fractalmar_base_in256", (256, 16, 4, 1), (768, 384, 192, 64),
-                                       (24, 6, 3, 1), (12, 6, 3, 4), "mar", True, (64, 16, 16), 29.0, 1.1),
+                                       (24, 6, 3, 1), (12, 6, 3, 4), "mar", True),
     "fractalmar_large_in256": _official("fractalmar_large_in256", (256, 16, 4, 1), (1024, 512, 256, 64),
-                                        (32, 8, 4, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 21.0, 1.1),
+                                        (32, 8, 4, 1), (16, 8, 4, 4), "mar", True),
     "fractalmar_huge_in256": _official("fractalmar_huge_in256", (256, 16, 4, 1), (1280, 640, 320, 64),
-                                       (40, 10, 5, 1), (16, 8, 4, 4), "mar", True, (64, 16, 16), 19.0, 1.1),
+                                       (40, 10, 5, 1), (16, 8, 4, 4), "mar", True),
     # Small models for CPU work: 28x28 grayscale digits as a 7x7 grid of 4x4 patches.
     # Sized for CPU training (mnist_ar: 1.60M parameters, mnist_mar: 1.41M): every pixel is a token
     # of the last generator level, so its width sets the cost per image. Each is the shape of the
@@ -404,21 +447,21 @@ PRESETS: dict[str, ModelConfig] = {
     "mnist_ar": ModelConfig(
         img_sizes=(28, 4, 1), widths=(160, 64, 32), blocks=(4, 2, 1), heads=(4, 4, 2), kinds=("ar", "ar"),
         channels=1, num_classes=10, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,
-        pixel_mean=(0.5,), pixel_std=(0.5,), cfg=2.0, temperature=1.0, name="mnist_ar",
+        pixel_mean=(0.5,), pixel_std=(0.5,), name="mnist_ar",
     ),
     "mnist_mar": ModelConfig(
         img_sizes=(28, 4, 1), widths=(160, 64, 32), blocks=(4, 2, 1), heads=(4, 4, 2), kinds=("mar", "mar"),
         channels=1, num_classes=10, num_conds=5, attn_dropout=0.0, proj_dropout=0.0,
-        pixel_mean=(0.5,), pixel_std=(0.5,), num_iter=(16, 8), cfg=2.0, temperature=1.0, name="mnist_mar",
+        pixel_mean=(0.5,), pixel_std=(0.5,), name="mnist_mar",
     ),
     # The speed benchmark's configurations (RGB 32x32, levels 32/4/1, 10 classes).
     "cifar_ar": ModelConfig(
         img_sizes=(32, 4, 1), widths=(256, 128, 64), blocks=(6, 2, 1), heads=(8, 4, 4), kinds=("ar", "ar"),
-        num_classes=10, num_conds=1, num_iter=(16, 16), cfg=2.0, name="cifar_ar",
+        num_classes=10, num_conds=1, name="cifar_ar",
     ),
     "cifar_mar": ModelConfig(
         img_sizes=(32, 4, 1), widths=(256, 128, 64), blocks=(6, 2, 1), heads=(8, 4, 4), kinds=("mar", "mar"),
-        num_classes=10, num_conds=5, num_iter=(16, 16), cfg=2.0, name="cifar_mar",
+        num_classes=10, num_conds=5, name="cifar_mar",
     ),
     # Tiny RGB models for tests (the shapes of the reference test vectors).
     "tiny_ar": ModelConfig(
@@ -433,6 +476,24 @@ PRESETS: dict[str, ModelConfig] = {
         img_sizes=(16, 4, 2, 1), widths=(64, 32, 32, 16), blocks=(2, 1, 1, 1), heads=(4, 2, 2, 2),
         kinds=("mar", "mar", "mar"), num_classes=10, num_conds=5, guiding_pixel=True, name="tiny_mar_gp4",
     ),
+}
+
+# Each preset's recommended sampling settings (a fresh model of the preset starts with them as
+# model.recommended); settings not named take their defaults (settings.resolve_settings).
+SAMPLING_PRESETS: dict[str, dict] = {
+    # The authors' published settings.
+    "fractalar_in64": {"num_iter": (64, 16), "cfg": 11.0, "temperature": 1.03},
+    "fractalmar_in64": {"num_iter": (64, 16), "cfg": 6.5, "temperature": 1.02},
+    "fractalmar_base_in256": {"num_iter": (64, 16, 16), "cfg": 29.0, "temperature": 1.1},
+    "fractalmar_large_in256": {"num_iter": (64, 16, 16), "cfg": 21.0, "temperature": 1.1},
+    "fractalmar_huge_in256": {"num_iter": (64, 16, 16), "cfg": 19.0, "temperature": 1.1},
+    "mnist_ar": {"cfg": 2.0, "temperature": 1.0},
+    "mnist_mar": {"num_iter": (16, 8), "cfg": 2.0, "temperature": 1.0},
+    "cifar_ar": {"num_iter": (16, 16), "cfg": 2.0},
+    "cifar_mar": {"num_iter": (16, 16), "cfg": 2.0},
+    "tiny_ar": {},
+    "tiny_mar": {},
+    "tiny_mar_gp4": {},
 }
 
 
@@ -453,7 +514,7 @@ def config_for_data(image_size: int, channels: int, num_classes: int) -> ModelCo
     return ModelConfig(
         img_sizes=(size, 4, 1), widths=(64, 32, 16), blocks=(2, 1, 1), heads=(4, 2, 2), kinds=("ar", "ar"),
         channels=channels, num_classes=num_classes, num_conds=1, attn_dropout=0.0, proj_dropout=0.0,
-        pixel_mean=(0.5,) * channels, pixel_std=(0.5,) * channels, cfg=1.0, name=f"data_ar{size}",
+        pixel_mean=(0.5,) * channels, pixel_std=(0.5,) * channels, name=f"data_ar{size}",
     )
 
 
@@ -464,14 +525,36 @@ ConfigLike: TypeAlias = str | Path | ModelConfig | dict[str, Any]
 
 def get_config(config: ConfigLike) -> ModelConfig:
     """A preset name, a ModelConfig, a dict (ours or official field names) or a JSON file path."""
+    config, presets = config_and_presets(config)
+    _warn_ignored(presets)
+    return config
+
+
+def config_and_presets(config) -> tuple[ModelConfig, dict]:
+    """`get_config`'s config, and the sampling settings a dict or JSON file of an older config carried
+    (checked; {} for a preset name or a ModelConfig: a fresh model takes its preset's from SAMPLING_PRESETS)."""
     if isinstance(config, ModelConfig):
-        return config
-    if isinstance(config, dict):
-        return ModelConfig.from_dict(config)
-    if isinstance(config, (str, Path)):
+        return config, {}
+    if isinstance(config, (str, Path)) and not isinstance(config, dict):
         if str(config) in PRESETS:
-            return PRESETS[str(config)]
-        if str(config).endswith(".json"):
-            return ModelConfig.from_json_file(config)
-        raise ConfigError(f"unknown preset {str(config)!r} (choose from {', '.join(PRESETS)})")
-    raise ConfigError(f"cannot make a config from {type(config).__name__}")
+            return PRESETS[str(config)], {}
+        if not str(config).endswith(".json"):
+            raise ConfigError(f"unknown preset {str(config)!r} (choose from {', '.join(PRESETS)})")
+        config = read_object(config, f"config file {config}", ConfigError)
+    if not isinstance(config, dict):
+        raise ConfigError(f"cannot make a config from {type(config).__name__}")
+    fields, presets = split_sampling(config)
+    model_config = ModelConfig.from_dict(fields)
+    check_presets(presets, model_config.num_levels)
+    return model_config, presets
+
+
+def check_presets(presets: dict, num_levels: int) -> None:
+    """An older config's sampling settings: each checked as every other door of a setting checks it
+    (num_iter may be null: the sequence lengths)."""
+    try:
+        for name, value in presets.items():
+            if not (name == "num_iter" and value is None):
+                check_setting(name, value, num_levels)
+    except SettingsError as e:
+        raise ConfigError(f"config field {e.setting!r}: {e}") from None

@@ -6,6 +6,7 @@ patches given these conditions" to the next level; the pixel head ends the recur
 from __future__ import annotations
 
 import functools
+import json
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
+from .config import LEGACY_DEFAULTS, SAMPLING_PRESETS, ModelConfig, presets_in_full
 from .footprint import check_fits
 from .levels import LEVEL_KINDS, PixelHead
 from .levels.base import Level, init_weights
@@ -31,9 +32,12 @@ class FractalModel(nn.Module):
         if device.type != "meta":  # a config too large for this machine: one line, before any allocation
             check_fits(config, device)
         self.config = config
-        # The sampling settings the checkpoint recommends (its metadata; set by `load`), e.g.
-        # {"cfg": 10.0}; settings.resolve_settings prefers them to the config's presets.
-        self.recommended: dict = {}
+        # The recommended sampling settings, e.g. {"cfg": 10.0}: the preset's (SAMPLING_PRESETS) for a
+        # fresh model, the file's for a loaded one; settings.resolve_settings prefers them to the defaults.
+        self.recommended: dict = dict(SAMPLING_PRESETS.get(config.name, {}))
+        # Set only for a model from an older file whose config held other sampling settings than its
+        # recommendation (the bundled models): those four, which the codec's model fingerprint covers.
+        self.fingerprint_presets: dict | None = None
         width0 = config.widths[0]
         if config.num_classes > 0:
             self.class_embed = nn.Embedding(config.num_classes, width0)
@@ -42,6 +46,28 @@ class FractalModel(nn.Module):
         self.pixel_head = PixelHead(config.pixel_head)
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
+
+    def recommend(self, sampling: dict, presets: dict | None = None, fingerprinted: dict | None = None) -> None:
+        """Take `sampling` (a file's recommendation) over `presets` (the sampling settings an older config
+        held) as this model's recommendation. `fingerprinted`: the four settings the codec's fingerprint
+        covers for this model (default: `presets`, completed with their defaults); kept where they differ
+        from what the recommendation gives (`config.presets_in_full`)."""
+        presets = presets or {}
+        self.recommended = {**{k: v for k, v in presets.items() if v is not None and v != LEGACY_DEFAULTS[k]},
+                            **sampling}
+        if fingerprinted is None and not presets:
+            self.fingerprint_presets = None
+            return
+        held = presets_in_full(presets if fingerprinted is None else fingerprinted)
+        # Compared as JSON, as the fingerprint hashes them: 2 and 2.0 differ there.
+        same = json.dumps(held) == json.dumps(presets_in_full(self.recommended))
+        self.fingerprint_presets = None if same else held
+
+    def presets_for_fingerprint(self) -> dict:
+        """The four sampling settings the codec's model fingerprint covers, as the config held them when the
+        format was fixed: an older file's (`fingerprint_presets`) where they differ from the recommendation,
+        else the recommendation's (their defaults where it names none)."""
+        return self.fingerprint_presets or presets_in_full(self.recommended)
 
     def reset_parameters(self) -> None:
         init_weights(self)
@@ -90,6 +116,11 @@ class FractalModel(nn.Module):
             raise ValueError("images must hold pixel values 0..255 (uint8); these floats are not whole numbers in "
                              "that range (scale images in [0, 1] by 255 and round)")
 
+    @property
+    def stages(self) -> tuple[Level | PixelHead, ...]:
+        """What the recursion walks, top-down: the generator levels, then the pixel head (the last level)."""
+        return (*cast(Sequence[Level], self.levels), self.pixel_head)
+
     def _recurse(self, images, labels, train: bool, masks=None, guide_targets=None, labels_checked=False):
         """Run every level; returns per-pixel losses with the image each came from, and guide terms."""
         self._check_images(images)
@@ -98,16 +129,17 @@ class FractalModel(nn.Module):
         drop = self.config.label_drop_prob if train else 0.0
         conds = [self.class_condition(labels, B, drop, labels_checked)]
         owner = torch.arange(B, device=x.device)
-        guide_terms = []
-        for i, level in enumerate(cast(Sequence[Level], self.levels)):
-            spec = masks[i] if masks is not None and masks[i] is not None else ("train" if train else "eval")
-            target = guide_targets[i] if guide_targets is not None else None
+        terms = []  # (loss per row, the image of each row) of every level that has one; the pixel head's last
+        for i, level in enumerate(self.stages):
+            mask = masks[i] if masks is not None and i < len(masks) else None
+            spec = mask if mask is not None else ("train" if train else "eval")
+            target = guide_targets[i] if guide_targets is not None and i < len(guide_targets) else None
             out = level.forward_train(x, conds, spec, weighted=train, guide_target=target)
-            if out.guide_nll is not None:
-                guide_terms.append((out.guide_nll, owner))
+            if out.nll is not None:
+                terms.append((out.nll, owner))
             x, conds, owner = out.x, out.conds, owner[out.parent]
-        pixel_nll = self.pixel_head.nll(conds[0], x.flatten(1).round().long(), weighted=train)  # x: (M, C, 1, 1)
-        return pixel_nll, owner, guide_terms
+        *guide_terms, (pixel_nll, pixel_owner) = terms
+        return pixel_nll, pixel_owner, guide_terms
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None,
              masks: Sequence[str | torch.Tensor | None] | None = None, train: bool = True,
@@ -155,7 +187,7 @@ class FractalModel(nn.Module):
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
 
         `settings`: a SamplingSettings, built once by the caller (`settings.resolve_settings`);
-        None takes the checkpoint's recommendation, else the config's presets. Keyword `overrides`
+        None takes the model's recommendation (`recommended`), else the defaults. Keyword `overrides`
         (cfg=..., num_iter=...) change single settings, as `fractalgen.sample` takes them.
         With labels and cfg != 1 the batch carries a conditional and an unconditional half down
         to the pixel heads (classifier-free guidance).
@@ -186,16 +218,10 @@ class FractalModel(nn.Module):
         return self._sample_level(0, ctx, [cond], guidance, known)
 
     def _sample_level(self, depth: int, ctx: SampleContext, conds, guidance, known: Known | None):
-        """Level `depth` (ctx: the settings at that depth) generates its squares; the pixel head ends it."""
-        if depth == len(self.levels):  # the pixel head: squares are single pixels
-            kv = km = None
-            if known is not None:
-                kv, km = known.values.flatten(1), known.mask.flatten(1)
-            values, logp = self.pixel_head.sample(conds[0], guidance, ctx, kv, km)
-            C = self.config.channels
-            return values.float().view(-1, C, 1, 1), logp.view(-1, C, 1, 1)
-        return cast(Level, self.levels[depth]).sample(conds, guidance, ctx, known,
-                                         next_level=partial(self._sample_level, depth + 1, ctx.deeper()))
+        """Level `depth` (ctx: the settings at that depth) generates its squares, the next level their
+        patches; the pixel head, the last, draws single pixels."""
+        return self.stages[depth].sample(conds, guidance, ctx, known,
+                                         partial(self._sample_level, depth + 1, ctx.deeper()))
 
 
 def eval_mode(function):

@@ -1,7 +1,7 @@
 """Samples: `fractalgen.sample`, images drawn from a model (the sampler's pieces are in sampling.py).
 
 What decides the images: the model, the labels, the settings (`settings.resolve_settings`:
-argument > the checkpoint's recommendation > the config's presets), the seed and the batch
+argument > the model's recommendation > the defaults), the seed and the batch
 size. Images are drawn `batch_size` at a time and batch i is drawn with its own generator
 seeded `seed + i`, so the same seed, settings and batch size give the same images from the
 library and from `fractalgen sample` (both default to DEFAULT_BATCH_SIZE); another batch size
@@ -74,8 +74,8 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally; labels are
     class indices or the model's class names (`model.class_names`, e.g. labels=["circle", "square"]).
 
-    `settings` (a SamplingSettings) says how to sample; None takes the checkpoint's recommendation
-    (`model.recommended`), else the config's preset values. The keywords cfg, cfg_schedule,
+    `settings` (a SamplingSettings) says how to sample; None takes the model's recommendation
+    (`model.recommended`), else the defaults. The keywords cfg, cfg_schedule,
     temperature, filter_threshold and num_iter override single settings (`settings.resolve_settings`);
     `num_iter` has one entry per level (AR levels always take one step per patch). Temperature
     multiplies the logits (the authors' convention). Batch i of `batch_size` images (None: one

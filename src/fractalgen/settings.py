@@ -1,9 +1,8 @@
 """How to sample: one frozen `SamplingSettings`, checked by one validator, resolved in one place.
 
-Precedence, per setting: an explicit argument (or command-line flag) > the checkpoint's
-recommendation (`model.recommended`, read from the checkpoint's metadata by `load`) > the
-config's preset values (`ModelConfig.cfg`, `.temperature`, `.cfg_schedule`, `.num_iter`).
-The guidance filter threshold has no preset value: its default is DEFAULT_FILTER_THRESHOLD.
+Precedence, per setting: an explicit argument (or command-line flag) > the model's recommendation
+(`model.recommended`: read from its file by `load`, or its preset's, config.SAMPLING_PRESETS) > the
+defaults (SETTING_DEFAULTS; num_iter: one step per token, the levels' sequence lengths).
 
 Every door a setting comes through (command-line flags, config files, checkpoint metadata, model
 folders, library arguments) checks it with `check_setting`, so the same value is accepted or
@@ -26,6 +25,9 @@ SETTING_MAX = 1e4  # |cfg| and temperature: the published values are far below; 
 MAX_STEPS = 1 << 20  # steps per level: no model has a sequence near it; bigger values are damage
 DEFAULT_FILTER_THRESHOLD = 1e-4  # the authors' value: conditional probabilities below it are not boosted
 SCHEDULE_NAMES: tuple[str, ...] = tuple(CFG_SCHEDULES)  # the one list of cfg schedule names
+# Each setting's value where neither an argument nor the recommendation gives one (num_iter: the model's).
+SETTING_DEFAULTS = {"cfg": 1.0, "cfg_schedule": "linear", "temperature": 1.0,
+                    "filter_threshold": DEFAULT_FILTER_THRESHOLD}
 SEED_MAX = 2**31 - 1  # numpy's legacy seeding takes 32 bits; every rank adds its rank to the seed
 
 
@@ -143,17 +145,17 @@ def check(settings: SamplingSettings, num_levels: int) -> None:
 
 # ---- resolution ---------------------------------------------------------------------------------
 
-class SamplingPresets(Protocol):
-    """What resolve_settings reads of a model's config (a ModelConfig): its presets and its level count."""
+class LevelShape(Protocol):
+    @property
+    def seq_len(self) -> int: ...
+
+
+class LevelsShape(Protocol):
+    """What resolve_settings reads of a model's config (a ModelConfig): its generator levels (their sequence
+    lengths: the default num_iter) and their count."""
 
     @property
-    def cfg(self) -> float: ...
-    @property
-    def cfg_schedule(self) -> str: ...
-    @property
-    def temperature(self) -> float: ...
-    @property
-    def default_num_iter(self) -> tuple[int, ...]: ...
+    def levels(self) -> Sequence[LevelShape]: ...
     @property
     def num_levels(self) -> int: ...
 
@@ -162,7 +164,7 @@ class Configured(Protocol):
     """A model as resolve_settings sees it (a FractalModel; this module sits below model.py and config.py)."""
 
     @property
-    def config(self) -> SamplingPresets: ...
+    def config(self) -> LevelsShape: ...
 
 
 def resolve_settings(model: Configured, *legacy: Any, settings: SamplingSettings | None = None,
@@ -170,8 +172,9 @@ def resolve_settings(model: Configured, *legacy: Any, settings: SamplingSettings
                      filter_threshold: float | None = None,
                      num_iter: Sequence[int] | int | None = None) -> SamplingSettings:
     """The settings to sample `model` with: each keyword that is not None, else `settings` (a whole
-    SamplingSettings), else the checkpoint's recommendation (`model.recommended`), else the
-    config's preset value. Checked against the model (num_iter: one entry per generator level)."""
+    SamplingSettings), else the model's recommendation (`model.recommended`), else the default
+    (SETTING_DEFAULTS; num_iter: the levels' sequence lengths). Checked against the model (num_iter: one
+    entry per generator level)."""
     overrides = legacy_overrides(legacy, "resolve_settings", SETTING_NAMES, cfg=cfg, cfg_schedule=cfg_schedule,
                                  temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter)
     config = model.config
@@ -181,9 +184,8 @@ def resolve_settings(model: Configured, *legacy: Any, settings: SamplingSettings
         base = settings.to_dict()
     else:
         recommended = getattr(model, "recommended", None) or {}
-        presets = {"cfg": config.cfg, "cfg_schedule": config.cfg_schedule, "temperature": config.temperature,
-                   "filter_threshold": DEFAULT_FILTER_THRESHOLD, "num_iter": config.default_num_iter}
-        base = {name: next(source[name] for source in (recommended, presets) if source.get(name) is not None)
+        defaults = {**SETTING_DEFAULTS, "num_iter": tuple(level.seq_len for level in config.levels)}
+        base = {name: next(source[name] for source in (recommended, defaults) if source.get(name) is not None)
                 for name in SETTING_NAMES}
     values = {name: overrides[name] if overrides.get(name) is not None else base[name] for name in SETTING_NAMES}
     resolved = SamplingSettings(**values)

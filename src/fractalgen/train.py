@@ -31,12 +31,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .config import ConfigError, ModelConfig, config_for_data
+from .config import ConfigError, ModelConfig, check_presets, config_for_data, split_sampling
 from .data import DataSummary, EpochBatches, describe_data, load_dataset
 from .errors import UserError, WriteError
 from .files import check_writable, save_grid
 from .footprint import check_fits
 from .formats import load as load_checkpoint
+from .formats.checks import CheckpointError, check_sampling
 from .formats.ours import save_ours
 from .formats.run import CHECKPOINT_NAME, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
 from .guidance import can_choose, choose_guidance, train_judge
@@ -513,7 +514,8 @@ def save_checkpoint(out: Path, model: FractalModel, optimizer: torch.optim.Optim
     if d.main:
         try:
             write_checkpoint(out, model=weights, optimizer=optimizer_state, step=step, per_epoch=batches.per_epoch,
-                             rng=states, config=model.config, options=dataclasses.asdict(options),
+                             rng=states, config=model.config, sampling=model.recommended,
+                             options=dataclasses.asdict(options),
                              world_size=d.world, keep=options.keep_checkpoints)
             save_ours(unsharded(model, weights) if sharded else model, out / "model.safetensors")
         except WriteError as e:  # a full disk: one line, and how to go on
@@ -525,6 +527,7 @@ def unsharded(model: FractalModel, weights: dict) -> FractalModel:
     """A plain CPU copy of a sharded model, from its gathered weights (for writing model.safetensors)."""
     with torch.device("meta"):
         copy = FractalModel(model.config)
+    copy.recommended, copy.fingerprint_presets = model.recommended, model.fingerprint_presets
     copy.load_state_dict(weights, assign=True)
     return copy
 
@@ -541,7 +544,7 @@ def fit_checkpoint(load, path):
 # ---- the loop --------------------------------------------------------------------------------
 
 def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: bool = False,
-          dry_run: bool = False) -> dict:
+          dry_run: bool = False, presets: dict | None = None) -> dict:
     """Train (or resume) and return {'step', 'total', 'loss', 'seconds', 'interrupted', 'rank', 'already_done'}.
 
     `config` None: the checkpoint's when resuming or starting from `options.init`, else the default
@@ -549,6 +552,8 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
     and names) replace the config's; otherwise they must agree (fit_classes). `dry_run`: print the
     data summary and the plan, check them, and return (with 'dry_run') before anything is written.
     A resumed run already at its total step returns at once (already_done) without writing anything.
+    `presets`: the sampling settings an older config file carried beside `config` (config.config_and_presets),
+    the model's recommendation (a preset's model takes its preset's).
     Rank 0 holds the run folder's lock (run_lock.py) from before it reads or checks anything there until
     it returns: a second training there is refused, and a folder holding another run or a model is left
     as it was.
@@ -556,7 +561,7 @@ def train(config: ModelConfig | None, options: TrainOptions, classes_from_data: 
     lock, out = RunLock(options.out), Path(options.out)
     created, had_lock = not out.exists(), os.path.lexists(out / LOCK_NAME)
     try:
-        return train_locked(config, options, lock, classes_from_data, dry_run)
+        return train_locked(config, options, lock, classes_from_data, dry_run, presets or {})
     finally:
         if lock.fd is not None and not had_lock and not lock.writing:
             (out / LOCK_NAME).unlink()  # refused before writing: the folder is left as it was
@@ -578,7 +583,7 @@ def check_run_folder(out: Path, resume: str | None) -> None:
 
 
 def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLock, classes_from_data: bool,
-                 dry_run: bool) -> dict:
+                 dry_run: bool, presets: dict) -> dict:
     # The other ranks wait in the next step's collective while rank 0 samples a preview or writes a
     # checkpoint: minutes for a large model, beyond NCCL's default timeout.
     d, device = setup_distributed(options.device, timeout=COLLECTIVE_TIMEOUT)
@@ -590,13 +595,21 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         raise UserError("give --resume (continue a run) or --init (start from its weights), not both")
     initial = load_checkpoint(options.init) if options.init is not None and resume is None else None
     summary = describe_data(options.data)
+    recommended = None  # the recommendation a resumed run stored: the model's
     if resume is not None:
-        try:
-            config, classes_from_data = ModelConfig.from_dict(resume["config"]), False
+        try:  # an older run's config also carries the model's sampling settings
+            fields, presets = split_sampling(resume["config"])
+            config, classes_from_data = ModelConfig.from_dict(fields), False
+            check_presets(presets, config.num_levels)
         except ConfigError as e:
             raise UserError(f"--resume {options.resume}: the stored config: {e}") from None
-    elif config is None and initial is not None:
-        config, classes_from_data = initial.config, True
+        try:
+            recommended = check_sampling(resume["sampling"], f"--resume {options.resume}", config,
+                                         where="the stored 'sampling'")
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    elif config is None and initial is not None:  # the model it starts from: its config and sampling settings
+        config, classes_from_data, presets = initial.config, True, initial.presets_for_fingerprint()
     elif config is None:
         config, classes_from_data = config_for_data(max(summary.sizes[0]), summary.channels[0], 0), True
     config = fit_classes(config, summary, classes_from_data, options.data)
@@ -640,6 +653,8 @@ def train_locked(config: ModelConfig | None, options: TrainOptions, lock: RunLoc
         # fork_rng(devices=[]) does not restore, leaving all ranks on one GPU stream.
         torch.default_generator.manual_seed(options.seed)
         model = FractalModel(config).to(device)
+    if presets or recommended:
+        model.recommend(recommended or {}, presets)
     if options.grad_checkpointing:
         enable_grad_checkpointing(model)
     # auto: bf16 autocast on GPUs with native bf16 only (nn/precision.py says why; on a CPU with bf16

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import fractalgen
+from fractalgen.config import LEGACY_DEFAULTS
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +216,8 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config_changes=st.dictionaries(st.sampled_from(sorted(json.loads(tiny_config().to_json()))), JSON_VALUES,
-                                      max_size=2),
+@given(config_changes=st.dictionaries(st.sampled_from(sorted([*json.loads(tiny_config().to_json()), *LEGACY_DEFAULTS])),
+                                      JSON_VALUES, max_size=2),
        sampling=st.one_of(st.none(), st.text(max_size=8), JSON_VALUES.map(json.dumps),
                           st.dictionaries(st.sampled_from(["cfg", "temperature", "num_iter", "cfg_schedule",
                                                            "filter_threshold", "other"]), JSON_VALUES,

@@ -198,6 +198,19 @@ def test_version_2_files_decode_and_are_written_byte_for_byte(mnist):
     assert fractalgen.compress(mar, digits[7:10]) == stored_mar
 
 
+def test_a_resaved_bundled_model_decodes_the_bundled_models_files(mnist, tmp_path):
+    """The fingerprint covers the sampling settings the bundled file's config holds (not its
+    recommendation): saved again, the model carries them along and still decodes the stored file."""
+    stored = (DATA / "v2_mnist_4_labelled.fgz").read_bytes()
+    fractalgen.save(mnist, tmp_path / "again.safetensors")
+    again = fractalgen.load(tmp_path / "again.safetensors")
+    assert again.recommended == mnist.recommended and codec.fingerprint(again) == codec.fingerprint(mnist)
+    assert torch.equal(fractalgen.decompress(again, stored), fractalgen.decompress(mnist, stored))
+    changed = fractalgen.load("mnist")
+    changed.fingerprint_presets = None  # the recommendation's settings instead: another fingerprint
+    assert codec.fingerprint(changed) != codec.fingerprint(mnist)
+
+
 def test_empty_batch_round_trips(mnist):
     data = fractalgen.compress(mnist, torch.zeros(0, 1, 28, 28, dtype=torch.uint8))
     assert fractalgen.decompress(mnist, data).shape == (0, 1, 28, 28)

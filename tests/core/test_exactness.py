@@ -99,7 +99,7 @@ def test_pixel_head_cache_equals_full_logits():
     cond = torch.randn(5, head.cond_proj.in_features)
     ctx = fractalgen.sampling.SampleContext(guided=False, temperature=1.0, filter_threshold=0.0,
                                             num_iter=(1, 1), generator=torch.Generator().manual_seed(0))
-    values, logp = head.sample(cond, torch.ones(5), ctx)
+    values, logp = head.draw_channels(cond, torch.ones(5), ctx)
     with torch.no_grad():
         full = torch.log_softmax(head.logits(cond, values), -1).gather(2, values[..., None]).sum((1, 2))
     torch.testing.assert_close(logp.sum(1), full, rtol=1e-5, atol=1e-4)

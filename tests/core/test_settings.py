@@ -1,4 +1,4 @@
-"""Sampling settings: one resolution (argument > checkpoint's recommendation > config presets),
+"""Sampling settings: one resolution (argument > the model's recommendation > the defaults),
 used by every entry point, so the library and the command line draw the same images."""
 import dataclasses
 
@@ -14,9 +14,9 @@ from fractalgen.settings import DEFAULT_FILTER_THRESHOLD, SamplingSettings, Sett
 
 
 def tiny(kinds=("mar", "mar", "mar"), sizes=(8, 4, 2, 1), guiding=True, seed=0):
-    config = small_config(sizes, kinds, guiding=guiding, cfg=2.0, temperature=1.0, cfg_schedule="linear",
-                          num_iter=(4,) * (len(sizes) - 1))
-    return tiny_model(config, seed, perturb=0.5)
+    model = tiny_model(small_config(sizes, kinds, guiding=guiding), seed, perturb=0.5)
+    model.recommended = {"cfg": 2.0, "temperature": 1.0, "cfg_schedule": "linear", "num_iter": (4,) * (len(sizes) - 1)}
+    return model
 
 
 def test_precedence_argument_then_recommendation_then_preset():
@@ -26,7 +26,7 @@ def test_precedence_argument_then_recommendation_then_preset():
     model.recommended = {"cfg": 7.0, "num_iter": [3, 2, 1], "filter_threshold": 0.01}
     resolved = resolve_settings(model)
     assert (resolved.cfg, resolved.num_iter, resolved.filter_threshold) == (7.0, (3, 2, 1), 0.01)
-    assert (resolved.temperature, resolved.cfg_schedule) == (1.0, "linear")  # not recommended: the preset's
+    assert (resolved.temperature, resolved.cfg_schedule) == (1.0, "linear")  # not recommended: the defaults
     explicit = resolve_settings(model, cfg=1.5, num_iter=(5, 5, 5), temperature=0.9, cfg_schedule="constant",
                                 filter_threshold=0.0)
     assert explicit == SamplingSettings(1.5, "constant", 0.9, 0.0, (5, 5, 5))
@@ -96,7 +96,8 @@ def test_library_and_command_line_draw_the_same_images_from_the_bundled_model(tm
     model = fractalgen.load("mnist")
     library = fractalgen.sample(model, labels=[3, 7], seed=0)  # (2, 1, 28, 28)
     assert np.array_equal(read_samples(tmp_path / "s", 2), library[:, 0].numpy())
-    assert resolve_settings(model).cfg == model.recommended["cfg"] != model.config.cfg
+    preset = fractalgen.SAMPLING_PRESETS[model.config.name]
+    assert resolve_settings(model).cfg == model.recommended["cfg"] != preset["cfg"]
 
 
 def test_settings_are_frozen():

@@ -11,7 +11,7 @@ import torch
 
 import fractalgen
 from fractalgen.cli.options import setting
-from fractalgen.config import ConfigError, ModelConfig
+from fractalgen.config import ConfigError, ModelConfig, config_and_presets
 from fractalgen.formats.checks import CheckpointError, check_sampling
 from fractalgen.settings import (
     SCHEDULE_NAMES,
@@ -27,9 +27,11 @@ torch.set_num_threads(1)
 def tiny(kinds=("mar", "mar")):
     config = ModelConfig(img_sizes=(8, 2, 1), widths=(16,) * 3, blocks=(1,) * 3, heads=(2,) * 3, kinds=kinds,
                          channels=1, num_classes=10, num_conds=5 if "mar" in kinds else 1, attn_dropout=0.0,
-                         proj_dropout=0.0, pixel_mean=(0.5,), pixel_std=(0.5,), cfg=2.0, num_iter=(2, 2))
+                         proj_dropout=0.0, pixel_mean=(0.5,), pixel_std=(0.5,))
     torch.manual_seed(0)
-    return fractalgen.build(config).eval()
+    model = fractalgen.build(config).eval()
+    model.recommended = {"cfg": 2.0, "num_iter": (2, 2)}
+    return model
 
 
 # Each (setting, value): accepted or refused alike by every door.
@@ -47,8 +49,9 @@ def test_one_validator_at_every_door(name, value, ok):
     doors = {
         "library": lambda: resolve_settings(model, **{name: value}),
         "value": lambda: SamplingSettings(**{**base.to_dict(), name: value}) and check_setting(name, value, 2),
-        "config": lambda: model.config.replace(**{name: value}) if name != "filter_threshold" else check_setting(
-            name, value, 2),
+        # an older config carrying the setting beside its fields
+        "config": lambda: config_and_presets({**model.config.to_dict(), name: value})
+        if name != "filter_threshold" else check_setting(name, value, 2),
         "file": lambda: check_sampling({name: value}, "m.safetensors", model.config),
     }
     if name != "cfg_schedule" and value != [2]:  # the schedule flag is a `choices=` of the same list; a

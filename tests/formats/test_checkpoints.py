@@ -45,6 +45,30 @@ def test_own_format_round_trip(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_own_format_stores_the_recommendation_once(tmp_path):
+    """The recommendation in the 'sampling' metadata only; an older file's config carrying the settings
+    (and no 'sampling' of its own) reads as that recommendation, with the same settings resolved."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = tiny_model("mnist_mar")
+    fractalgen.save(model, tmp_path / "new.safetensors")
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert not {"cfg", "temperature", "cfg_schedule", "num_iter"} & set(json.loads(meta["config"]))
+    assert json.loads(meta["sampling"]) == {"num_iter": [16, 8], "cfg": 2.0, "temperature": 1.0}
+    older = {**json.loads(meta["config"]), "num_iter": [4, 2], "cfg": 3.0, "temperature": 1.0,
+             "cfg_schedule": "falling"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "old.safetensors",
+              metadata={"format": "fractalgen", "version": "1", "config": json.dumps(older)})
+    loaded = fractalgen.load(tmp_path / "old.safetensors")
+    assert loaded.config == model.config
+    assert loaded.recommended == {"num_iter": [4, 2], "cfg": 3.0, "cfg_schedule": "falling"}
+    assert fractalgen.resolve_settings(loaded) == fractalgen.SamplingSettings(3.0, "falling", 1.0, 1e-4, (4, 2))
+
+
 def test_shape_mismatch_names_key(tmp_path):
     state = torch.load(DATA / "tiny_ar.pth", weights_only=True)
     state["model"]["class_emb.weight"] = torch.zeros(7, 64)

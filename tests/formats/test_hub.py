@@ -18,8 +18,8 @@ from fractalgen.errors import UserError
 from fractalgen.formats.folder import parse_hub_id
 from fractalgen.formats.official import official_state_dict
 
-# A MAR level above an AR one, three classes and a sampling preset of its own.
-FOLDER_TINY = {**TINY, "kinds": ["mar", "ar"], "num_classes": 3, "num_conds": 5, "num_iter": [2, 4], "cfg": 1.5}
+# A MAR level above an AR one, three classes and (recommending_model) a recommendation of its own.
+FOLDER_TINY = {**TINY, "kinds": ["mar", "ar"], "num_classes": 3, "num_conds": 5}
 CARD = {"dataset": "mnist", "dataset_name": "MNIST", "split": "test", "bits_per_dim": 1.234,
         "bits_per_dim_command": "fractalgen nll --checkpoint X --split val", "sample_accuracy": 0.875,
         "sample_accuracy_command": "fractalgen eval-samples --checkpoint X --per-class 100",
@@ -30,7 +30,7 @@ CARD = {"dataset": "mnist", "dataset_name": "MNIST", "split": "test", "bits_per_
 def recommending_model():
     """FOLDER_TINY with weights moved off their initial values (so that a mix-up would show) and a recommendation."""
     model = tiny_model(FOLDER_TINY, perturb=0.05)
-    model.recommended = {"cfg": 2.5, "temperature": 0.9}
+    model.recommended = {"num_iter": [2, 4], "cfg": 2.5, "temperature": 0.9}
     return model
 
 
@@ -66,7 +66,7 @@ def test_folder_round_trip_same_weights_settings_and_samples(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     assert fractalgen.load(folder / "model.safetensors").recommended == loaded.recommended  # its weights file
     assert loaded.recommended["cfg"] == 2.5 and loaded.recommended["temperature"] == 0.9
-    assert loaded.config.replace(cfg=model.config.cfg, temperature=model.config.temperature) == model.config
+    assert loaded.config == model.config
     assert torch.equal(draw(loaded), draw(model))
     assert not torch.equal(draw(loaded, seed=4), draw(model))  # the comparison can fail
 

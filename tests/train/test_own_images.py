@@ -10,7 +10,7 @@ from PIL import Image
 import fractalgen
 from benchmarks.shapes import CLASSES, make_shapes
 from fractalgen.cli import main
-from fractalgen.config import ModelConfig
+from fractalgen.config import ModelConfig, config_and_presets
 from fractalgen.errors import UserError
 from fractalgen.train import (
     TrainOptions,
@@ -275,7 +275,8 @@ def test_a_preset_with_its_own_guidance_keeps_it(shapes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "GUIDANCE_MIN_STEPS", 2)
     monkeypatch.setattr(training, "choose_guidance", lambda *a, **k: pytest.fail("measured a preset's guidance"))
-    config = ModelConfig.from_dict({**TINY, "channels": 3, "num_classes": 4, "cfg": 2.5, "pixel_mean": [0.5] * 3,
-                                    "pixel_std": [0.5] * 3})
-    train(config, options(tmp_path, shapes, steps=2))
+    # a config file's fields with a sampling setting beside them: the model's recommendation
+    config, presets = config_and_presets({**TINY, "channels": 3, "num_classes": 4, "cfg": 2.5,
+                                          "pixel_mean": [0.5] * 3, "pixel_std": [0.5] * 3})
+    train(config, options(tmp_path, shapes, steps=2), presets=presets)
     assert fractalgen.resolve_settings(fractalgen.load(tmp_path / "run" / "model.safetensors")).cfg == 2.5

@@ -118,12 +118,13 @@ def flag_type(bound):
 
 
 def run_train(args) -> int:
-    from ..config import get_config
+    from ..config import config_and_presets
     from ..formats.run import CHECKPOINT_NAME
     from ..train import run_options, train
 
     set_threads(args.threads)
-    config = None if args.resume or not (args.preset or args.config) else get_config(args.preset or args.config)
+    config, presets = (None, {}) if args.resume or not (args.preset or args.config) else \
+        config_and_presets(args.preset or args.config)
     label_drop = {} if args.label_drop is None else {"label_drop_prob": args.label_drop}
     if config is not None:
         config = config.replace(**label_drop)
@@ -132,7 +133,8 @@ def run_train(args) -> int:
     given = {dest: getattr(args, dest) for dest in [*OPTION_FLAGS, *SWITCHES, "flip", "resume", "init"]}
     given["device"] = args.device if args.device != "auto" else None
     options = run_options(given, preset=args.preset)
-    result = train(config, options, classes_from_data=not config_chooses_classes(args.config), dry_run=args.dry_run)
+    result = train(config, options, classes_from_data=not config_chooses_classes(args.config), dry_run=args.dry_run,
+                   presets=presets)
     if result.pop("rank"):  # under torchrun, rank 0 reports for everyone
         return 128 + result["interrupted"] if result["interrupted"] else 0
     out = options.out

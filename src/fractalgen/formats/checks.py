@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from ..config import ModelConfig
+from ..config import SAMPLING_PRESETS, ModelConfig, config_and_presets
 from ..footprint import check_fits, count, model_size
 from ..settings import SETTING_NAMES, SettingsError, check_setting
 
@@ -40,6 +40,13 @@ def check_sampling(sampling: dict, path, config: ModelConfig, where: str = "meta
             raise CheckpointError(f"{path}: {where} field {key!r} must be {e.phrase}, "
                                   f"got {json.dumps(value)[:60]}") from None
     return sampling
+
+
+def given_config(config) -> tuple[ModelConfig, dict]:
+    """A config a caller gave a reader in place of the file's (see config.get_config), and the sampling
+    settings it stands for: those an older config's dict or file carried, else its preset's."""
+    config, presets = config_and_presets(config)
+    return config, presets or dict(SAMPLING_PRESETS.get(config.name, {}))
 
 
 def check_tensors(state: dict, expected: dict, path, name=lambda key: key, context: str = ""):

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, ModelConfig, get_config
+from ..config import LEGACY_DEFAULTS, ConfigError, ModelConfig, check_presets, presets_in_full, split_sampling
 from ..errors import UserError
 from ..files import save_bytes
 from ..jsonfile import read_object
 from ..model import FractalModel
 from ..settings import SETTING_NAMES, resolve_settings
 from .card import CardFacts, facts_from_dict, model_card
-from .checks import CheckpointError, check_before_building, check_sampling
+from .checks import CheckpointError, check_before_building, check_sampling, given_config
 from .official import model_from_official_state, official_state_dict
 from .ours import stored_count, stored_tensors
 
@@ -51,7 +51,14 @@ OUR_FIELDS = ("channels", "pixel_mean", "pixel_std", "name")
 # ---- reading a folder --------------------------------------------------------------------------------
 
 def read_config(path: Path) -> tuple[ModelConfig, dict]:
-    """config.json -> (ModelConfig, recommended sampling settings); the config carries them as its presets."""
+    """config.json -> (ModelConfig, recommended sampling settings under "sampling")."""
+    config, sampling, _ = read_folder_config(path)
+    return config, sampling
+
+
+def read_folder_config(path: Path) -> tuple[ModelConfig, dict, dict]:
+    """config.json -> (ModelConfig, its "sampling" block, the sampling settings an older config.json
+    carried beside the fields)."""
     fields = read_object(path, str(path), CheckpointError)
     sampling = fields.pop("sampling", None) or {}
     # Two official constructor arguments that do not describe the trained model.
@@ -64,13 +71,13 @@ def read_config(path: Path) -> tuple[ModelConfig, dict]:
     fields.pop("label2id", None)  # the hub's inverse map, when a tool wrote one: id2label decides
     if id2label is not None:
         fields["class_names"] = class_names_from_id2label(id2label, path)
+    fields, presets = split_sampling(fields)
     try:
         config = ModelConfig.from_official(fields)
+        check_presets(presets, config.num_levels)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
-    sampling = check_sampling(sampling, path, config, where="'sampling'")
-    presets = {k: sampling[k] for k in ("cfg", "cfg_schedule", "temperature", "num_iter") if k in sampling}
-    return config.replace(**presets), sampling
+    return config, check_sampling(sampling, path, config, where="'sampling'"), presets
 
 
 def class_names_from_id2label(id2label, path) -> list:
@@ -88,16 +95,22 @@ def load_folder(folder, config=None) -> FractalModel:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder} is not a model folder: {name} is missing")
-    cfg, sampling = read_config(folder / CONFIG_NAME)
+    cfg, sampling, presets = read_folder_config(folder / CONFIG_NAME)
+    # The settings the codec's fingerprint covers: an older config.json's own, with "sampling" over them.
+    fingerprinted: dict | None = {**presets_in_full(presets),
+                                  **{k: sampling[k] for k in LEGACY_DEFAULTS if k in sampling}}
     if config is not None:
-        cfg = get_config(config)
+        cfg, presets = given_config(config)
+        fingerprinted = presets
+    elif not presets:
+        fingerprinted = None
     check_before_building(cfg, stored_count(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except Exception as e:  # safetensors raises its own error types for damaged headers
         raise CheckpointError(f"cannot read {folder / WEIGHTS_NAME}: {str(e).splitlines()[0][:300]}") from None
     model = model_from_official_state(state, cfg, folder / WEIGHTS_NAME)
-    model.recommended = dict(sampling)
+    model.recommend(dict(sampling), presets, fingerprinted)
     return model
 
 
@@ -152,7 +165,7 @@ def model_folder(path) -> Path | None:
 # ---- sampling recommendation ---------------------------------------------------------------------
 
 def sampling_recommendation(model: FractalModel, overrides: dict | None = None) -> dict:
-    """The settings a folder recommends: `overrides` > the model's own recommendation > its config's values."""
+    """The settings a folder recommends: `overrides` > the model's own recommendation > the defaults."""
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:

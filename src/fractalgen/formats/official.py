@@ -18,7 +18,7 @@ import torch
 from ..config import ConfigError, ModelConfig, get_config
 from ..files import atomic_write
 from ..model import FractalModel
-from .checks import CheckpointError, check_before_building, check_tensors
+from .checks import CheckpointError, check_before_building, check_tensors, given_config
 
 # ---- official names --------------------------------------------------------------------
 
@@ -166,11 +166,16 @@ def load_official(path, config=None) -> FractalModel:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: its 'model' entry is a {type(state).__name__}, not a state dict "
                               "(parameter names and tensors)")
-    cfg = get_config(config) if config is not None else _official_config_from_args(ckpt.get("args"))
+    # A preset's model recommends the preset's sampling settings (the authors' for theirs); a given older
+    # config's dict or file, the ones it carried.
+    cfg, presets = given_config(config) if config is not None else (_official_config_from_args(ckpt.get("args")), None)
     if cfg is None:
         raise CheckpointError(f"{path} is an official-format checkpoint: say which model it is "
                               f"(a preset name or a config)")
-    return model_from_official_state(state, cfg, path)
+    model = model_from_official_state(state, cfg, path)
+    if presets is not None:
+        model.recommend({}, presets, fingerprinted=presets)
+    return model
 
 
 def model_from_official_state(state: dict, cfg: ModelConfig, path) -> FractalModel:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, ModelConfig, get_config
+from ..config import ConfigError, ModelConfig, check_presets, presets_in_full, split_sampling
 from ..files import atomic_write
 from ..jsonfile import parse_object
 from ..model import FractalModel
-from .checks import CheckpointError, check_before_building, check_sampling, check_tensors
+from .checks import CheckpointError, check_before_building, check_sampling, check_tensors, given_config
 
 FORMAT_VERSION = "1"
 
@@ -37,7 +37,14 @@ def save_ours(model: FractalModel, path: str | Path, dtype: torch.dtype | None =
     from safetensors.torch import save as st_save
 
     tensors = stored_tensors(model.state_dict(), dtype)
-    meta = {"format": "fractalgen", "version": FORMAT_VERSION, "config": model.config.to_json()}
+    fields = model.config.to_dict()
+    held = model.presets_for_fingerprint()
+    if json.dumps(held) != json.dumps(presets_in_full(sampling)):
+        # The sampling settings the codec's fingerprint covers, where the recommendation would not give them
+        # back (a model from an older file, or `sampling` other than its own): in the config, as older files
+        # carry them, so that the loaded model decodes the same files.
+        fields.update(held)
+    meta = {"format": "fractalgen", "version": FORMAT_VERSION, "config": json.dumps(fields, indent=1)}
     if sampling:
         meta["sampling"] = json.dumps(sampling)
     data = st_save(tensors, metadata=meta)
@@ -86,7 +93,12 @@ def load_ours(path, config=None) -> FractalModel:
     if "config" not in meta and config is None:
         raise CheckpointError(f"{path} carries no config: pass one")
     try:
-        cfg = get_config(config) if config is not None else ModelConfig.from_dict(metadata_json(meta, "config", path))
+        if config is not None:
+            cfg, presets = given_config(config)
+        else:  # an older file's config also carries sampling settings: the recommendation's, under its own
+            fields, presets = split_sampling(metadata_json(meta, "config", path))
+            cfg = ModelConfig.from_dict(fields)
+            check_presets(presets, cfg.num_levels)
     except ConfigError as e:
         raise CheckpointError(f"{path}: bad config in metadata: {e}") from None
     sampling = recommended_sampling(meta, path, cfg)
@@ -104,5 +116,5 @@ def load_ours(path, config=None) -> FractalModel:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # bf16 files load as fp32
     model.load_state_dict(state, assign=True, strict=True)
-    model.recommended = sampling
+    model.recommend(sampling, presets, fingerprinted=presets if config is not None else None)
     return model

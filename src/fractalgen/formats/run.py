@@ -2,7 +2,8 @@
 
     {"model": state dict (our names), "optimizer": its state dict, "step": int,
      "data_position": batches consumed, "epoch": float, "rng": [one dict of random states per rank],
-     "config": ModelConfig as JSON text, "options": TrainOptions as JSON text, "world_size": int}
+     "config": ModelConfig as JSON text, "sampling": the model's recommendation as JSON text,
+     "options": TrainOptions as JSON text, "world_size": int}
 
 train.py gathers the pieces (collectively, under torchrun) and resumes from them; this module only
 stores and checks them. The file is read by the same safe unpickler as the official format.
@@ -24,8 +25,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def write_checkpoint(folder: Path, *, model: dict, optimizer: dict, step: int, per_epoch: int, rng: list,
-                     config: ModelConfig, options: dict, world_size: int, keep: bool = False):
-    """`folder`/checkpoint.pt, written atomically; `keep` also writes a checkpoint-{step}.pt copy."""
+                     config: ModelConfig, options: dict, world_size: int, keep: bool = False,
+                     sampling: dict | None = None):
+    """`folder`/checkpoint.pt, written atomically; `keep` also writes a checkpoint-{step}.pt copy.
+    `sampling`: the model's recommended sampling settings (model.recommended)."""
     state = {
         "model": model,
         "optimizer": optimizer,
@@ -34,6 +37,7 @@ def write_checkpoint(folder: Path, *, model: dict, optimizer: dict, step: int, p
         "epoch": step / per_epoch,
         "rng": rng,
         "config": config.to_json(),
+        "sampling": json.dumps(sampling or {}),
         "options": json.dumps(options),
         "world_size": world_size,
     }
@@ -55,7 +59,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(f"--resume: {path} is not a training checkpoint (missing {', '.join(missing)})")
     # A damaged or hand-edited file fails here, not deep inside the loop; its config and options are
     # JSON text, read as every JSON file is (jsonfile.py).
-    for key in ("config", "options"):
+    for key in ("config", "sampling", "options"):
         text = state.get(key, "{}")
         if not isinstance(text, str):
             raise UserError(f"--resume: {path} is damaged (its {key} is not JSON text)")

@@ -93,7 +93,9 @@ class LevelOutput:
     x: torch.Tensor  # (M, C, p, p) raw values of the patches that go down
     conds: list[torch.Tensor]  # conditions for those patches, each (M, width)
     parent: torch.Tensor  # (M,) row of this level's batch each patch came from
-    guide_nll: torch.Tensor | None = None  # (B,) guiding-pixel loss per row, if the level has one
+    # (B,) the loss of the level's own prediction per row: a MAR level's guiding pixel (None without
+    # one), the pixel head's values (the last level)
+    nll: torch.Tensor | None = None
 
 
 def complete_conds(conds: list[torch.Tensor], n: int) -> list[torch.Tensor]:

@@ -166,7 +166,7 @@ class MARLevel(Level):
         B = x.shape[0]
         patches = patchify(x, self.config.patch_size)  # (B, N, C*p*p)
         mask = self._mask(mask_spec, B, x.device)
-        guide, guide_nll = None, None
+        guide, guide_nll = None, None  # guiding-pixel loss (B,)
         if self.config.guiding_pixel:
             raw_mean, guide = self.guide_values(x)
             # Official: a 0.01-std jitter before rounding breaks exact .5 ties at random instead of to even.
@@ -182,7 +182,7 @@ class MARLevel(Level):
             x=patches[rows, index].view(-1, self.channels, p, p),
             conds=self.neighbour_conds(h, rows, index),
             parent=rows,
-            guide_nll=guide_nll,
+            nll=guide_nll,
         )
 
     def _mask(self, spec, batch, device):
@@ -221,7 +221,7 @@ class MARLevel(Level):
             given = None
             if ctx.coder is not None and known is not None:  # the encoder codes the square's rounded mean
                 given = known.values.mean(dim=(2, 3)).round().clamp(0, 255)
-            guide_raw, guide_logp = self.guide_head.sample(  # the mean colour first
+            guide_raw, guide_logp = self.guide_head.draw_channels(  # the mean colour first
                 conds[0], guidance, ctx, given, None if given is None else torch.ones_like(given, dtype=torch.bool))
             square_logp += guide_logp.sum(1)
             guide = ctx.doubled(self.normalize(guide_raw.to(dtype)))

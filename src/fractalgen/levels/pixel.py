@@ -1,5 +1,7 @@
 """The pixel head, the last level: a causal transformer over the C channels of one pixel.
 
+As the last level it answers a level's two calls (`forward_train`, `sample`) for squares of one pixel.
+
 Sequence = [projection of the condition, embedding(channel 0), ..., embedding(channel C-2)];
 position c predicts channel c as a 256-way categorical whose output weights are the
 channel's own embedding table (tied) plus a per-channel bias. The same module, with fixed
@@ -14,7 +16,8 @@ import torch.nn as nn
 
 from ..config import PixelHeadConfig
 from ..nn import KVCache, ViTBlock, fp32_island, fp32_or_wider, tied_cross_entropy
-from ..sampling import SampleContext, apply_temperature, draw, guide
+from ..sampling import Known, SampleContext, apply_temperature, draw, guide
+from .base import LevelOutput, NextLevel
 
 NUM_VALUES = 256
 
@@ -75,9 +78,31 @@ class PixelHead(nn.Module):
         weights[0] = self.red_weight
         return (ce * weights).sum(0) / weights.sum()
 
+    # ---- as the last level: squares of one pixel ------------------------------------------
+
+    def forward_train(self, x: torch.Tensor, conds: list[torch.Tensor], mask_spec="train", weighted: bool = True,
+                      guide_target: torch.Tensor | None = None) -> LevelOutput:
+        """x (M, C, 1, 1) raw pixel values, conds list of (M, cond_width) -> their loss per pixel (`nll`, (M,));
+        nothing goes further down (x and conds pass through). mask_spec and guide_target have no use here."""
+        M = x.shape[0]
+        return LevelOutput(x=x, conds=conds, parent=torch.arange(M, device=x.device),
+                           nll=self.nll(conds[0], x.flatten(1).round().long(), weighted))
+
+    def sample(self, conds: list[torch.Tensor], guidance: torch.Tensor, ctx: SampleContext, known: Known | None,
+               next_level: NextLevel | None = None):
+        """Generate B pixels -> raw values (B, C, 1, 1) and the log-probability of each value drawn
+        (B, C, 1, 1). As a level's `sample`, with nothing below (next_level has no use here)."""
+        known_values = known_mask = None
+        if known is not None:
+            known_values, known_mask = known.values.flatten(1), known.mask.flatten(1)  # (B, C)
+        values, logp = self.draw_channels(conds[0], guidance, ctx, known_values, known_mask)
+        return values.float().view(-1, self.channels, 1, 1), logp.view(-1, self.channels, 1, 1)
+
+    # ---- one pixel's channels (also the guiding pixel of a MAR level) --------------------------
+
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, guidance: torch.Tensor, ctx: SampleContext,
-               known_values: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
+    def draw_channels(self, cond: torch.Tensor, guidance: torch.Tensor, ctx: SampleContext,
+                      known_values: torch.Tensor | None = None, known_mask: torch.Tensor | None = None):
         """Draw channel by channel with a KV cache.
 
         cond (R, Dc) with R = 2B when guided (conditional rows first), guidance (B,) the scale per row;
