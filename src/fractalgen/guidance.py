@@ -103,7 +103,7 @@ def choose_guidance(model: FractalModel, judge: Judge, candidates=CANDIDATES, pe
     recognised = {}
     with torch.no_grad():
         for cfg in candidates:
-            images = sample(model, labels=labels, cfg=cfg, seed=seed, threads=None)
+            images = sample(model, labels=labels, cfg=cfg, seed=seed, threads=None).cpu()  # the judge's device
             recognised[float(cfg)] = judge.accuracy(images, labels)
     best = max(recognised.values())
     chosen = next(cfg for cfg, share in recognised.items() if share >= best - TOLERANCE)
