@@ -48,32 +48,65 @@ def auto_threads() -> int:
     Why not torch's default (one thread per core): when the cores are busy with other jobs,
     every parallel region of our many small ops waits for a thread the kernel has given to
     someone else (measured: `python -m benchmarks.threads`, benchmarks/RESULTS.md).
-    Busy CPUs = the larger of the 1-minute load average and the processes runnable right now
-    (other than this one): the average lags a load that just began by up to a minute, the count
-    of the moment misses one that pauses. Torch's own default (OMP_NUM_THREADS, or the core
-    count) stays the upper bound.
+    Busy CPUs = the larger of two measures of other work: the threads of other processes runnable
+    at this moment, and the 1-minute load average less this process's own recent CPU use. The
+    count of the moment sees a load that began seconds ago, which the average lags by up to a
+    minute; the average sees jobs that pause now and then. The average counts this process too:
+    a session that has sampled for a minute must not take itself for a competitor. Torch's own
+    default (OMP_NUM_THREADS, or the core count) stays the upper bound.
     """
-    busy = max(os.getloadavg()[0], runnable_now() - 1) if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), usable_cpus(), round(usable_cpus() - busy)))
+    cpus = usable_cpus()
+    busy = max(os.getloadavg()[0] - own_cpu_use(), others_runnable_now()) if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), cpus, round(cpus - busy)))
 
 
-def runnable_now() -> int:
-    """Processes (threads) runnable on this machine at this moment, this one included: the fourth field
-    of /proc/loadavg ("running/total"), the median of a few reads a millisecond apart (one read may
-    catch a passing kernel task, or another job between steps); 1 where the kernel does not say."""
+def others_runnable_now() -> int:
+    """Threads of other processes runnable at this moment: the machine's runnable count (the fourth field
+    of /proc/loadavg, "running/total") less this process's own runnable threads, the median of a few
+    reads a millisecond apart (one read may catch a passing kernel task, or another job between
+    steps); 0 where the kernel does not say."""
     try:
         counts = []
         for i in range(RUNNABLE_READS):
             if i:
                 time.sleep(RUNNABLE_GAP_S)
-            with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]))
+            counts.append(max(0, system_runnable() - own_runnable()))
         return sorted(counts)[len(counts) // 2]
     except (OSError, ValueError, IndexError):
-        return 1
+        return 0
+
+
+def system_runnable() -> int:
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def own_runnable() -> int:
+    """This process's threads in state R (running or waiting for a CPU), this one included."""
+    running = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                running += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return running
 
 
 RUNNABLE_READS, RUNNABLE_GAP_S = 5, 0.001
+
+# This process's CPU use between calls of own_cpu_use (process_time counts all its threads).
+_own = {"wall": time.monotonic(), "cpu": time.process_time(), "rate": 0.0}
+OWN_MIN_INTERVAL_S = 1.0  # a shorter interval keeps the previous estimate: too short to say much
+
+
+def own_cpu_use() -> float:
+    """CPUs' worth of work this process did since the previous call (the first: since fractalgen was
+    imported), the part of the load average that is this process's own."""
+    wall, cpu = time.monotonic(), time.process_time()
+    if wall - _own["wall"] >= OWN_MIN_INTERVAL_S:
+        _own.update(rate=(cpu - _own["cpu"]) / (wall - _own["wall"]), wall=wall, cpu=cpu)
+    return _own["rate"]
 
 
 def choose_threads(option: str | int) -> int:

@@ -90,22 +90,41 @@ def test_bits_per_dim_with_labels_is_the_class_conditional_likelihood():
             fractalgen.bits_per_dim(model, images, labels=bad)
 
 
-@pytest.mark.parametrize("load, runnable, cpus, expected", [
-    (0.0, 1, 2, 2),  # idle: every CPU
-    (0.0, 3, 2, 1),  # two jobs that began a moment ago: the 1-minute average has not seen them yet
-    (2.0, 1, 2, 1),  # jobs that pause at this moment but kept the CPUs busy over the last minute
-    (1.0, 2, 4, 3),
-    (9.0, 9, 2, 1),  # never fewer than one
+@pytest.mark.parametrize("load, others, own, cpus, expected", [
+    (0.0, 0, 0.0, 2, 2),  # idle: every CPU
+    (0.0, 2, 0.0, 2, 1),  # two jobs that began a moment ago: the 1-minute average has not seen them yet
+    (2.0, 0, 0.0, 2, 1),  # jobs that pause at this moment but kept the CPUs busy over the last minute
+    (1.0, 0, 1.0, 2, 2),  # the average is this process's own work: not a competitor
+    (2.0, 0, 1.0, 2, 1),  # ... beside one other job's
+    (1.0, 1, 0.0, 4, 3),
+    (9.0, 9, 0.0, 2, 1),  # never fewer than one
 ])
-def test_auto_counts_the_cpus_other_work_leaves_idle_now(monkeypatch, load, runnable, cpus, expected):
+def test_auto_counts_the_cpus_other_work_leaves_idle_now(monkeypatch, load, others, own, cpus, expected):
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(runtime, "runnable_now", lambda: runnable)
+    monkeypatch.setattr(runtime, "others_runnable_now", lambda: others)
+    monkeypatch.setattr(runtime, "own_cpu_use", lambda: own)
     monkeypatch.setattr(runtime, "usable_cpus", lambda: cpus)
     monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 8)
     assert runtime.auto_threads() == expected
 
 
-def test_runnable_now_reads_the_kernels_count_and_survives_its_absence(monkeypatch):
-    assert runtime.runnable_now() >= 1
-    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
-    assert runtime.runnable_now() == 1
+def test_other_runnable_work_leaves_this_process_out_and_survives_the_kernels_silence(monkeypatch):
+    assert runtime.own_runnable() >= 1  # this thread, reading
+    assert runtime.others_runnable_now() >= 0
+    monkeypatch.setattr(runtime, "system_runnable", lambda: 3)
+    monkeypatch.setattr(runtime, "own_runnable", lambda: 2)
+    assert runtime.others_runnable_now() == 1
+    monkeypatch.setattr(runtime, "system_runnable", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    assert runtime.others_runnable_now() == 0
+
+
+def test_own_cpu_use_measures_this_process_between_calls(monkeypatch):
+    clock = {"wall": 100.0, "cpu": 50.0}
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(runtime.time, "process_time", lambda: clock["cpu"])
+    monkeypatch.setattr(runtime, "_own", {"wall": 90.0, "cpu": 45.0, "rate": 0.0})
+    assert runtime.own_cpu_use() == pytest.approx(0.5)  # 5 CPU seconds in 10 s
+    clock.update(wall=100.5, cpu=51.0)  # half a second later: too short to say, the estimate stays
+    assert runtime.own_cpu_use() == pytest.approx(0.5)
+    clock.update(wall=104.0, cpu=58.0)  # two threads busy for 4 s
+    assert runtime.own_cpu_use() == pytest.approx(2.0)
