@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import re
 import time
@@ -49,7 +50,7 @@ def auto_threads() -> int:
     every parallel region of our many small ops waits for a thread the kernel has given to
     someone else (measured: `python -m benchmarks.threads`, benchmarks/RESULTS.md).
     Busy CPUs = the larger of two measures of other work: the threads of other processes runnable
-    at this moment, and the 1-minute load average less this process's own recent CPU use. The
+    at this moment, and the 1-minute load average less this process's own part of it. The
     count of the moment sees a load that began seconds ago, which the average lags by up to a
     minute; the average sees jobs that pause now and then. The average counts this process too:
     a session that has sampled for a minute must not take itself for a competitor. Torch's own
@@ -95,18 +96,22 @@ def own_runnable() -> int:
 
 RUNNABLE_READS, RUNNABLE_GAP_S = 5, 0.001
 
-# This process's CPU use between calls of own_cpu_use (process_time counts all its threads).
-_own = {"wall": time.monotonic(), "cpu": time.process_time(), "rate": 0.0}
-OWN_MIN_INTERVAL_S = 1.0  # a shorter interval keeps the previous estimate: too short to say much
+# This process's share of the 1-minute load average, followed the way the kernel follows the load: an
+# average of its CPU use with weights that decay over a minute, from 0 when fractalgen was imported.
+_own = {"wall": time.monotonic(), "cpu": time.process_time(), "load": 0.0}
+LOAD_MINUTE_S = 60.0
 
 
 def own_cpu_use() -> float:
-    """CPUs' worth of work this process did since the previous call (the first: since fractalgen was
-    imported), the part of the load average that is this process's own."""
+    """This process's own part of the 1-minute load average (its CPUs' worth of work, averaged as the
+    kernel averages the load), so that a session busy for a minute does not count itself as other work."""
     wall, cpu = time.monotonic(), time.process_time()
-    if wall - _own["wall"] >= OWN_MIN_INTERVAL_S:
-        _own.update(rate=(cpu - _own["cpu"]) / (wall - _own["wall"]), wall=wall, cpu=cpu)
-    return _own["rate"]
+    elapsed = wall - _own["wall"]
+    if elapsed > 0:
+        keep = math.exp(-elapsed / LOAD_MINUTE_S)
+        rate = (cpu - _own["cpu"]) / elapsed
+        _own.update(load=_own["load"] * keep + rate * (1 - keep), wall=wall, cpu=cpu)
+    return _own["load"]
 
 
 def choose_threads(option: str | int) -> int:

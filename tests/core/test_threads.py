@@ -1,6 +1,8 @@
 """Library entry points choose CPU threads for the length of one call and give the caller's count back."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from frame import small_config, tiny_model
@@ -118,13 +120,15 @@ def test_other_runnable_work_leaves_this_process_out_and_survives_the_kernels_si
     assert runtime.others_runnable_now() == 0
 
 
-def test_own_cpu_use_measures_this_process_between_calls(monkeypatch):
+def test_own_cpu_use_follows_the_load_average_of_this_process(monkeypatch):
     clock = {"wall": 100.0, "cpu": 50.0}
     monkeypatch.setattr(runtime.time, "monotonic", lambda: clock["wall"])
     monkeypatch.setattr(runtime.time, "process_time", lambda: clock["cpu"])
-    monkeypatch.setattr(runtime, "_own", {"wall": 90.0, "cpu": 45.0, "rate": 0.0})
-    assert runtime.own_cpu_use() == pytest.approx(0.5)  # 5 CPU seconds in 10 s
-    clock.update(wall=100.5, cpu=51.0)  # half a second later: too short to say, the estimate stays
-    assert runtime.own_cpu_use() == pytest.approx(0.5)
-    clock.update(wall=104.0, cpu=58.0)  # two threads busy for 4 s
-    assert runtime.own_cpu_use() == pytest.approx(2.0)
+    monkeypatch.setattr(runtime, "_own", {"wall": 100.0, "cpu": 50.0, "load": 0.0})
+    clock.update(wall=102.0, cpu=52.0)  # two seconds of work since the import: a small part of a minute
+    assert runtime.own_cpu_use() == pytest.approx(1 - math.exp(-2 / 60))
+    clock.update(wall=402.0, cpu=652.0)  # then two busy threads for five minutes: the whole of its load
+    busy = runtime.own_cpu_use()
+    assert busy == pytest.approx(2.0, rel=1e-2)
+    clock.update(wall=702.0)  # five idle minutes: it fades as the kernel's average does
+    assert runtime.own_cpu_use() == pytest.approx(busy * math.exp(-5))
