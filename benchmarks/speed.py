@@ -246,7 +246,9 @@ def sample_ours(model, labels, num_iter, precision: str):
         count = count or len(labels)
         torch.manual_seed(0)
         model.eval()
-        fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, precision=precision, **SAMPLING)
+        # threads=None: the count this benchmark set (torch.set_num_threads), not the library's 'auto'
+        fractalgen.sample(model, labels=labels[:count], num_iter=num_iter, precision=precision, threads=None,
+                          **SAMPLING)
     return run
 
 
