@@ -342,12 +342,15 @@ def describe_data(spec: str) -> DataSummary:
                        len(probes))
 
 
-def stack(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `limit` items as one uint8 (N, C, H, W) batch and labels (N,)."""
-    if isinstance(dataset, ArrayDataset):
-        return dataset.images[:limit].contiguous(), dataset.labels[:limit]  # a batch in memory, (N, C, H, W)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    items = [dataset[i] for i in range(n)]
+def stack(dataset, limit: int | None = None, indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` items (or the items at `indices`) as one uint8 (N, C, H, W) batch and labels (N,)."""
+    if isinstance(dataset, ArrayDataset):  # a batch in memory, (N, C, H, W)
+        if indices is not None:
+            return dataset.images[indices].contiguous(), dataset.labels[indices]
+        return dataset.images[:limit].contiguous(), dataset.labels[:limit]
+    if indices is None:
+        indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    items = [dataset[i] for i in indices]
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 

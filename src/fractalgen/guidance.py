@@ -101,10 +101,9 @@ def choose_guidance(model: FractalModel, judge: Judge, candidates=CANDIDATES, pe
     per_class = per_class or -(-SAMPLES_PER_SCALE // classes)
     labels = torch.arange(classes).repeat_interleave(per_class)
     recognised = {}
-    with torch.no_grad():
-        for cfg in candidates:
-            images = sample(model, labels=labels, cfg=cfg, seed=seed, threads=None).cpu()  # the judge's device
-            recognised[float(cfg)] = judge.accuracy(images, labels)
+    for cfg in candidates:  # sample and Judge.accuracy run without gradients
+        images = sample(model, labels=labels, cfg=cfg, seed=seed, threads=None).cpu()  # the judge's device
+        recognised[float(cfg)] = judge.accuracy(images, labels)
     best = max(recognised.values())
     chosen = next(cfg for cfg, share in recognised.items() if share >= best - TOLERANCE)
     return GuidanceChoice(chosen, recognised)

@@ -32,7 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .config import ConfigError, ModelConfig, check_presets, config_for_data, split_sampling
-from .data import DataSummary, EpochBatches, describe_data, load_dataset
+from .data import DataSummary, EpochBatches, describe_data, load_dataset, stack
 from .errors import UserError, WriteError
 from .files import check_writable, save_grid
 from .footprint import check_fits
@@ -786,13 +786,12 @@ def recommend_guidance(model: FractalModel, dataset, options: TrainOptions, out:
     if resolve_settings(model).cfg != 1.0:  # a preset with its own recommendation (published, or a recipe's)
         return
     picked = torch.linspace(0, len(dataset) - 1, min(JUDGE_IMAGES, len(dataset))).long().tolist()
-    items = [dataset[i] for i in picked]
-    images, labels = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+    images, labels = stack(dataset, indices=picked)
     judge = train_judge(images, labels, model.config.num_classes, flip=options.flip, seed=options.seed)
     accuracy = judge.accuracy(images, labels)
     if accuracy < JUDGE_MIN_ACCURACY:
         print(f"note: guidance not measured: a classifier trained on the images tells only {accuracy:.0%} of "
-              f"them apart; the recommended cfg stays {resolve_settings(model).cfg:g}", flush=True)
+              f"them apart; the recommended cfg stays 1", flush=True)
         return
     choice = choose_guidance(model, judge, seed=options.seed)
     model.recommended = {**model.recommended, "cfg": choice.cfg}
