@@ -180,11 +180,12 @@ class FractalModel(nn.Module):
     def generate(self, labels: int | str | Sequence[int | str] | torch.Tensor | np.ndarray | None = None,
                  n: int | None = None, settings: SamplingSettings | None = None, *,
                  generator: torch.Generator | None = None, known: Known | None = None,
-                 on_step: Callable | None = None, coder: ValueCoder | None = None,
+                 on_step: Callable | None = None, coder: ValueCoder | None = None, compile: bool = False,
                  **overrides: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
         drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
+        `compile`: decode steps through torch.compile (`sampling.compiled`).
 
         `settings`: a SamplingSettings, built once by the caller (`settings.resolve_settings`);
         None takes the model's recommendation (`recommended`), else the defaults. Keyword `overrides`
@@ -213,7 +214,7 @@ class FractalModel(nn.Module):
         ctx = SampleContext(guided=guided, temperature=settings.temperature,
                             filter_threshold=settings.filter_threshold, num_iter=settings.num_iter,
                             generator=generator, guidance_scale=settings.cfg, cfg_schedule=settings.cfg_schedule,
-                            on_step=on_step, coder=coder)
+                            on_step=on_step, coder=coder, compiled=compile)
         guidance = torch.full((B,), settings.cfg, device=self.device)  # per row; level 0's schedule varies it
         return self._sample_level(0, ctx, [cond], guidance, known)
 

@@ -70,7 +70,8 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
            filter_threshold: float | None = None,
            num_iter: Sequence[int] | int | None = None, seed: int | None = None,
            batch_size: int | None = DEFAULT_BATCH_SIZE, on_step: Callable | None = None,
-           progress: Callable[[float], None] | None = None, precision: str = "auto") -> torch.Tensor:
+           progress: Callable[[float], None] | None = None, precision: str = "auto",
+           compile: bool = False) -> torch.Tensor:
     """Sample images, uint8 (N, C, H, W). `labels=None` samples n images unconditionally; labels are
     class indices or the model's class names (`model.class_names`, e.g. labels=["circle", "square"]).
 
@@ -83,13 +84,17 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     visualize.GenerationRecorder); `progress(images_done)` is called after every level-0 step with
     the (fractional) number of images generated so far. `precision`: fp32, bf16 (autocast; faster on
     GPUs and on CPUs with bf16 instructions, other images than fp32) or auto (bf16 on GPUs with native
-    bf16, fp32 elsewhere; see nn/precision.py). `threads` (keyword): CPU threads for this call,
+    bf16, fp32 elsewhere; see nn/precision.py). `compile=True` runs the pixel heads' decode steps through
+    torch.compile (`sampling.compiled`: a C++ compiler on CPUs; the first batch of each shape compiles
+    first, for seconds to a minute, so it pays for long runs). `threads` (keyword): CPU threads for this call,
     'auto', a number or None (runtime.call_threads). Settings and the rest by position are deprecated.
     """
     given = legacy_overrides(legacy, "sample", LEGACY_ORDER, 5, cfg=cfg, cfg_schedule=cfg_schedule,
                              temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,
                              seed=seed)
     seed = check_seed(given.pop("seed"))
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     settings = resolve_settings(model, settings=settings, **given)
     c, s = model.config.channels, model.config.img_size
     total, labels = count_and_labels(labels, n, model.class_names, image_bytes=c * s * s)
@@ -105,6 +110,7 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
         with autocast:
             values, _ = model.generate(labels=chunk, n=count, settings=settings,
                                        generator=make_generator(model, None if seed is None else seed + i),
+                                       compile=compile,
                                        on_step=step_callback(on_step if i == 0 else None, progress, start, count))
         out.append(to_uint8(values))
     if not out:

@@ -5,8 +5,10 @@ import dataclasses
 import functools
 import hashlib
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,19 +34,22 @@ def guide(logits: torch.Tensor, cfg: torch.Tensor, filter_threshold: float) -> t
     return uncond + cfg[:, None] * (cond - uncond)
 
 
-def draw(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one id per row of (B, V) logits; returns ids (B,) and their log-probabilities (B,).
+def draw(logits: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one id per row of (B, V) logits by the inverse of its distribution function, given one
+    uniform in [0, 1) per row (B,); returns ids (B,) and their log-probabilities (B,).
 
-    An exponential race: the id of the largest p / E, E ~ Exp(1) per value, is drawn with probability
-    p. It is what torch.multinomial computes for one draw, with the same numbers from the same
-    generator (so seeds keep their images), less its validity checks, which read the probabilities
-    back to the host and would stop a GPU at every draw. Logits are finite here (guidance, temperature
-    and the fp32 logits of a trained head), so the checks have nothing to find.
+    Value i is drawn when the row's uniform, scaled to the total mass, falls in [cdf(i-1), cdf(i)):
+    an interval of width p(i), so i is drawn with probability p(i), and a value of probability 0 never
+    is. One uniform per draw instead of one random number per value: the uniforms of a whole pixel are
+    drawn ahead of it in one call. No validity checks: they would read the probabilities back to the
+    host and stop a GPU at every draw, and the logits are finite here (guidance, temperature and the
+    fp32 logits of a trained head).
     """
     logp = torch.log_softmax(logits.float(), dim=-1)
-    probs = logp.exp()
-    ids = (probs / torch.empty_like(probs).exponential_(1, generator=generator)).argmax(-1)
-    return ids, logp.gather(1, ids[:, None]).squeeze(1)
+    cdf = logp.exp().cumsum_(-1)  # (B, V); cdf[:, -1] is 1 up to rounding, so scale u by it
+    ids = torch.searchsorted(cdf, uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:], right=True)
+    ids = ids.clamp_(max=logits.shape[-1] - 1)  # u * total rounding up to the total itself
+    return ids[:, 0], logp.gather(1, ids)[:, 0]
 
 
 # ---- schedules -----------------------------------------------------------------
@@ -95,6 +100,28 @@ def coding_order(seq_len: int, device=None) -> torch.Tensor:
     return torch.tensor(_coding_order(seq_len), dtype=torch.long, device=device)
 
 
+# ---- compiled decode steps ---------------------------------------------------------------
+
+_COMPILED: dict = {}
+
+
+def compiled(method: Any) -> Callable:
+    """`method` (a bound method of a module) through torch.compile, compiled once per process and module.
+
+    On a CPU, inductor's C++ wrapper (calls without Python between kernels); on CUDA, mode
+    "reduce-overhead" (the step replayed as a CUDA graph). The first call of each new shape
+    compiles (seconds to a minute); later calls, and later processes through inductor's cache on
+    disk, reuse it.
+    """
+    module = method.__self__
+    key = (id(module), method.__func__)
+    if key not in _COMPILED or _COMPILED[key][0]() is not module:  # (a module since freed had the same id)
+        device = next(module.parameters()).device.type
+        options = {"mode": "reduce-overhead"} if device == "cuda" else {"options": {"cpp_wrapper": True}}
+        _COMPILED[key] = (weakref.ref(module), torch.compile(method, dynamic=False, **options))
+    return _COMPILED[key][1]
+
+
 # ---- what every level's sampler shares ----------------------------------------------
 
 @dataclass
@@ -113,6 +140,9 @@ class SampleContext:
     # the stream (decoder); every value is visited, known or not. See ValueCoder.
     coder: ValueCoder | None = None
     depth: int = 0  # the level sampling with this context; deeper levels get `deeper()`
+    # Decode steps of this generation (weights laid out for one-token steps, caches), shared by every depth.
+    decoders: dict = dataclasses.field(default_factory=dict)
+    compiled: bool = False  # decode steps through torch.compile (`compiled`)
 
     # ---- the settings at this depth ----
 
@@ -130,6 +160,14 @@ class SampleContext:
     def level_on_step(self) -> Callable | None:
         """The progress callback, which follows level 0 only."""
         return self.on_step if self.depth == 0 else None
+
+    def decode_steps(self, blocks, rows: int, max_len: int, build: Callable) -> list:
+        """`build(block, rows, max_len)` for each block, made once per generation and reused by every
+        call with as many rows: a pixel head decodes thousands of pixels with the same steps."""
+        key = (id(blocks), rows)
+        if key not in self.decoders:
+            self.decoders[key] = [build(block, rows, max_len) for block in blocks]
+        return self.decoders[key]
 
     def deeper(self) -> SampleContext:
         """The same settings for the next level down."""

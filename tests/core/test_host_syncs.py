@@ -16,8 +16,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fractalgen
-from fractalgen.nn import KVCache
 from fractalgen.nn.attention import Attention
+from fractalgen.nn.decode import AttentionStep
 from fractalgen.sampling import Known
 
 # Ops that read device data back to the host: a scalar (item, bool(), ==), a data-dependent shape,
@@ -90,13 +90,16 @@ def test_the_counter_sees_host_reads():
 
 def test_bf16_kv_cache_is_stored_in_fp32():
     """Attention runs in fp32 (an island): under bf16 autocast the cache holds fp32 keys and values,
-    cast once when appended, not the whole cache at every decoding step."""
+    cast once when written, not the whole cache at every decoding step."""
     attention = Attention(16, 2, bias=True).eval()
-    cache = KVCache(4)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for _ in range(3):
-            attention(torch.randn(2, 1, 16), cache=cache)
-    assert cache.k.dtype == cache.v.dtype == torch.float32
+        step = AttentionStep(attention, rows=2, max_len=4)
+        assert step.qkv.w.dtype == torch.bfloat16  # the projections run in bf16
+        for t in range(3):
+            out = step(torch.randn(2, 16), t)
+            assert out.dtype == torch.bfloat16
+    kv = step.cache.kv
+    assert kv.dtype == torch.float32 and kv[:, :, :3].abs().sum() > 0 and kv[:, :, 3:].eq(0).all()
 
 
 @pytest.mark.parametrize("name, steps", [("tiny_ar", 1), ("tiny_mar", 3), ("tiny_mar", 16), ("tiny_mar_gp4", 5)])

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import LevelConfig
-from ..nn import KVCache, LlamaBlock, rotary_table_2d
+from ..nn import LlamaBlock, LlamaStep, rotary_table_2d, rotary_turns
 from ..sampling import Known, SampleContext
 from .base import Level, LevelOutput, NextLevel, Normalize, patchify, unpatchify
 
@@ -80,27 +80,23 @@ class ARLevel(Level):
             if ctx.coder is None:
                 patches = torch.where(known_mask, known_values.to(dtype), patches)
                 known_full = known_mask.all(-1)
-        every_row = torch.arange(B, device=device)
-        rotary = self.rotary(device, dtype)
-        caches = [KVCache(N) for _ in self.blocks]
+        turns = rotary_turns(self.rotary(device, dtype))
+        steps = ctx.decode_steps(self.blocks, conds[0].shape[0], N, LlamaStep)
         token = self.cond_embed(conds[0])  # (R, D): position 0
         for t in range(N):
-            x = self.embed_norm(token[:, None] + self.pos_embed[:, t])
-            for block, cache in zip(self.blocks, caches, strict=True):
-                x = block(x, rotary[t:t + 1], cache)
-            h = self.norm(x)[:, 0]  # (R, D): the condition for patch t
-            # The rows that generate patch t: all of them when nothing is given whole; else finding
-            # them reads the device (a GPU waits), as inpainting may.
-            rows = every_row if known_full is None else (~known_full[:, t]).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                if schedule is not None:  # level 0: guidance ramps with the raster position
-                    guidance = schedule(ctx.guidance_scale, torch.full((B,), (t + 1) / N, device=device))
-                next_known = None
-                if known is not None:
-                    next_known = Known(known_values[rows, t].view(-1, C, p, p), known_mask[rows, t].view(-1, C, p, p))
-                values, child_logp = next_level([h[ctx.doubled_rows(rows, B)]], guidance[rows], next_known)
-                patches[rows, t] = values.reshape(rows.numel(), -1).to(patches.dtype)
-                logp[rows, t] = child_logp.reshape(rows.numel(), -1)
+            x = self.embed_norm(token + self.pos_embed[0, t])
+            for step in steps:
+                x = step(x, t, turns[t])
+            h = self.norm(x)  # (R, D): the condition for patch t
+            if schedule is not None:  # level 0: guidance ramps with the raster position
+                guidance = schedule(ctx.guidance_scale, torch.full((B,), (t + 1) / N, device=device))
+            if known is None:  # every row generates patch t
+                values, child_logp = next_level([h], guidance, None)
+                patches[:, t] = values.reshape(B, -1)
+                logp[:, t] = child_logp.reshape(B, -1)
+            else:
+                self._sample_known(t, h, guidance, ctx, next_level, known_values, known_mask, known_full,
+                                   patches, logp)
             if t + 1 < N:
                 token = self.patch_embed(self.normalize(ctx.doubled(patches[:, t])))
             if on_step is not None:
@@ -108,3 +104,20 @@ class ARLevel(Level):
                 filled[:, : t + 1] = True
                 on_step(unpatchify(patches, p, C), unpatchify(filled, p, C))
         return unpatchify(patches, p, C), unpatchify(logp, p, C)
+
+    def _sample_known(self, t: int, h, guidance, ctx: SampleContext, next_level: NextLevel, known_values, known_mask,
+                      known_full, patches, logp):
+        """Patch t of every row not given it whole: its known pixels go down with it (all of them when
+        coding, where known_full is None). Finding the rows reads the device (a GPU waits), as
+        inpainting may."""
+        B, C, p = guidance.shape[0], self.channels, self.config.patch_size
+        if known_full is None:
+            rows = torch.arange(B, device=h.device)
+        else:
+            rows = (~known_full[:, t]).nonzero(as_tuple=True)[0]
+            if not rows.numel():
+                return
+        next_known = Known(known_values[rows, t].view(-1, C, p, p), known_mask[rows, t].view(-1, C, p, p))
+        values, child_logp = next_level([h[ctx.doubled_rows(rows, B)]], guidance[rows], next_known)
+        patches[rows, t] = values.reshape(rows.numel(), -1).to(patches.dtype)
+        logp[rows, t] = child_logp.reshape(rows.numel(), -1)

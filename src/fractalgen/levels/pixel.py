@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..config import PixelHeadConfig
-from ..nn import KVCache, ViTBlock, fp32_island, fp32_or_wider, tied_cross_entropy
-from ..sampling import Known, SampleContext, apply_temperature, draw, guide
+from ..nn import ViTBlock, ViTStep, fp32_island, fp32_or_wider, tied_cross_entropy
+from ..sampling import Known, SampleContext, ValueCoder, apply_temperature, compiled, draw, guide
 from .base import LevelOutput, NextLevel
 
 NUM_VALUES = 256
@@ -109,29 +109,50 @@ class PixelHead(nn.Module):
         known_values/known_mask (B, C): given channels are copied instead of drawn.
         Returns values (B, C) long and the log-probability of each drawn channel (B, C) (0 where given).
         """
-        B = guidance.shape[0]
-        caches = [KVCache(self.channels) for _ in self.blocks]
-        values = torch.zeros(B, self.channels, dtype=torch.long, device=cond.device)
-        logp = torch.zeros(B, self.channels, device=cond.device, dtype=fp32_or_wider(cond).dtype)
-        x = self.cond_proj(cond)[:, None]  # (R, 1, W)
-        for c in range(self.channels):
-            h = self.embed_norm(x)
-            for block, cache in zip(self.blocks, caches, strict=True):
-                h = block(h, causal=True, cache=cache)
-            logits = self._next_channel_logits(self.norm(h)[:, 0], c)  # (R, 256)
-            logits = apply_temperature(logits, ctx.temperature)
-            if ctx.guided:
-                logits = guide(logits, guidance, ctx.filter_threshold)  # (B, 256)
-            if ctx.coder is not None:  # lossless coding: the image's value (encoder) or the stream's (decoder)
-                ids, lp = ctx.coder.code(logits, None if known_values is None else known_values[:, c].long())
+        B, R = guidance.shape[0], cond.shape[0]
+        # Every channel's uniform drawn at once, before any is used: one call to the generator per pixel.
+        uniforms = None if ctx.coder is not None else torch.rand(self.channels, B, device=cond.device,
+                                                                  generator=ctx.generator)
+        if ctx.compiled and uniforms is not None and known_values is None:
+            # One graph per pixel: its steps are built inside it, where the compiler lays them out.
+            return compiled(self.channels_step)(cond, guidance, uniforms, ctx.temperature, ctx.guided,
+                                                ctx.filter_threshold)
+        steps = ctx.decode_steps(self.blocks, R, self.channels, ViTStep)
+        return self.channels_step(cond, guidance, uniforms, ctx.temperature, ctx.guided, ctx.filter_threshold,
+                                  steps, ctx.coder, known_values, known_mask)
+
+    def channels_step(self, cond: torch.Tensor, guidance: torch.Tensor, uniforms: torch.Tensor | None,
+                      temperature: float, guided: bool, filter_threshold: float, steps: list[ViTStep] | None = None,
+                      coder: ValueCoder | None = None, known_values: torch.Tensor | None = None,
+                      known_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`draw_channels` given its uniforms (C, B) (None when a coder chooses the values) and its decode
+        steps (None: built here). Without a coder or known values it is a pure function of its tensors,
+        the unit `compiled` turns into one graph (and on CUDA, one captured graph)."""
+        R, C = cond.shape[0], self.channels
+        if steps is None:
+            steps = [ViTStep(cast(ViTBlock, block), R, C) for block in self.blocks]
+        ids_list, logp_list = [], []
+        x = self.cond_proj(cond)  # (R, W)
+        for c in range(C):
+            h = self.embed_norm.forward(x)
+            for step in steps:
+                h = step(h, c)
+            logits = self._next_channel_logits(self.norm.forward(h), c)  # (R, 256)
+            if temperature != 1.0:  # (a product with 1 would change nothing)
+                logits = apply_temperature(logits, temperature)
+            if guided:
+                logits = guide(logits, guidance, filter_threshold)  # (B, 256)
+            if coder is not None:  # lossless coding: the image's value (encoder) or the stream's (decoder)
+                ids, lp = coder.code(logits, None if known_values is None else known_values[:, c].long())
             else:
-                ids, lp = draw(logits, ctx.generator)
+                assert uniforms is not None
+                ids, lp = draw(logits, uniforms[c])
                 if known_values is not None and known_mask is not None:
                     given = known_mask[:, c]
                     ids = torch.where(given, known_values[:, c].long(), ids)
                     lp = lp.masked_fill(given, 0.0)
-            values[:, c] = ids
-            logp[:, c] = lp
-            if c + 1 < self.channels:
-                x = self.codebooks[c](ctx.doubled(ids))[:, None]
-        return values, logp
+            ids_list.append(ids)
+            logp_list.append(lp)
+            if c + 1 < C:
+                x = self.codebooks[c](torch.cat([ids, ids]) if guided else ids)
+        return torch.stack(ids_list, 1), torch.stack(logp_list, 1)

@@ -1,31 +1,10 @@
-"""Multi-head attention through PyTorch's fused SDPA, with an optional key/value cache."""
+"""Multi-head attention over whole sequences through PyTorch's fused SDPA (one-token decoding: decode.py)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .precision import fp32_island, fp32_or_wider
 from .rotary import apply_rotary
-
-
-class KVCache:
-    """Keys/values for incremental decoding, preallocated to (B, H, max_len, head_dim) on first use."""
-
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.length = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None or self.v is None:  # one allocation per sampling call instead of a concatenation per step
-            B, H, _, hd = k.shape
-            self.k = k.new_empty(B, H, self.max_len, hd)
-            self.v = v.new_empty(B, H, self.max_len, hd)
-        t = k.shape[2]
-        self.k[:, :, self.length:self.length + t] = k
-        self.v[:, :, self.length:self.length + t] = v
-        self.length += t
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
 
 class Attention(nn.Module):
@@ -37,7 +16,7 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.proj_drop = nn.Dropout(proj_dropout)
 
-    def forward(self, x, causal=False, rotary=None, cache: KVCache | None = None, queries=None):
+    def forward(self, x, causal=False, rotary=None, queries=None):
         """x (B, T, D) -> (B, T, D); with `queries` (see select_tokens) only those outputs (B, K, D)."""
         B, T, D = x.shape
         if queries is None:
@@ -45,7 +24,7 @@ class Attention(nn.Module):
         else:
             # Outputs are read only at `queries`: project queries there, keys/values for every token
             # (the same weights, split by rows, so checkpoints are unchanged).
-            assert rotary is None and cache is None and not causal, "queries: plain bidirectional attention only"
+            assert rotary is None and not causal, "queries: plain bidirectional attention only"
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(select_tokens(x, queries), w[:D], None if b is None else b[:D])
             q = q.unflatten(-1, (self.heads, D // self.heads))  # (B, K, H, hd)
@@ -53,13 +32,6 @@ class Attention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        if cache is not None:
-            # A prefill (T > 1) must start an empty cache; one new token sees every cached one.
-            assert T == 1 or cache.length == 0, "multi-token append only into an empty cache"
-            causal = causal and T > 1
-            # Stored as attention reads them (fp32, the island below): under bf16 autocast each new
-            # key and value is cast once here, not the whole cache at every step.
-            k, v = cache.append(fp32_or_wider(k), fp32_or_wider(v))
         # fp32 island: the checkpoints were trained with fp32 attention logits; SDPA never
         # materialises the (T, T) score/bias tensors the official code builds.
         with fp32_island(x.device.type):

@@ -15,7 +15,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         xf = fp32_or_wider(x)  # computed in fp32 (or wider), as the checkpoints expect
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed if normed.dtype == x.dtype else normed.to(x.dtype)) * self.weight
 
 
 def swiglu_hidden(width: int) -> int:
@@ -46,8 +47,8 @@ class LlamaBlock(nn.Module):
         self.mlp = SwiGLU(width)
         self.mlp_drop = nn.Dropout(residual_dropout)
 
-    def forward(self, x, rotary, cache=None):
-        x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary, cache=cache)
+    def forward(self, x, rotary):
+        x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary)
         return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -81,10 +82,10 @@ class ViTBlock(nn.Module):
         self.norm2 = LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, 4 * width, proj_dropout)
 
-    def forward(self, x, causal=False, cache=None, queries=None):
+    def forward(self, x, causal=False, queries=None):
         """x (B, T, D) -> (B, T, D); with `queries` (a slice, or positions (B, K)) only those outputs (B, K, D)."""
         h = self.norm1(x)
         if queries is not None:  # the residual stream of the tokens whose outputs are read
             x = select_tokens(x, queries)
-        x = x + self.attn(h, causal=causal, cache=cache, queries=queries)
+        x = x + self.attn(h, causal=causal, queries=queries)
         return x + self.mlp(self.norm2(x))

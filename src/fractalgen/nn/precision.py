@@ -69,7 +69,9 @@ def precision_context(precision: str, device):
 
 def fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
     """t in fp32, or as it is when already wider (float64: the lossless codec's coding pass)."""
-    return t if t.dtype == torch.float64 else t.float()
+    # Checked here rather than by t.float(), which is a no-op for fp32 but still a dispatched call,
+    # and decoding makes tens of thousands of these per image.
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def fp32_island(device_type: str):

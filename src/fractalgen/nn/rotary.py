@@ -28,8 +28,14 @@ def rotary_table_2d(grid: int, head_dim: int, num_prefix: int, device=None, base
 def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (2k, 2k+1) of x (B, T, H, head_dim) by table (T, head_dim/2, 2), in fp32
     (float64 when x is)."""
+    return rotate(x, torch.view_as_complex(table)[None, :, None])  # (1, T, 1, head_dim/2)
+
+
+def rotate(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x (..., head_dim) by complex `turn` (cos + i*sin) broadcastable to
+    (..., head_dim/2), in fp32 (float64 when x is)."""
     # As complex numbers, the rotation (a*cos - b*sin, b*cos + a*sin) is one multiplication by
     # cos + i*sin: one kernel instead of ten (it matters when decoding one token at a time).
-    pairs = torch.view_as_complex(fp32_or_wider(x).unflatten(-1, (-1, 2)))  # (B, T, H, head_dim/2)
-    turn = torch.view_as_complex(table)[None, :, None]  # (1, T, 1, head_dim/2)
-    return torch.view_as_real(pairs * turn).flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(fp32_or_wider(x).unflatten(-1, (-1, 2)))
+    turned = torch.view_as_real(pairs * turn).flatten(-2)
+    return turned if turned.dtype == x.dtype else turned.to(x.dtype)

@@ -1,0 +1,143 @@
+"""One-token decoding for the samplers: a static key/value cache and each block's step.
+
+A sampler feeds one token per row per step, so every matmul has a few rows (the batch) against a
+whole weight matrix, and every step runs the same few dozen small kernels. Two things make such a
+step cheap, and both are set up once per generation rather than per step:
+- `Projection`: a linear layer's weight transposed to (in, out) and contiguous. The matrix library
+  then streams it as it is; with the (out, in) layout of nn.Linear it repacks the whole matrix at
+  every call, which for a few rows costs about a third of the product.
+- `KVCache`: keys and values of every position a generation reaches, allocated once per generation
+  and batch size; a step writes one slot and attends over the slots written so far.
+Queries come out of `AttentionStep` already scaled by 1/sqrt(head_dim) (folded into their weights),
+and rotary embedding turns queries, keys and values in one product (values by 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention
+from .blocks import LlamaBlock, ViTBlock
+from .precision import fp32_island
+from .rotary import rotate
+
+
+def step_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype a decode step's matmuls run in: autocast's when it is on (bf16 sampling), else the weight's."""
+    device_type = weight.device.type
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+class Projection:
+    """x (R, in) -> x W^T + b with W^T laid out (in, out), contiguous, in the step's dtype; built once
+    per generation from an nn.Linear (or its weight and bias), never trained."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scale_rows=None):
+        dtype = step_dtype(weight)
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        if scale_rows is not None:  # (rows, factor): output features [:rows] multiplied by factor
+            rows, factor = scale_rows
+            weight = torch.cat([weight[:rows] * factor, weight[rows:]])
+            bias = None if bias is None else torch.cat([bias[:rows] * factor, bias[rows:]])
+        self.w = weight.t().to(dtype).contiguous()
+        self.b = None if bias is None else bias.to(dtype)
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> Projection:
+        return cls(linear.weight, linear.bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w if self.b is None else torch.addmm(self.b, x, self.w)
+
+
+class KVCache:
+    """Keys and values of up to max_len positions of R sequences: (2, R * H, max_len, head_dim), keys
+    then values, allocated once. Stored as attention reads them (fp32, or float64 in the codec's
+    coding pass): under bf16 autocast each key and value is cast once, when written."""
+
+    def __init__(self, rows: int, heads: int, max_len: int, head_dim: int, device=None,
+                 dtype: torch.dtype = torch.float32):
+        self.rows, self.heads, self.max_len = rows, heads, max_len
+        self.kv = torch.zeros(2, rows * heads, max_len, head_dim, device=device, dtype=dtype)
+        self.slots = self.kv.view(2, rows, heads, max_len, head_dim)  # the same memory, by row and head
+
+    def write(self, t: int, kv: torch.Tensor) -> None:
+        """Store one token's keys and values, kv (R, 2, H, head_dim), at position t."""
+        self.slots[:, :, :, t] = kv.transpose(0, 1)
+
+    def attend(self, q: torch.Tensor, t: int) -> torch.Tensor:
+        """Pre-scaled queries (R * H, 1, head_dim) at position t over positions 0..t -> (R * H, 1, head_dim).
+
+        Written out rather than through SDPA: for one query, a score row, a softmax and a weighted
+        sum of values are three kernels, and SDPA's fixed cost per call is more than their arithmetic.
+        In fp32 (or float64) whatever the autocast: the checkpoints were trained with fp32 attention logits.
+        """
+        k, v = self.kv[:, :, : t + 1].unbind(0)
+        with fp32_island(q.device.type):
+            scores = torch.bmm(q.to(k.dtype), k.transpose(1, 2))
+            return torch.bmm(torch.softmax(scores, dim=-1), v)
+
+
+class AttentionStep:
+    """An `Attention` layer's one-token step for R rows, with its cache (evaluation only: no dropout)."""
+
+    def __init__(self, attention: Attention, rows: int, max_len: int):
+        qkv, proj = attention.qkv, attention.proj
+        width = proj.out_features
+        self.heads = attention.heads
+        head_dim = width // self.heads
+        self.qkv = Projection(qkv.weight, qkv.bias, scale_rows=(width, head_dim**-0.5))
+        self.proj = Projection.of(proj)
+        w = proj.weight
+        self.cache = KVCache(rows, self.heads, max_len, head_dim, w.device,
+                             torch.float64 if w.dtype == torch.float64 else torch.float32)
+
+    def __call__(self, x: torch.Tensor, t: int, turn: torch.Tensor | None = None) -> torch.Tensor:
+        """x (R, D) at position t -> (R, D); turn: the rotary turn at t (`rotary_turns`), None without rotary."""
+        R, D = x.shape
+        H = self.heads
+        qkv = self.qkv(x).view(R, 3, H, D // H)
+        if turn is not None:
+            qkv = rotate(qkv, turn)  # queries and keys turned, values by 1: one kernel for all three
+        self.cache.write(t, qkv[:, 1:])
+        out = self.cache.attend(qkv[:, 0].reshape(R * H, 1, -1), t).view(R, D)
+        return self.proj(out if out.dtype == x.dtype else out.to(x.dtype))
+
+
+def rotary_turns(table: torch.Tensor) -> torch.Tensor:
+    """A rotary table (T, head_dim/2, 2) as the decode steps' turns (T, 3, 1, head_dim/2), complex:
+    queries and keys turn by cos + i*sin, values by 1."""
+    turn = torch.view_as_complex(table)[:, None, None]  # (T, 1, 1, head_dim/2)
+    return torch.cat([turn, turn, torch.ones_like(turn)], dim=1)
+
+
+class LlamaStep:
+    """A `LlamaBlock`'s one-token step: RMSNorm, rotary attention, RMSNorm, SwiGLU (gate and up in one product)."""
+
+    def __init__(self, block: LlamaBlock, rows: int, max_len: int):
+        self.attn_norm, self.mlp_norm = block.attn_norm, block.mlp_norm
+        self.attn = AttentionStep(block.attn, rows, max_len)
+        mlp = block.mlp
+        self.gate_up = Projection(torch.cat([mlp.gate.weight, mlp.up.weight]))
+        self.down = Projection.of(mlp.down)
+
+    def __call__(self, x: torch.Tensor, t: int, turn: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm.forward(x), t, turn)
+        gate, up = self.gate_up(self.mlp_norm.forward(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class ViTStep:
+    """A `ViTBlock`'s one-token causal step: LayerNorm, attention, LayerNorm, GELU MLP."""
+
+    def __init__(self, block: ViTBlock, rows: int, max_len: int):
+        self.norm1, self.norm2 = block.norm1, block.norm2
+        self.attn = AttentionStep(block.attn, rows, max_len)
+        self.fc1, self.fc2 = Projection.of(block.mlp.fc1), Projection.of(block.mlp.fc2)
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1.forward(x), t)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2.forward(x))))
