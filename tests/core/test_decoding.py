@@ -1,0 +1,96 @@
+"""The samplers' draw and one-token decode steps: the inverse-CDF draw against its distribution, the
+decode steps against the blocks they stand for, and the compiled pixel loop against the eager one."""
+import shutil
+import sys
+
+import pytest
+import torch
+from frame import tiny_model
+from test_conditional import ALPHA, chi_square_p
+
+import fractalgen
+from fractalgen.nn import LlamaBlock, LlamaStep, Projection, ViTBlock, ViTStep, rotary_table_2d, rotary_turns
+from fractalgen.sampling import SampleContext, draw
+
+
+def test_draw_follows_the_distribution_of_its_logits():
+    """Each row draws value i with probability softmax(logits)[i]: a chi-square fit over many uniforms,
+    for a peaky and a flat row; the log-probability returned is the drawn value's."""
+    g = torch.Generator().manual_seed(0)
+    n = 40000
+    for scale in (3.0, 0.3):
+        logits = torch.randn(256, generator=g) * scale
+        ids, logp = draw(logits.expand(n, -1), torch.rand(n, generator=g))
+        probs = torch.softmax(logits.double(), -1)
+        assert chi_square_p(ids, probs) > ALPHA
+        torch.testing.assert_close(logp.double(), probs.log()[ids], rtol=1e-5, atol=1e-5)
+    # the test can fail: the same draws do not fit a slightly other distribution
+    shifted = torch.softmax(logits.double() + 0.3 * torch.arange(256) / 256, -1)
+    assert chi_square_p(ids, shifted) < ALPHA
+
+
+def test_draw_is_the_inverse_of_the_distribution_function():
+    """u in [cdf(i-1), cdf(i)) draws i; values of probability 0 are never drawn, not even at u = 0 or u -> 1."""
+    probs = torch.tensor([0.0, 0.25, 0.0, 0.5, 0.25, 0.0])
+    logits = probs.log()  # -inf where 0
+    u = torch.tensor([0.0, 0.2499, 0.25, 0.7499, 0.75, 1 - 2**-24])
+    ids, logp = draw(logits.expand(len(u), -1), u)
+    assert ids.tolist() == [1, 1, 3, 3, 4, 4]
+    assert torch.equal(logp, probs.log()[ids])
+
+
+def test_decode_steps_equal_the_blocks_over_the_whole_sequence():
+    """Feeding tokens one at a time through LlamaStep / ViTStep gives the causal block's outputs."""
+    torch.manual_seed(0)
+    R, T, D, H = 3, 5, 32, 4
+    x = torch.randn(R, T, D)
+    llama = LlamaBlock(D, H, 0.0, 0.0).eval()
+    table = rotary_table_2d(2, D // H, num_prefix=1)  # 1 + 2x2 positions
+    vit = ViTBlock(D, H).eval()
+    with torch.no_grad():
+        full_llama, full_vit = llama(x, table), vit(x, causal=True)
+        llama_step, vit_step = LlamaStep(llama, R, T), ViTStep(vit, R, T)
+        turns = rotary_turns(table)
+        stepped_llama = torch.stack([llama_step(x[:, t], t, turns[t]) for t in range(T)], 1)
+        stepped_vit = torch.stack([vit_step(x[:, t], t) for t in range(T)], 1)
+    torch.testing.assert_close(stepped_llama, full_llama, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stepped_vit, full_vit, rtol=1e-5, atol=1e-5)
+
+
+def test_projection_is_the_linear_layer():
+    linear = torch.nn.Linear(7, 5)
+    x = torch.randn(4, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(Projection.of(linear)(x), linear(x))
+        torch.testing.assert_close(Projection(linear.weight)(x), x @ linear.weight.t())
+
+
+def _pixel_context(seed=0):
+    return SampleContext(guided=True, temperature=1.3, filter_threshold=1e-2, num_iter=(1, 1),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_pixel_loop_traces_as_one_graph():
+    """What compile=True compiles (and CUDA's reduce-overhead captures) has no graph break: a pure function
+    of tensors. Checked with dynamo's eager backend, which needs no compiler."""
+    model = tiny_model("tiny_ar", perturb=0.3)
+    head = model.pixel_head
+    cond, guidance, uniforms = torch.randn(6, head.cond_proj.in_features), torch.full((3,), 2.0), torch.rand(3, 3)
+    with torch.no_grad():
+        eager = head.channels_step(cond, guidance, uniforms[:head.channels], 1.3, True, 1e-2)
+        traced = torch.compile(head.channels_step, fullgraph=True, backend="eager")(
+            cond, guidance, uniforms[:head.channels], 1.3, True, 1e-2)
+    assert torch.equal(traced[0], eager[0]) and torch.equal(traced[1], eager[1])
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler (g++ or clang++)")
+def test_compiled_sampling_draws_what_eager_sampling_draws():
+    """sample(compile=True): the same images for the same seed as eager sampling (the compiled kernels
+    round differently, so a draw right at a boundary could differ; these seeds have none)."""
+    model = tiny_model("tiny_ar", perturb=0.3)
+    kwargs = dict(labels=[1, 4, 7], cfg=2.0, temperature=1.1, filter_threshold=1e-3, seed=5, threads=1)
+    eager = fractalgen.sample(model, **kwargs)
+    compiled = fractalgen.sample(model, compile=True, **kwargs)
+    assert torch.equal(compiled, eager)
+    assert not torch.equal(fractalgen.sample(model, **{**kwargs, "seed": 6}), eager)  # the comparison can fail
