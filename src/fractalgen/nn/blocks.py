@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, select_tokens
+from .dropout import Dropout
 from .precision import fp32_or_wider
 
 
@@ -14,6 +15,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x):
+        if x.dtype == self.weight.dtype == torch.float32:  # torch's fused kernel: the same formula, one pass
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = fp32_or_wider(x)  # computed in fp32 (or wider), as the checkpoints expect
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
@@ -44,7 +47,7 @@ class LlamaBlock(nn.Module):
         self.attn = Attention(width, heads, bias=False, attn_dropout=attn_dropout, proj_dropout=residual_dropout)
         self.mlp_norm = RMSNorm(width)
         self.mlp = SwiGLU(width)
-        self.mlp_drop = nn.Dropout(residual_dropout)
+        self.mlp_drop = Dropout(residual_dropout, inplace=True)  # on the MLP's fresh output
 
     def forward(self, x, rotary, cache=None):
         x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary, cache=cache)
@@ -56,7 +59,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout, inplace=True)  # on fresh outputs (GELU's backward reads its input)
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
