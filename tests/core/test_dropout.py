@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from fractalgen.nn.attention import Attention, attention_with_dropout
-from fractalgen.nn.dropout import Dropout, dropout
+from fractalgen.nn.dropout import Dropout, dropout, keep_noise_fp32
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("p", [0.1, 0.37, 0.5])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_keep_rate_and_scale(p, inplace):
     torch.manual_seed(0)
@@ -23,11 +23,23 @@ def test_keep_rate_and_scale(p, inplace):
     kept = (out != 0).double()
     sd = math.sqrt(keep * p / n)
     assert abs(kept.mean().item() - keep) < 5 * sd  # the keep rate, within 5 standard errors
+    # Even and odd elements take their bits from the low and the high half of one int64 draw.
+    for half in (kept[0::2], kept[1::2]):
+        assert abs(half.mean().item() - keep) < 5 * sd * math.sqrt(2)
     # Independent draws: neighbours (and elements far apart) are kept together at rate keep^2.
     for lag in (1, 2, 1000):
         both = (kept[:-lag] * kept[lag:]).mean().item()
         assert abs(both - keep * keep) < 6 * math.sqrt(keep * keep * (1 - keep * keep) / n)
     assert abs(out.double().mean().item() - 1.0) < 5 * sd / keep  # expectation kept
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001])
+def test_odd_sizes(n):
+    torch.manual_seed(n)
+    noise = keep_noise_fp32((n, 3), 0.8)
+    assert noise.shape == (n, 3)
+    assert set(noise.unique().tolist()) <= {0.0, torch.tensor(1 / 0.8).item()}
+    assert keep_noise_fp32((2, 0), 0.8).shape == (2, 0)
 
 
 def test_bf16_scale_and_rate():
