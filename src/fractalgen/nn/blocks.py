@@ -51,7 +51,8 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x, rotary, cache=None):
         x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary, cache=cache)
-        return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
+        # The MLP on rows (B*T, D): its output is then no view, and the dropout writes into it (see MLP).
+        return x + self.mlp_drop(self.mlp(self.mlp_norm(x).flatten(0, -2))).view_as(x)
 
 
 class MLP(nn.Module):
@@ -62,7 +63,10 @@ class MLP(nn.Module):
         self.drop = Dropout(dropout, inplace=True)  # on fresh outputs (GELU's backward reads its input)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        """x (..., D) -> (..., D). Computed on rows (M, D): a linear layer's output on a 3-D input is a
+        view, which an in-place dropout cannot write into cheaply (see nn/dropout.py)."""
+        rows = x.flatten(0, -2)
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(rows))))).view(x.shape[:-1] + (-1,))
 
 
 class LayerNorm(nn.LayerNorm):
