@@ -119,12 +119,8 @@ class MARLevel(Level):
         R, N, D = h.shape
         g = self.config.grid
         padded = F.pad(h.view(R, g, g, D), (0, 0, 1, 1, 1, 1))  # (R, g+2, g+2, D), zeros beyond the border
-        offsets = torch.tensor(NEIGHBOURS, device=h.device)  # (5, 2)
-        r = (index // g + 1)[:, None] + offsets[:, 0]  # (K, 5)
-        c = (index % g + 1)[:, None] + offsets[:, 1]
-        # One gather for the five (K, 5, D): its backward scatters into one zero-filled copy of padded,
-        # not five.
-        return list(padded[rows[:, None], r, c].unbind(1))
+        r, c = index // g + 1, index % g + 1
+        return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
 
     def revealed_conds(self, patches, mask, conds, guide, first, valid=None):
         """The five conditions of the revealed patches: list of (M, D), one row per valid (r, k) in row-major order.
