@@ -79,7 +79,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
 
     What SDPA computes with dropout_p = p, written out for CPU training: there SDPA falls back to
     its unfused path for any nonzero dropout and draws the mask with `bernoulli_`; this path draws
-    it as `dropout` does, at half the cost. The (Tq, Tk) probabilities are materialised either way.
+    it as `dropout` does, for a fraction of the cost. The (Tq, Tk) probabilities are materialised either way.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, Tq, Tk)
     if causal:  # as SDPA's is_causal: query i sees keys <= i (top-left aligned)
