@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, select_tokens
+from .dropout import Dropout
 from .precision import fp32_or_wider
 
 
@@ -14,6 +15,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x):
+        if x.dtype == self.weight.dtype == torch.float32:  # torch's fused kernel: the same formula, one pass
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = fp32_or_wider(x)  # computed in fp32 (or wider), as the checkpoints expect
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed if normed.dtype == x.dtype else normed.to(x.dtype)) * self.weight
@@ -45,11 +48,12 @@ class LlamaBlock(nn.Module):
         self.attn = Attention(width, heads, bias=False, attn_dropout=attn_dropout, proj_dropout=residual_dropout)
         self.mlp_norm = RMSNorm(width)
         self.mlp = SwiGLU(width)
-        self.mlp_drop = nn.Dropout(residual_dropout)
+        self.mlp_drop = Dropout(residual_dropout, inplace=True)  # on the MLP's fresh output
 
     def forward(self, x, rotary):
         x = x + self.attn(self.attn_norm(x), causal=True, rotary=rotary)
-        return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
+        # The MLP on rows (B*T, D): its output is then no view, and the dropout writes into it (see MLP).
+        return x + self.mlp_drop(self.mlp(self.mlp_norm(x).flatten(0, -2))).view_as(x)
 
 
 class MLP(nn.Module):
@@ -57,10 +61,13 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout, inplace=True)  # on fresh outputs (GELU's backward reads its input)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        """x (..., D) -> (..., D). Computed on rows (M, D): a linear layer's output on a 3-D input is a
+        view, which an in-place dropout cannot write into cheaply (see nn/dropout.py)."""
+        rows = x.flatten(0, -2)
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(rows))))).view(x.shape[:-1] + (-1,))
 
 
 class LayerNorm(nn.LayerNorm):
