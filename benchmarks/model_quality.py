@@ -3,11 +3,13 @@
     python -m benchmarks.model_quality --checkpoint mnist                     # the bundled AR model
     python -m benchmarks.model_quality --checkpoint mnist_mar --passes 8      # MAR: several mask passes
     python -m benchmarks.model_quality --checkpoint runs/x --cfg 1 2 3 5 --per-class 50
+    python -m benchmarks.model_quality --checkpoint mnist --skip-nll --precision bf16   # samples in bf16 autocast
 
-For each guidance scale: `--per-class` samples of every digit (seed `--seed`), the fraction the
-bundled classifier recognises as their class, and the classifier FID of those samples against the
-500 held-out digits (features: the classifier's penultimate layer; 500 training digits score about
-6.7 against the same reference, the floor of this measure at this sample size). Held-out bits/dim:
+For each guidance scale: `--per-class` samples of every digit (seed `--seed`, drawn at `--precision`
+as `fractalgen.sample` takes it), the fraction the bundled classifier recognises as their class, and
+the classifier FID of those samples against the 500 held-out digits (features: the classifier's
+penultimate layer; 500 training digits score about 6.7 against the same reference, the floor of
+this measure at this sample size). Held-out bits/dim:
 exact for AR levels (one pass); MAR levels draw random masks, so `--passes` passes are averaged and
 the standard error over digits is reported with it.
 """
@@ -25,6 +27,7 @@ from fractalgen.classifier import features, load_mnist_classifier, predict
 from fractalgen.config import CFG_SCHEDULES
 from fractalgen.data import mnist_split
 from fractalgen.metrics.fid import fid_from_statistics, statistics
+from fractalgen.nn import PRECISIONS, precision_in_effect
 
 
 def held_out_bits(model, passes: int, seed: int) -> tuple[float, float]:
@@ -34,15 +37,18 @@ def held_out_bits(model, passes: int, seed: int) -> tuple[float, float]:
     return float(per_image.mean()), float(per_image.std() / math.sqrt(per_image.numel()))
 
 
-def sample_scores(model, cfg: float, per_class: int, seed: int, classifier, reference, cfg_schedule=None) -> dict:
+def sample_scores(model, cfg: float, per_class: int, seed: int, classifier, reference, cfg_schedule=None,
+                  precision: str = "auto") -> dict:
     """Accuracy and classifier FID of `per_class` samples of each digit at guidance `cfg`."""
     labels = torch.arange(10).repeat_interleave(per_class)
     started = time.perf_counter()
-    images = fractalgen.sample(model, labels=labels.tolist(), cfg=cfg, cfg_schedule=cfg_schedule, seed=seed)
+    images = fractalgen.sample(model, labels=labels.tolist(), cfg=cfg, cfg_schedule=cfg_schedule, seed=seed,
+                               precision=precision)
     seconds = time.perf_counter() - started
     accuracy = float((predict(images, classifier) == labels).float().mean())
     fid = fid_from_statistics(statistics(features(images, classifier).numpy()), reference)
     return {"cfg": cfg, "cfg_schedule": fractalgen.resolve_settings(model, cfg_schedule=cfg_schedule).cfg_schedule,
+            "precision": precision_in_effect(precision, model.device),
             "accuracy": round(accuracy, 4), "classifier_fid": round(fid, 2),
             "samples": len(labels), "seconds": round(seconds, 1)}
 
@@ -55,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--passes", type=int, help="likelihood passes (default: 1 for AR, 8 for MAR)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="sampling precision, as fractalgen.sample takes it (auto: fp32 on a CPU)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-nll", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -76,9 +84,10 @@ def main(argv=None):
     for cfg in scales:
         if cfg is None:
             cfg = fractalgen.resolve_settings(model).cfg
-        row = sample_scores(model, cfg, args.per_class, args.seed, classifier, reference, args.cfg_schedule)
+        row = sample_scores(model, cfg, args.per_class, args.seed, classifier, reference, args.cfg_schedule,
+                            args.precision)
         curve.append(row)
-        print(f"cfg {cfg:g} ({row['cfg_schedule']}): {100 * row['accuracy']:.1f}% recognised, "
+        print(f"cfg {cfg:g} ({row['cfg_schedule']}, {row['precision']}): {100 * row['accuracy']:.1f}% recognised, "
               f"classifier FID {row['classifier_fid']:.1f} "
               f"({row['samples']} samples, {row['seconds']} s)", flush=True)
     result["curve"] = curve
