@@ -281,7 +281,7 @@ class ModelConfig:
             return cls.from_official(d)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {', '.join(map(repr, unknown))}")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in d and f.default is dataclasses.MISSING]
         if missing:
@@ -295,7 +295,7 @@ class ModelConfig:
         _warn_ignored(sampling)
         unknown = sorted(set(d) - set(OFFICIAL_FIELDS) - set(EXTRA_FIELDS))
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {', '.join(map(repr, unknown))}")
         missing = [k for k in ("img_size_list", "embed_dim_list", "num_blocks_list", "num_heads_list",
                                "generator_type_list") if k not in d]
         if missing:
