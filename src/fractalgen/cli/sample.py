@@ -69,7 +69,8 @@ def draw(model, labels, n, settings, args, on_step=None):
 
     with progress_bar(n, "sampling") as bar:
         return sample(model, labels=labels, n=n, seed=args.seed, batch_size=args.batch_size, on_step=on_step,
-                      progress=advance_to(bar), precision=args.precision, settings=settings).cpu()
+                      progress=advance_to(bar), precision=args.precision, settings=settings,
+                      compile=getattr(args, "compile", False)).cpu()
 
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -91,6 +92,9 @@ def add_sample(sub):
                    "with --per-class and several classes, else a near-square grid)")
     p.add_argument("--scale", type=integer(1), help="enlarge each pixel of the grid this many times, nearest "
                    "neighbour (default: small images enlarged to a readable size)")
+    p.add_argument("--compile", action="store_true", help="compile the pixel heads' decode steps with "
+                   "torch.compile (needs a C++ compiler on a CPU; the first batch compiles first, so it pays "
+                   "for long runs)")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_sample)

@@ -3,13 +3,12 @@
 A sampler feeds one token per row per step, so every matmul has a few rows (the batch) against a
 whole weight matrix, and every step runs the same few dozen small kernels. Two things make such a
 step cheap, and both are set up once per generation rather than per step:
-- `Projection`: a linear layer's weight transposed to (in, out) and contiguous. The matrix library
-  then streams it as it is; with the (out, in) layout of nn.Linear it repacks the whole matrix at
-  every call, which for a few rows costs about a third of the product.
+- `Projection`: a small linear layer's weight transposed to (in, out) and contiguous. The matrix
+  library then streams it as it is; with the (out, in) layout of nn.Linear it repacks the whole
+  matrix at every call, which for a few rows costs about a third of the product.
 - `KVCache`: keys and values of every position a generation reaches, allocated once per generation
   and batch size; a step writes one slot and attends over the slots written so far.
-Queries come out of `AttentionStep` already scaled by 1/sqrt(head_dim) (folded into their weights),
-and rotary embedding turns queries, keys and values in one product (values by 1).
+Rotary embedding turns queries, keys and values in one product (values by 1).
 """
 from __future__ import annotations
 
@@ -31,19 +30,21 @@ def step_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-class Projection:
-    """x (R, in) -> x W^T + b with W^T laid out (in, out), contiguous, in the step's dtype; built once
-    per generation from an nn.Linear (or its weight and bias), never trained."""
+# Weights up to this many elements are laid out for decoding; larger ones are read where they are, so
+# a generation never holds a second copy of a large model's weights (the repacking matters less
+# for them: it is paid once per call against a product that is larger too).
+LAYOUT_LIMIT = 2**17
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scale_rows=None):
-        dtype = step_dtype(weight)
-        weight, bias = weight.detach(), None if bias is None else bias.detach()
-        if scale_rows is not None:  # (rows, factor): output features [:rows] multiplied by factor
-            rows, factor = scale_rows
-            weight = torch.cat([weight[:rows] * factor, weight[rows:]])
-            bias = None if bias is None else torch.cat([bias[:rows] * factor, bias[rows:]])
-        self.w = weight.t().to(dtype).contiguous()
-        self.b = None if bias is None else bias.to(dtype)
+
+class Projection:
+    """x (R, in) -> x W^T + b, from an nn.Linear's weight and bias, for decode steps (never trained).
+    Small weights are copied once per generation to (in, out), contiguous, in the step's dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.detach().t()
+        if weight.numel() <= LAYOUT_LIMIT:
+            w = w.to(step_dtype(weight)).contiguous()
+        self.w, self.b = w, None if bias is None else bias.detach()
 
     @classmethod
     def of(cls, linear: nn.Linear) -> Projection:
@@ -69,7 +70,7 @@ class KVCache:
         self.slots[:, :, :, t] = kv.transpose(0, 1)
 
     def attend(self, q: torch.Tensor, t: int) -> torch.Tensor:
-        """Pre-scaled queries (R * H, 1, head_dim) at position t over positions 0..t -> (R * H, 1, head_dim).
+        """Scaled queries (R * H, 1, head_dim) at position t over positions 0..t -> (R * H, 1, head_dim).
 
         Written out rather than through SDPA: for one query, a score row, a softmax and a weighted
         sum of values are three kernels, and SDPA's fixed cost per call is more than their arithmetic.
@@ -89,7 +90,8 @@ class AttentionStep:
         width = proj.out_features
         self.heads = attention.heads
         head_dim = width // self.heads
-        self.qkv = Projection(qkv.weight, qkv.bias, scale_rows=(width, head_dim**-0.5))
+        self.scale = head_dim**-0.5
+        self.qkv = Projection.of(qkv)
         self.proj = Projection.of(proj)
         w = proj.weight
         self.cache = KVCache(rows, self.heads, max_len, head_dim, w.device,
@@ -103,7 +105,8 @@ class AttentionStep:
         if turn is not None:
             qkv = rotate(qkv, turn)  # queries and keys turned, values by 1: one kernel for all three
         self.cache.write(t, qkv[:, 1:])
-        out = self.cache.attend(qkv[:, 0].reshape(R * H, 1, -1), t).view(R, D)
+        q = qkv[:, 0] * self.scale  # (R, H, hd): scaled and contiguous in one kernel
+        out = self.cache.attend(q.view(R * H, 1, -1), t).view(R, D)
         return self.proj(out if out.dtype == x.dtype else out.to(x.dtype))
 
 
@@ -115,19 +118,18 @@ def rotary_turns(table: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaStep:
-    """A `LlamaBlock`'s one-token step: RMSNorm, rotary attention, RMSNorm, SwiGLU (gate and up in one product)."""
+    """A `LlamaBlock`'s one-token step: RMSNorm, rotary attention, RMSNorm, SwiGLU."""
 
     def __init__(self, block: LlamaBlock, rows: int, max_len: int):
         self.attn_norm, self.mlp_norm = block.attn_norm, block.mlp_norm
         self.attn = AttentionStep(block.attn, rows, max_len)
         mlp = block.mlp
-        self.gate_up = Projection(torch.cat([mlp.gate.weight, mlp.up.weight]))
-        self.down = Projection.of(mlp.down)
+        self.gate, self.up, self.down = Projection.of(mlp.gate), Projection.of(mlp.up), Projection.of(mlp.down)
 
     def __call__(self, x: torch.Tensor, t: int, turn: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm.forward(x), t, turn)
-        gate, up = self.gate_up(self.mlp_norm.forward(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        h = self.mlp_norm.forward(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
 
 class ViTStep:
