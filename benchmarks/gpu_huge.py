@@ -2,6 +2,9 @@
 
     python -m benchmarks.gpu_huge                        # fractalmar_huge_in256, random weights, batch 256
     python -m benchmarks.gpu_huge --full                 # whole images, no extrapolation (long)
+    python -m benchmarks.gpu_huge --compile              # sample(compile=True): the pixel heads' decode
+                                                         # steps compiled (CUDA graphs on a GPU)
+    python -m benchmarks.gpu_huge --config cifar_ar --batch 256 --full [--compile]   # a CIFAR-size AR model
     python -m benchmarks.gpu_huge --config tiny_mar_gp4 --batch 2 --device cpu --dtype fp32   # dry run on CPU
 
 A whole batch of FractalMAR-H images takes minutes, so by default one batch is estimated: level 0
@@ -83,7 +86,7 @@ def estimate_below(calls: list[tuple[int, float | None]]) -> float:
     return total
 
 
-def time_batch(model, labels: list[int], dtype: str, timed_steps: int | None) -> dict:
+def time_batch(model, labels: list[int], dtype: str, timed_steps: int | None, compile: bool = False) -> dict:
     """Sample one batch (one `sample` call, batch_size = the batch) and time it.
 
     timed_steps None: the whole batch is sampled and timed. Otherwise the estimate described in the
@@ -108,7 +111,7 @@ def time_batch(model, labels: list[int], dtype: str, timed_steps: int | None) ->
         # precision "auto" keeps; fp32 asks for fp32 outright.
         with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
             fractalgen.sample(model, labels=labels, settings=settings, seed=0, batch_size=len(labels), on_step=on_step,
-                              precision="fp32" if dtype == "fp32" else "auto")
+                              precision="fp32" if dtype == "fp32" else "auto", compile=compile)
         synchronize(device)
         measured = time.perf_counter() - start
     if timed_steps is None:
@@ -125,7 +128,7 @@ class _Enough(Exception):
     """Stops a warm-up after its level-0 steps."""
 
 
-def warm_up(model, labels: list[int], dtype: str, level0_steps: int) -> float:
+def warm_up(model, labels: list[int], dtype: str, level0_steps: int, compile: bool = False) -> float:
     """Sample the first `level0_steps` level-0 steps of one batch, every level running, and stop there:
     kernel selection, the allocator and compilation see the batch's shapes. Returns the seconds it took."""
     device = model.device
@@ -140,7 +143,7 @@ def warm_up(model, labels: list[int], dtype: str, level0_steps: int) -> float:
     with contextlib.suppress(_Enough), torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
         fractalgen.sample(model, labels=labels, settings=fractalgen.resolve_settings(model, filter_threshold=FILTER),
                           seed=0, batch_size=len(labels), on_step=on_step,
-                          precision="fp32" if dtype == "fp32" else "auto")
+                          precision="fp32" if dtype == "fp32" else "auto", compile=compile)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -164,6 +167,8 @@ def main(argv=None):
     p.add_argument("--full", action="store_true", help="sample whole batches: no extrapolation")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    p.add_argument("--compile", action="store_true",
+                   help="sample(compile=True); the warm-up pays the compilation and is not timed")
     args = p.parse_args(argv)
     if args.batch < 1 or args.reps < 0 or args.timed_steps < 1:
         p.error("--batch and --timed-steps must be >= 1, --reps >= 0")
@@ -175,27 +180,28 @@ def main(argv=None):
     labels = [i % max(c.num_classes, 1) for i in range(args.batch)]
     timed_steps = None if args.full else args.timed_steps
 
+    mode = f"{args.dtype}, compiled" if args.compile else args.dtype
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     settings = fractalgen.resolve_settings(model)
-    print(f"{c.name}: batch {args.batch}, {args.dtype}, iterations {list(settings.num_iter)}, cfg {settings.cfg}, "
+    print(f"{c.name}: batch {args.batch}, {mode}, iterations {list(settings.num_iter)}, cfg {settings.cfg}, "
           f"temperature {settings.temperature}; device {name}, torch {torch.__version__}", flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if args.reps == 0:  # the warm-up run is the result
-        warm = time_batch(model, labels, args.dtype, timed_steps)
+        warm = time_batch(model, labels, args.dtype, timed_steps, args.compile)
         print(f"warm-up: {describe(warm)}", flush=True)
     else:
-        print(f"warm-up: {warm_up(model, labels, args.dtype, WARM_UP_STEPS):.1f} s for {WARM_UP_STEPS} level-0 steps",
-              flush=True)
+        warm_s = warm_up(model, labels, args.dtype, WARM_UP_STEPS, args.compile)
+        print(f"warm-up: {warm_s:.1f} s for {WARM_UP_STEPS} level-0 steps", flush=True)
     results = []
     for _ in range(args.reps):
-        results.append(time_batch(model, labels, args.dtype, timed_steps))
+        results.append(time_batch(model, labels, args.dtype, timed_steps, args.compile))
         print(f"run: {describe(results[-1])} ({results[-1]['per_image']:.3f} s/image)", flush=True)
     per_image = statistics.median(r["per_image"] for r in results) if results else warm["per_image"]
     which = f"median of {args.reps}" if results else "the warm-up run"
     how = "estimated" if timed_steps is not None else "measured"
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    print(f"\n{c.name} sampling, batch {args.batch}, {args.dtype}: {per_image:.3f} s/image {how} ({which}); "
+    print(f"\n{c.name} sampling, batch {args.batch}, {mode}: {per_image:.3f} s/image {how} ({which}); "
           f"paper {PAPER_SECONDS_PER_IMAGE} s/image (H100, batch 1024); goal < {PAPER_SECONDS_PER_IMAGE / 2:.3f} s; "
           f"peak memory {peak:.1f} GiB")
     return per_image
