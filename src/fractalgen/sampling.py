@@ -105,19 +105,36 @@ def coding_order(seq_len: int, device=None) -> torch.Tensor:
 _COMPILED: dict = {}
 
 
+# Inductor's vector width (bits) for torch's CPU capability (ATEN_CPU_CAPABILITY; 1: no vectors).
+SIMD_BITS = {"DEFAULT": 1, "AVX2": 256, "AVX512": 512}
+
+
+def cpu_options() -> dict:
+    """Inductor's options for a CPU step: its C++ wrapper, and the vector width of the CPU kernels torch
+    runs in this process, named outright. Inductor's cache on disk does not tell code built for one
+    width from another: a process under ATEN_CPU_CAPABILITY=avx2 reused kernels built for AVX-512 and
+    drew wrong values, and one under =default failed to compile them. A width in the options is part
+    of the cache key. Capabilities of other architectures leave the width to inductor."""
+    options: dict = {"cpp_wrapper": True}
+    bits = SIMD_BITS.get(torch.backends.cpu.get_cpu_capability())
+    if bits is not None:
+        options["cpp.simdlen"] = bits
+    return options
+
+
 def compiled(method: Any) -> Callable:
     """`method` (a bound method of a module) through torch.compile, compiled once per process and module.
 
-    On a CPU, inductor's C++ wrapper (calls without Python between kernels); on CUDA, mode
-    "reduce-overhead" (the step replayed as a CUDA graph). The first call of each new shape
-    compiles (seconds to a minute); later calls, and later processes through inductor's cache on
-    disk, reuse it.
+    On a CPU, inductor's C++ wrapper (calls without Python between kernels), at the SIMD width of the
+    CPU kernels torch runs now (`cpu_options`); on CUDA, mode "reduce-overhead" (the step replayed as
+    a CUDA graph). The first call of each new shape compiles (seconds to a minute); later calls, and
+    later processes through inductor's cache on disk, reuse it.
     """
     module = method.__self__
     key = (id(module), method.__func__)
     if key not in _COMPILED or _COMPILED[key][0]() is not module:  # (a module since freed had the same id)
         device = next(module.parameters()).device.type
-        options = {"mode": "reduce-overhead"} if device == "cuda" else {"options": {"cpp_wrapper": True}}
+        options = {"mode": "reduce-overhead"} if device == "cuda" else {"options": cpu_options()}
         _COMPILED[key] = (weakref.ref(module), torch.compile(method, dynamic=False, **options))
     return _COMPILED[key][1]
 

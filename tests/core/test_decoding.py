@@ -107,3 +107,16 @@ def test_compiled_pixel_loop_computes_what_the_eager_one_does():
     images = fractalgen.sample(model, labels=[1, 4], cfg=2.0, seed=5, threads=1, compile=True)
     assert images.shape == (2, model.config.channels, model.config.img_size, model.config.img_size)
     assert images.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("capability, bits", [("DEFAULT", 1), ("AVX2", 256), ("AVX512", 512), ("SVE256", None)])
+def test_compiled_cpu_steps_name_the_vector_width_of_torchs_cpu_kernels(monkeypatch, capability, bits):
+    """The width torch's kernels run at (ATEN_CPU_CAPABILITY) goes to inductor, and so into its cache key:
+    kernels cached on disk under one width are not reused under another (they drew wrong values)."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    head = tiny_model("tiny_ar").pixel_head
+    fractalgen.sampling.compiled(head.channels_step)
+    expected = {"cpp_wrapper": True} if bits is None else {"cpp_wrapper": True, "cpp.simdlen": bits}
+    assert seen["options"] == expected
