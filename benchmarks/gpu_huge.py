@@ -2,8 +2,8 @@
 
     python -m benchmarks.gpu_huge                        # fractalmar_huge_in256, random weights, batch 256
     python -m benchmarks.gpu_huge --full                 # whole images, no extrapolation (long)
-    python -m benchmarks.gpu_huge --compile              # sample(compile=True): the pixel heads' decode
-                                                         # steps compiled (CUDA graphs on a GPU)
+    python -m benchmarks.gpu_huge --compile              # sample(compile=True): the decode steps compiled
+                                                         # (CUDA graphs on a GPU)
     python -m benchmarks.gpu_huge --config cifar_ar --batch 256 --full [--compile]   # a CIFAR-size AR model
     python -m benchmarks.gpu_huge --config tiny_mar_gp4 --batch 2 --device cpu --dtype fp32   # dry run on CPU
 

@@ -368,7 +368,7 @@ def parse_args(argv=None):
     p.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: ours with precision bf16 (as `fractalgen train/sample --precision bf16`)")
     p.add_argument("--ours-compile", action="store_true",
-                   help="ours samples with compile=True (the pixel heads' decode steps through torch.compile); "
+                   help="ours samples with compile=True (the decode steps through torch.compile); "
                    "compilation happens in an untimed warm-up run, whose time is printed")
     p.add_argument("--theirs-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: their torch.cuda.amp.autocast mapped to CPU bf16 autocast; fp32: a no-op, as on a "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 # ---- logits -> token --------------------------------------------------------
 
@@ -105,6 +106,8 @@ def coding_order(seq_len: int, device=None) -> torch.Tensor:
 _COMPILED: dict = {}
 
 
+RECOMPILE_LIMIT = 64  # graphs kept per compiled method (`compiled`)
+
 # Inductor's vector width (bits) for torch's CPU capability (ATEN_CPU_CAPABILITY; 1: no vectors).
 SIMD_BITS = {"DEFAULT": 1, "AVX2": 256, "AVX512": 512}
 
@@ -122,20 +125,30 @@ def cpu_options() -> dict:
     return options
 
 
-def compiled(method: Any) -> Callable:
+def compiled(method: Any, static: bool = False) -> Callable:
     """`method` (a bound method of a module) through torch.compile, compiled once per process and module.
 
     On a CPU, inductor's C++ wrapper (calls without Python between kernels), at the SIMD width of the
     CPU kernels torch runs now (`cpu_options`); on CUDA, mode "reduce-overhead" (the step replayed as
-    a CUDA graph). The first call of each new shape compiles (seconds to a minute); later calls, and
-    later processes through inductor's cache on disk, reuse it.
+    a CUDA graph). The first call compiles for its shapes (seconds to a minute); a call with other
+    shapes (MAR levels change their number of rows at every step) compiles once more, for any number
+    of rows, unless `static`: then once per shape (an AR level's step keeps its shapes for a whole
+    generation, and torch 2.13 fails to compile its cache writes for any number of rows). Later calls,
+    and later processes through inductor's cache on disk, reuse them. Under a dispatch mode (torch's
+    FLOP counter, say) the method runs as it is: torch.compile would skip its frames then and ever
+    after, running it eagerly at more than eager's cost.
     """
+    if is_in_torch_dispatch_mode():
+        return method
     module = method.__self__
-    key = (id(module), method.__func__)
+    key = (id(module), method.__func__, static)
     if key not in _COMPILED or _COMPILED[key][0]() is not module:  # (a module since freed had the same id)
+        # Every level's (and every pixel head's) graphs are kept under its method's code, which torch
+        # caps at 8 by default: a model with several MAR levels needs more, or its last ones run eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         device = next(module.parameters()).device.type
         options = {"mode": "reduce-overhead"} if device == "cuda" else {"options": cpu_options()}
-        _COMPILED[key] = (weakref.ref(module), torch.compile(method, dynamic=False, **options))
+        _COMPILED[key] = (weakref.ref(module), torch.compile(method, dynamic=False if static else None, **options))
     return _COMPILED[key][1]
 
 

@@ -1,5 +1,6 @@
 """The samplers' draw and one-token decode steps: the inverse-CDF draw against its distribution, the
-decode steps against the blocks they stand for, and the compiled pixel loop against the eager one."""
+decode steps against the blocks they stand for, and the compiled pixel loop and AR position step against
+the eager ones."""
 import shutil
 import sys
 
@@ -57,6 +58,28 @@ def test_decode_steps_equal_the_blocks_over_the_whole_sequence():
     torch.testing.assert_close(stepped_vit, full_vit, rtol=1e-5, atol=1e-5)
 
 
+def test_decode_steps_at_tensor_positions_equal_the_blocks():
+    """The steps a compiled AR level runs: positions as tensors (1,), every slot scored and those ahead
+    masked, rotary turns as real pairs: the causal blocks' outputs too."""
+    torch.manual_seed(0)
+    R, T, D, H = 3, 5, 32, 4
+    x = torch.randn(R, T, D)
+    llama, vit = LlamaBlock(D, H, 0.0, 0.0).eval(), ViTBlock(D, H).eval()
+    table = rotary_table_2d(2, D // H, num_prefix=1)
+    positions, turns = torch.arange(T)[:, None], torch.view_as_real(rotary_turns(table))
+    with torch.no_grad():
+        llama_step, vit_step = LlamaStep(llama, R, T), ViTStep(vit, R, T)
+        stepped_llama = torch.stack([llama_step(x[:, t], positions[t], turns[t]) for t in range(T)], 1)
+        stepped_vit = torch.stack([vit_step(x[:, t], positions[t]) for t in range(T)], 1)
+        torch.testing.assert_close(stepped_llama, llama(x, table), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stepped_vit, vit(x, causal=True), rtol=1e-5, atol=1e-5)
+        # Every slot is written now: position 1 again sees only slots 0 and 1 through the mask, and the
+        # slots ahead without it.
+        torch.testing.assert_close(vit_step(x[:, 1], positions[1]), stepped_vit[:, 1], rtol=1e-5, atol=1e-5)
+        vit_step.attn.cache.positions.fill_(-1)
+        assert not torch.allclose(vit_step(x[:, 1], positions[1]), stepped_vit[:, 1], atol=1e-3)
+
+
 def test_projection_is_the_linear_layer():
     linear = torch.nn.Linear(7, 5)
     x = torch.randn(4, 7)
@@ -83,6 +106,46 @@ def test_the_pixel_loop_traces_as_one_graph():
     assert torch.equal(traced[0], eager[0]) and torch.equal(traced[1], eager[1])
 
 
+def _position_steps(level, rows: int, positions_as_tensors: bool):
+    """An AR level's position step over every position of `rows` random tokens: (the inputs, the step's arguments)."""
+    N = level.config.seq_len
+    steps = [LlamaStep(block, rows, N) for block in level.blocks]
+    turns = rotary_turns(level.rotary("cpu"))
+    if positions_as_tensors:
+        return list(torch.arange(N)[:, None]), steps, torch.view_as_real(turns)
+    return list(range(N)), steps, turns
+
+
+def test_the_ar_position_step_traces_as_one_graph_for_every_position():
+    """What compile=True compiles for an AR level: one graph, without breaks, reused at every position
+    (dynamo's eager backend, which needs no compiler, counts the graphs)."""
+    from torch._dynamo.testing import CompileCounter
+
+    level = tiny_model("tiny_ar", perturb=0.3).levels[1]
+    tokens = torch.randn(4, level.config.seq_len, level.config.width)
+    counter = CompileCounter()
+    step = torch.compile(level.position_step, fullgraph=True, backend=counter, dynamic=False)
+    with torch.no_grad():
+        eager_at, eager_steps, eager_turns = _position_steps(level, 4, positions_as_tensors=False)
+        at, steps, turns = _position_steps(level, 4, positions_as_tensors=True)
+        for i, (t_int, t) in enumerate(zip(eager_at, at, strict=True)):
+            torch.testing.assert_close(step(tokens[:, i], t, steps, turns),
+                                       level.position_step(tokens[:, i], t_int, eager_steps, eager_turns),
+                                       rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 1
+
+
+def test_compiled_steps_run_as_they_are_under_a_dispatch_mode():
+    """Under torch's FLOP counter (a dispatch mode) `compiled` hands back the method: compiling there would
+    leave torch.compile skipping the steps for good (eager, at more than eager's cost)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = tiny_model("tiny_ar").pixel_head
+    with FlopCounterMode(display=False):
+        assert fractalgen.sampling.compiled(head.channels_step) == head.channels_step
+    assert fractalgen.sampling.compiled(head.channels_step) != head.channels_step
+
+
 @pytest.mark.skipif(sys.platform == "win32" or not (shutil.which("g++") or shutil.which("clang++")),
                     reason="torch.compile on a CPU needs a C++ compiler (g++ or clang++)")
 def test_compiled_pixel_loop_computes_what_the_eager_one_does():
@@ -104,6 +167,17 @@ def test_compiled_pixel_loop_computes_what_the_eager_one_does():
     same = compiled[0] == eager[0]
     assert same.float().mean() > 0.95
     torch.testing.assert_close(compiled[1][same], eager[1][same], rtol=1e-4, atol=1e-4)
+    # an AR level's compiled position step: the eager step's conditions
+    level = model.levels[0]
+    tokens = torch.randn(8, level.config.seq_len, level.config.width, generator=g)
+    with torch.no_grad():
+        eager_at, eager_steps, eager_turns = _position_steps(level, 8, positions_as_tensors=False)
+        at, steps, turns = _position_steps(level, 8, positions_as_tensors=True)
+        step = fractalgen.sampling.compiled(level.position_step, static=True)
+        for i, (t_int, t) in enumerate(zip(eager_at, at, strict=True)):
+            torch.testing.assert_close(step(tokens[:, i], t, steps, turns),
+                                       level.position_step(tokens[:, i], t_int, eager_steps, eager_turns),
+                                       rtol=1e-4, atol=1e-4)
     images = fractalgen.sample(model, labels=[1, 4], cfg=2.0, seed=5, threads=1, compile=True)
     assert images.shape == (2, model.config.channels, model.config.img_size, model.config.img_size)
     assert images.dtype == torch.uint8

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..config import LevelConfig
 from ..nn import LlamaBlock, LlamaStep, rotary_table_2d, rotary_turns
-from ..sampling import Known, SampleContext
+from ..sampling import Known, SampleContext, compiled
 from .base import Level, LevelOutput, NextLevel, Normalize, patchify, unpatchify
 
 
@@ -82,12 +82,14 @@ class ARLevel(Level):
                 known_full = known_mask.all(-1)
         turns = rotary_turns(self.rotary(device, dtype))
         steps = ctx.decode_steps(self.blocks, conds[0].shape[0], N, LlamaStep)
+        position_step, positions = self.position_step, list(range(N))
+        if ctx.compiled and ctx.coder is None:  # one graph for every position: t as a tensor (nn/decode.py)
+            position_step = compiled(self.position_step, static=True)
+            positions = list(torch.arange(N, device=device)[:, None])
+            turns = torch.view_as_real(turns)  # inductor has no complex kernels
         token = self.cond_embed(conds[0])  # (R, D): position 0
         for t in range(N):
-            x = self.embed_norm(token + self.pos_embed[0, t])
-            for step in steps:
-                x = step(x, t, turns[t])
-            h = self.norm(x)  # (R, D): the condition for patch t
+            h = position_step(token, positions[t], steps, turns)  # (R, D): the condition for patch t
             if schedule is not None:  # level 0: guidance ramps with the raster position
                 guidance = schedule(ctx.guidance_scale, torch.full((B,), (t + 1) / N, device=device))
             if known is None:  # every row generates patch t
@@ -104,6 +106,16 @@ class ARLevel(Level):
                 filled[:, : t + 1] = True
                 on_step(unpatchify(patches, p, C), unpatchify(filled, p, C))
         return unpatchify(patches, p, C), unpatchify(logp, p, C)
+
+    def position_step(self, token: torch.Tensor, t: int | torch.Tensor, steps: list[LlamaStep],
+                      turns: torch.Tensor) -> torch.Tensor:
+        """The token (R, D) at raster position t -> (R, D), the condition for patch t; every step's cache keeps
+        its keys and values. t: an int, or a tensor (1,) for a compiled step (one graph for every position,
+        see nn/decode.py)."""
+        x = self.embed_norm(token + self.pos_embed[0, t])
+        for step in steps:
+            x = step(x, t, turns[t])
+        return self.norm(x)
 
     def _sample_known(self, t: int, h, guidance, ctx: SampleContext, next_level: NextLevel, known_values, known_mask,
                       known_full, patches, logp):

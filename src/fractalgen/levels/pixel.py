@@ -115,7 +115,8 @@ class PixelHead(nn.Module):
                                                                   generator=ctx.generator)
         if ctx.compiled and uniforms is not None and known_values is None:
             # One graph per pixel: its steps are built inside it, where the compiler lays them out.
-            return compiled(self.channels_step)(cond, guidance, uniforms, ctx.temperature, ctx.guided,
+            # (contiguous: a graph is kept per layout of its inputs)
+            return compiled(self.channels_step)(cond.contiguous(), guidance, uniforms, ctx.temperature, ctx.guided,
                                                 ctx.filter_threshold)
         steps = ctx.decode_steps(self.blocks, R, self.channels, ViTStep)
         return self.channels_step(cond, guidance, uniforms, ctx.temperature, ctx.guided, ctx.filter_threshold,

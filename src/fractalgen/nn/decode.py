@@ -9,6 +9,11 @@ step cheap, and both are set up once per generation rather than per step:
 - `KVCache`: keys and values of every position a generation reaches, allocated once per generation
   and batch size; a step writes one slot and attends over the slots written so far.
 Rotary embedding turns queries, keys and values in one product (values by 1).
+
+A step's position t is a Python int in eager decoding: it attends over the t + 1 slots written. As an int64
+tensor (1,) every shape is the same at every position (the step attends over all slots, those
+after t masked out), so `sampling.compiled` builds one graph for all positions (on CUDA, one graph
+replayed), as gpt-fast does for language models.
 """
 from __future__ import annotations
 
@@ -64,21 +69,28 @@ class KVCache:
         self.rows, self.heads, self.max_len = rows, heads, max_len
         self.kv = torch.zeros(2, rows * heads, max_len, head_dim, device=device, dtype=dtype)
         self.slots = self.kv.view(2, rows, heads, max_len, head_dim)  # the same memory, by row and head
+        self.positions = torch.arange(max_len, device=device)
 
-    def write(self, t: int, kv: torch.Tensor) -> None:
-        """Store one token's keys and values, kv (R, 2, H, head_dim), at position t."""
-        self.slots[:, :, :, t] = kv.transpose(0, 1)
+    def write(self, t: int | torch.Tensor, kv: torch.Tensor) -> None:
+        """Store one token's keys and values, kv (R, 2, H, head_dim), at position t (an int, or a tensor (1,))."""
+        if isinstance(t, int):
+            self.slots[:, :, :, t] = kv.transpose(0, 1)
+        else:  # the view made here: a compiled step given `kv` and `slots` would get two inputs sharing memory
+            self.kv.view(self.slots.shape).index_copy_(3, t, kv.transpose(0, 1).unsqueeze(3))
 
-    def attend(self, q: torch.Tensor, t: int) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Scaled queries (R * H, 1, head_dim) at position t over positions 0..t -> (R * H, 1, head_dim).
 
         Written out rather than through SDPA: for one query, a score row, a softmax and a weighted
         sum of values are three kernels, and SDPA's fixed cost per call is more than their arithmetic.
         In fp32 (or float64) whatever the autocast: the checkpoints were trained with fp32 attention logits.
+        A tensor t scores every slot and masks those after t (their weights are exactly 0).
         """
-        k, v = self.kv[:, :, : t + 1].unbind(0)
+        k, v = (self.kv[:, :, : t + 1] if isinstance(t, int) else self.kv).unbind(0)
         with fp32_island(q.device.type):
             scores = torch.bmm(q.to(k.dtype), k.transpose(1, 2))
+            if not isinstance(t, int):
+                scores = scores.masked_fill(self.positions > t, float("-inf"))
             return torch.bmm(torch.softmax(scores, dim=-1), v)
 
 
@@ -97,7 +109,7 @@ class AttentionStep:
         self.cache = KVCache(rows, self.heads, max_len, head_dim, w.device,
                              torch.float64 if w.dtype == torch.float64 else torch.float32)
 
-    def __call__(self, x: torch.Tensor, t: int, turn: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | torch.Tensor, turn: torch.Tensor | None = None) -> torch.Tensor:
         """x (R, D) at position t -> (R, D); turn: the rotary turn at t (`rotary_turns`), None without rotary."""
         R, D = x.shape
         H = self.heads
@@ -126,7 +138,7 @@ class LlamaStep:
         mlp = block.mlp
         self.gate, self.up, self.down = Projection.of(mlp.gate), Projection.of(mlp.up), Projection.of(mlp.down)
 
-    def __call__(self, x: torch.Tensor, t: int, turn: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm.forward(x), t, turn)
         h = self.mlp_norm.forward(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))

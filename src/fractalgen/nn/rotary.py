@@ -33,9 +33,13 @@ def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 def rotate(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of x (..., head_dim) by complex `turn` (cos + i*sin) broadcastable to
-    (..., head_dim/2), in fp32 (float64 when x is)."""
+    (..., head_dim/2), or by its real view (..., head_dim/2, 2); in fp32 (float64 when x is)."""
     # As complex numbers, the rotation (a*cos - b*sin, b*cos + a*sin) is one multiplication by
     # cos + i*sin: one kernel instead of ten (it matters when decoding one token at a time).
-    pairs = torch.view_as_complex(fp32_or_wider(x).unflatten(-1, (-1, 2)))
-    turned = torch.view_as_real(pairs * turn).flatten(-2)
+    pairs = fp32_or_wider(x).unflatten(-1, (-1, 2))
+    if not turn.is_complex():  # its real view (..., 2), for compiled steps: inductor has no complex kernels
+        a, b, cos, sin = pairs[..., 0], pairs[..., 1], turn[..., 0], turn[..., 1]
+        turned = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+    else:
+        turned = torch.view_as_real(torch.view_as_complex(pairs) * turn).flatten(-2)
     return turned if turned.dtype == x.dtype else turned.to(x.dtype)
