@@ -167,12 +167,12 @@ def test_compiled_pixel_loop_computes_what_the_eager_one_does():
     same = compiled[0] == eager[0]
     assert same.float().mean() > 0.95
     torch.testing.assert_close(compiled[1][same], eager[1][same], rtol=1e-4, atol=1e-4)
-    # an AR level's compiled position step: the eager step's conditions
+    # an AR level's compiled position step: the eager step's conditions (4 rows, as sample() below: one graph)
     level = model.levels[0]
-    tokens = torch.randn(8, level.config.seq_len, level.config.width, generator=g)
+    tokens = torch.randn(4, level.config.seq_len, level.config.width, generator=g)
     with torch.no_grad():
-        eager_at, eager_steps, eager_turns = _position_steps(level, 8, positions_as_tensors=False)
-        at, steps, turns = _position_steps(level, 8, positions_as_tensors=True)
+        eager_at, eager_steps, eager_turns = _position_steps(level, 4, positions_as_tensors=False)
+        at, steps, turns = _position_steps(level, 4, positions_as_tensors=True)
         step = fractalgen.sampling.compiled(level.position_step, static=True)
         for i, (t_int, t) in enumerate(zip(eager_at, at, strict=True)):
             torch.testing.assert_close(step(tokens[:, i], t, steps, turns),
