@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from .errors import UserError
+
 # ---- logits -> token --------------------------------------------------------
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -125,6 +127,25 @@ def cpu_options() -> dict:
     return options
 
 
+class CompilerMissing(UserError, RuntimeError):
+    """compile=True on a CPU where torch.compile finds no C++ compiler."""
+
+
+def check_cpu_compiler() -> None:
+    """Raise CompilerMissing unless inductor finds a working C++ compiler (it asks once per process):
+    without one, compile=True would fail inside torch at its first step with a long traceback."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # (moved in another torch: its own error stands)
+        return
+    try:
+        get_cpp_compiler()
+    except Exception:
+        raise CompilerMissing("compile=True (--compile) on a CPU needs a C++ compiler for torch.compile: g++ or "
+                              "clang++ on the PATH, or one named by the CXX environment variable, and none works "
+                              "here; sample without it") from None
+
+
 def compiled(method: Any, static: bool = False) -> Callable:
     """`method` (a bound method of a module) through torch.compile, compiled once per process and module.
 
@@ -147,6 +168,8 @@ def compiled(method: Any, static: bool = False) -> Callable:
         # caps at 8 by default: a model with several MAR levels needs more, or its last ones run eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         device = next(module.parameters()).device.type
+        if device == "cpu":
+            check_cpu_compiler()
         options = {"mode": "reduce-overhead"} if device == "cuda" else {"options": cpu_options()}
         _COMPILED[key] = (weakref.ref(module), torch.compile(method, dynamic=False if static else None, **options))
     return _COMPILED[key][1]

@@ -194,3 +194,18 @@ def test_compiled_cpu_steps_name_the_vector_width_of_torchs_cpu_kernels(monkeypa
     fractalgen.sampling.compiled(head.channels_step)
     expected = {"cpp_wrapper": True} if bits is None else {"cpp_wrapper": True, "cpp.simdlen": bits}
     assert seen["options"] == expected
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    """compile=True on a CPU where inductor finds no C++ compiler: a user error saying so, before any step
+    (not torch's traceback from inside the first one)."""
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("InvalidCxxCompiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    model = tiny_model("tiny_ar", seed=3)
+    with pytest.raises(fractalgen.sampling.CompilerMissing, match=r"needs a C\+\+ compiler"):
+        fractalgen.sample(model, labels=[1], threads=1, compile=True)
+    assert isinstance(fractalgen.sampling.CompilerMissing("x"), fractalgen.errors.UserError)
