@@ -5,13 +5,21 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
+import shutil
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+try:  # private in torch; were it to move, `compiled` would lose only its guard against dispatch modes
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+except ImportError:  # pragma: no cover
+    def is_in_torch_dispatch_mode(include_infra_modes: bool = True) -> bool:
+        return False
 
 from .errors import UserError
 
@@ -132,18 +140,15 @@ class CompilerMissing(UserError, RuntimeError):
 
 
 def check_cpu_compiler() -> None:
-    """Raise CompilerMissing unless inductor finds a working C++ compiler (it asks once per process):
-    without one, compile=True would fail inside torch at its first step with a long traceback."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # (moved in another torch: its own error stands)
-        return
-    try:
-        get_cpp_compiler()
-    except Exception:
-        raise CompilerMissing("compile=True (--compile) on a CPU needs a C++ compiler for torch.compile: g++ or "
-                              "clang++ on the PATH, or one named by the CXX environment variable, and none works "
-                              "here; sample without it") from None
+    """Raise CompilerMissing unless the C++ compiler inductor runs on a CPU is there: the CXX environment
+    variable's, else g++ (clang++ on macOS, cl on Windows). Without one, compile=True would fail inside
+    torch at its first step, with a long traceback."""
+    default = {"win32": "cl", "darwin": "clang++"}.get(sys.platform, "g++")
+    cxx = os.environ.get("CXX", default)
+    if not cxx.strip() or shutil.which(cxx.split()[0]) is None:
+        raise CompilerMissing(f"compile=True (--compile) on a CPU needs the C++ compiler torch.compile runs "
+                              f"({cxx!r}: CXX, else {default}), and it is not there; install one, name it in CXX, "
+                              "or sample without compile")
 
 
 def compiled(method: Any, static: bool = False) -> Callable:

@@ -197,15 +197,11 @@ def test_compiled_cpu_steps_name_the_vector_width_of_torchs_cpu_kernels(monkeypa
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
-    """compile=True on a CPU where inductor finds no C++ compiler: a user error saying so, before any step
-    (not torch's traceback from inside the first one)."""
-    import torch._inductor.cpp_builder as cpp_builder
-
-    def no_compiler():
-        raise RuntimeError("InvalidCxxCompiler")
-
-    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    """compile=True on a CPU without the C++ compiler inductor would run (here CXX names a missing one): a
+    user error saying so, before any step (not torch's traceback from inside the first one)."""
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
     model = tiny_model("tiny_ar", seed=3)
-    with pytest.raises(fractalgen.sampling.CompilerMissing, match=r"needs a C\+\+ compiler"):
+    missing = r"needs the C\+\+ compiler torch.compile runs \('/nonexistent/g\+\+'"
+    with pytest.raises(fractalgen.sampling.CompilerMissing, match=missing):
         fractalgen.sample(model, labels=[1], threads=1, compile=True)
     assert isinstance(fractalgen.sampling.CompilerMissing("x"), fractalgen.errors.UserError)
