@@ -1,7 +1,6 @@
 """The samplers' draw and one-token decode steps: the inverse-CDF draw against its distribution, the
 decode steps against the blocks they stand for, and the compiled pixel loop and AR position step against
 the eager ones."""
-import shutil
 import sys
 
 import pytest
@@ -106,8 +105,18 @@ def test_the_pixel_loop_traces_as_one_graph():
     assert torch.equal(traced[0], eager[0]) and torch.equal(traced[1], eager[1])
 
 
+def _cpu_compiler_missing() -> bool:
+    """Whether compile=True would stop here for want of the C++ compiler inductor runs (the library's own check)."""
+    try:
+        fractalgen.sampling.check_cpu_compiler()
+    except fractalgen.sampling.CompilerMissing:
+        return True
+    return False
+
+
 def _position_steps(level, rows: int, positions_as_tensors: bool):
-    """An AR level's position step over every position of `rows` random tokens: (the inputs, the step's arguments)."""
+    """An AR level's position step for `rows` rows at every position: (positions, fresh steps, rotary turns),
+    positions as ints or as tensors (1,) (with the turns as real pairs), as eager or compiled sampling passes them."""
     N = level.config.seq_len
     steps = [LlamaStep(block, rows, N) for block in level.blocks]
     turns = rotary_turns(level.rotary("cpu"))
@@ -135,10 +144,12 @@ def test_the_ar_position_step_traces_as_one_graph_for_every_position():
     assert counter.frame_count == 1
 
 
-def test_compiled_steps_run_as_they_are_under_a_dispatch_mode():
+def test_compiled_steps_run_as_they_are_under_a_dispatch_mode(monkeypatch):
     """Under torch's FLOP counter (a dispatch mode) `compiled` hands back the method: compiling there would
     leave torch.compile skipping the steps for good (eager, at more than eager's cost)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(fractalgen.sampling, "check_cpu_compiler", lambda: None)  # nothing is compiled here
 
     head = tiny_model("tiny_ar").pixel_head
     with FlopCounterMode(display=False):
@@ -146,8 +157,8 @@ def test_compiled_steps_run_as_they_are_under_a_dispatch_mode():
     assert fractalgen.sampling.compiled(head.channels_step) != head.channels_step
 
 
-@pytest.mark.skipif(sys.platform == "win32" or not (shutil.which("g++") or shutil.which("clang++")),
-                    reason="torch.compile on a CPU needs a C++ compiler (g++ or clang++)")
+@pytest.mark.skipif(sys.platform == "win32" or _cpu_compiler_missing(),
+                    reason="torch.compile on a CPU needs a C++ compiler (CXX, else g++; clang++ on macOS)")
 def test_compiled_pixel_loop_computes_what_the_eager_one_does():
     """compile=True: the compiled channel loop draws what the eager one draws from the same uniforms. Its
     kernels round differently, so a uniform within rounding of a boundary of the distribution function
@@ -188,6 +199,7 @@ def test_compiled_cpu_steps_name_the_vector_width_of_torchs_cpu_kernels(monkeypa
     """The width torch's kernels run at (ATEN_CPU_CAPABILITY) goes to inductor, and so into its cache key:
     kernels cached on disk under one width are not reused under another (they drew wrong values)."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(fractalgen.sampling, "check_cpu_compiler", lambda: None)  # nothing is compiled here
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
     head = tiny_model("tiny_ar").pixel_head
