@@ -59,6 +59,7 @@ class LevelConfig:
     heads: int
     cond_width: int  # width of the conditions it receives (the previous level's width)
     num_conds: int  # conditions it consumes: 1 for AR, the model's num_conds for MAR
+    conds_down: int  # conditions the next level consumes (its num_conds; 1 for the pixel head)
     guiding_pixel: bool  # predict the patch's mean colour first (MAR levels >= 1)
     channels: int  # colour channels of the image
     attn_dropout: float  # MAR blocks (AR blocks have their own, below)
@@ -213,6 +214,7 @@ class ModelConfig:
                 heads=self.heads[i],
                 cond_width=self.widths[i - 1] if i > 0 else self.widths[0],
                 num_conds=1 if kind == "ar" else self.num_conds,
+                conds_down=self.num_conds if i + 1 < len(self.kinds) and self.kinds[i + 1] == "mar" else 1,
                 guiding_pixel=self.guiding_pixel and kind == "mar" and i > 0,
                 channels=self.channels,
                 attn_dropout=self.attn_dropout,

@@ -40,9 +40,12 @@ def test_sampler_log_probability_equals_likelihood(name):
 
 
 def test_mar_conditions_of_revealed_patches_equal_the_full_pass():
-    """The MAR sampler runs its last block only at the revealed patches and their neighbours;
-    the conditions it hands down equal those of the full pass (uneven reveal counts, borders)."""
+    """The MAR sampler runs its last block only at the revealed patches and the neighbours whose
+    conditions the next level reads; the conditions it hands down equal those of the full pass
+    (uneven reveal counts, borders). A MAR level above a MAR level hands down five, the one above
+    the pixel head one (its own hidden state: the pixel head reads no other)."""
     model = tiny_model("tiny_mar_gp4", perturb=0.3)
+    assert [level.config.conds_down for level in model.levels] == [5, 5, 1]
     g = torch.Generator().manual_seed(0)
     for level in model.levels:
         B, N, C, p = 3, level.config.seq_len, model.config.channels, level.config.patch_size
@@ -61,7 +64,7 @@ def test_mar_conditions_of_revealed_patches_equal_the_full_pass():
             uniform = level.revealed_conds(patches, mask, conds, guide, first)
             rows = torch.arange(B)[:, None].expand_as(first).flatten()
             uniform_expected = level.neighbour_conds(level.hidden(patches, mask, conds, guide), rows, first.flatten())
-        assert len(got) == len(expected) == len(uniform) == 5
+        assert len(got) == len(expected) == len(uniform) == level.config.conds_down
         for a, e in zip(got + uniform, expected + uniform_expected, strict=True):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
@@ -148,3 +151,27 @@ def test_the_cross_entropy_chunk_follows_the_device():
     for r, g in zip(results[1:], grads[1:], strict=True):
         torch.testing.assert_close(r, results[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g, grads[0], rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_in_pieces_equals_the_whole(monkeypatch):
+    """Without gradients on a CPU the MLP runs on pieces of rows (no fresh multi-MB buffer per block);
+    its output equals the whole product's, and with gradients it runs whole."""
+    from fractalgen.nn import blocks
+
+    torch.manual_seed(0)
+    mlp = blocks.MLP(32, 128, dropout=0.0).eval()
+    x = torch.randn(3, 70, 32)
+    calls = []
+    mlp.fc1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = mlp(x)
+    monkeypatch.setattr(blocks, "MLP_PIECE_ELEMENTS", 64 * 128)  # pieces of 64 rows
+    calls.clear()
+    with torch.no_grad():
+        pieces = mlp(x)
+    assert calls == [64, 64, 64, 18]
+    torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=1e-6)
+    calls.clear()
+    with_grad = mlp(x)
+    assert calls == [210] and with_grad.requires_grad
+    torch.testing.assert_close(with_grad.detach(), whole, rtol=1e-6, atol=1e-6)

@@ -1,8 +1,10 @@
 """The MAR level (FractalMAR's generator): random order, bidirectional, masked.
 
 Sequence = [guiding-pixel token] + [cond_{n-1}, ..., cond_0] + [patch tokens, masked ones
-replaced by a learned token]; pre-LN ViT blocks. Each patch hands five conditions to the
-next level: its own hidden state and those of the patches above, right, below and left.
+replaced by a learned token]; pre-LN ViT blocks. Each patch hands up to five conditions to
+the next level: its own hidden state and those of the patches above, right, below and left.
+A next level that consumes n of them (one for the pixel head or an AR level) gets the first n,
+and only those are computed.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class MARLevel(Level):
         self.channels = config.channels
         self.num_conds = config.num_conds
         self.num_prefix = config.num_conds + int(config.guiding_pixel)
+        self.neighbours = NEIGHBOURS[: config.conds_down]  # the conditions the next level reads
         self.normalize = Normalize(config.pixel_mean, config.pixel_std)
         width, p = config.width, config.patch_size
         self.patch_embed = nn.Linear(config.channels * p * p, width)
@@ -115,41 +118,43 @@ class MARLevel(Level):
         return self.norm(x)
 
     def neighbour_conds(self, h, rows, index):
-        """The five conditions of patches (rows[k], index[k]) of h (R, N, D) -> list of (K, D)."""
+        """The conditions of patches (rows[k], index[k]) of h (R, N, D) the next level reads -> list of (K, D)."""
         R, N, D = h.shape
         g = self.config.grid
         padded = F.pad(h.view(R, g, g, D), (0, 0, 1, 1, 1, 1))  # (R, g+2, g+2, D), zeros beyond the border
         r, c = index // g + 1, index % g + 1
-        return [padded[rows, r + dr, c + dc] for dr, dc in NEIGHBOURS]
+        return [padded[rows, r + dr, c + dc] for dr, dc in self.neighbours]
 
     def revealed_conds(self, patches, mask, conds, guide, first, valid=None):
-        """The five conditions of the revealed patches: list of (M, D), one row per valid (r, k) in row-major order.
+        """The conditions of the revealed patches the next level reads: list of (M, D), one row per valid (r, k)
+        in row-major order.
 
         first (R, K): each row's revealed positions in increasing order; valid (R, K): which of them
         are real (None: all; see revealed_positions). Equals neighbour_conds(hidden(...), rows, index)
         for those (row, position) pairs, with the last block computed only at the revealed patches
-        and their neighbours.
+        and the neighbours whose conditions are read.
         """
         wanted, inside = self.neighbour_positions(first)
-        h = self.hidden(patches, mask, conds, guide, wanted=wanted)  # (R, 5K, D)
-        h = h.view(h.shape[0], -1, len(NEIGHBOURS), h.shape[-1]) * inside[..., None]  # zeros beyond the border
-        h = h.flatten(0, 1) if valid is None else h[valid]  # (M, 5, D)
+        h = self.hidden(patches, mask, conds, guide, wanted=wanted)  # (R, nK, D)
+        h = h.view(h.shape[0], -1, len(self.neighbours), h.shape[-1]) * inside[..., None]  # zeros beyond the border
+        h = h.flatten(0, 1) if valid is None else h[valid]  # (M, n, D)
         return list(h.unbind(1))
 
     def neighbour_positions(self, first):
         """Where the conditions of the patches at positions first (B, K) come from.
 
-        Returns wanted (B, 5K): for each, its own position and those above, right, below and left
-        of it (position 0 beyond the border); inside (B, K, 5): whether that neighbour exists.
+        Returns wanted (B, nK) for the n conditions the next level reads: for each, its own position
+        and (n = 5) those above, right, below and left of it (position 0 beyond the border);
+        inside (B, K, n): whether that neighbour exists.
         """
         B, K = first.shape
-        g = self.config.grid
+        g, n = self.config.grid, len(self.neighbours)
         r, c = first // g, first % g
-        offsets = torch.tensor(NEIGHBOURS, device=first.device)  # (5, 2)
-        nr, nc = r[..., None] + offsets[:, 0], c[..., None] + offsets[:, 1]  # (B, K, 5)
+        offsets = torch.tensor(self.neighbours, device=first.device)  # (n, 2)
+        nr, nc = r[..., None] + offsets[:, 0], c[..., None] + offsets[:, 1]  # (B, K, n)
         inside = (nr >= 0) & (nr < g) & (nc >= 0) & (nc < g)
         wanted = torch.where(inside, nr * g + nc, 0)
-        return wanted.view(B, K * 5), inside
+        return wanted.view(B, K * n), inside
 
     def guide_values(self, x):
         """The patch's mean colour: raw mean (B, C) and its normalised value (what the token sees)."""
