@@ -185,7 +185,7 @@ class FractalModel(nn.Module):
         """Sample images; returns raw values (B, C, H, W) float and the log-probability of each value
         drawn (B, C, H, W) (0 where known; sum it for an image's log-probability). A `coder`
         (sampling.ValueCoder) chooses every value instead of the random draw (the lossless codec).
-        `compile`: decode steps through torch.compile (`sampling.compiled`).
+        `compile`: decode steps and MAR passes through torch.compile (`sampling.compiled`).
 
         `settings`: a SamplingSettings, built once by the caller (`settings.resolve_settings`);
         None takes the model's recommendation (`recommended`), else the defaults. Keyword `overrides`

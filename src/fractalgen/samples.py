@@ -85,9 +85,9 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     the (fractional) number of images generated so far. `precision`: fp32, bf16 (autocast; faster on
     GPUs and on CPUs with bf16 instructions, other images than fp32) or auto (bf16 on GPUs with native
     bf16, fp32 elsewhere; see nn/precision.py). `compile=True` runs the decode steps (the pixel
-    heads' channels, the AR levels' positions) through torch.compile (`sampling.compiled`: a C++
-    compiler on CPUs; the first batch of each shape compiles first, for seconds to a minute, so it
-    pays for long runs). `threads` (keyword): CPU threads for this call, 'auto', a number or None
+    heads' channels, the AR levels' positions) and the MAR levels' transformer passes through
+    torch.compile (`sampling.compiled`: a C++ compiler on CPUs; the first batch of each shape compiles
+    first, for seconds to minutes, so it pays for long runs). `threads` (keyword): CPU threads for this call, 'auto', a number or None
     (runtime.call_threads). Settings and the rest by position are deprecated.
     """
     given = legacy_overrides(legacy, "sample", LEGACY_ORDER, 5, cfg=cfg, cfg_schedule=cfg_schedule,

@@ -157,8 +157,8 @@ def compiled(method: Any, static: bool = False) -> Callable:
     On a CPU, inductor's C++ wrapper (calls without Python between kernels), at the SIMD width of the
     CPU kernels torch runs now (`cpu_options`); on CUDA, mode "reduce-overhead" (the step replayed as
     a CUDA graph). The first call compiles for its shapes (seconds to a minute); a call with other
-    shapes (MAR levels change their number of rows at every step) compiles once more, for any number
-    of rows, unless `static`: then once per shape (an AR level's step keeps its shapes for a whole
+    shapes (a MAR level's number of rows, or of revealed patches, changes from step to step) compiles
+    once more, for any number, unless `static`: then once per shape (an AR level's step keeps its shapes for a whole
     generation, and torch 2.13 fails to compile its cache writes for any number of rows). Later calls,
     and later processes through inductor's cache on disk, reuse them. Under a dispatch mode (torch's
     FLOP counter, say) the method runs as it is: torch.compile would skip its frames then and ever
@@ -200,7 +200,7 @@ class SampleContext:
     depth: int = 0  # the level sampling with this context; deeper levels get `deeper()`
     # Decode steps of this generation (weights laid out for one-token steps, caches), shared by every depth.
     decoders: dict = dataclasses.field(default_factory=dict)
-    compiled: bool = False  # decode steps through torch.compile (`compiled`)
+    compiled: bool = False  # decode steps and MAR passes through torch.compile (`compiled`)
 
     # ---- the settings at this depth ----
 

@@ -144,6 +144,31 @@ def test_the_ar_position_step_traces_as_one_graph_for_every_position():
     assert counter.frame_count == 1
 
 
+def _mar_pass_inputs(level, rows: int, revealed: int, g: torch.Generator):
+    """Inputs of a MAR level's `revealed_conds`: raw patches, a mask, conditions, and `revealed` positions per row."""
+    N, C, p = level.config.seq_len, level.channels, level.config.patch_size
+    patches = torch.randint(0, 256, (rows, N, C * p * p), generator=g).float()
+    mask = torch.rand(rows, N, generator=g) < 0.5
+    conds = [torch.randn(rows, level.config.cond_width, generator=g) for _ in range(level.num_conds)]
+    first = torch.rand(rows, N, generator=g).argsort(1)[:, :revealed].sort(1).values
+    return patches, mask, conds, None, first
+
+
+def test_the_mar_pass_traces_as_one_graph():
+    """What compile=True compiles for a MAR level: its transformer pass at the revealed patches, one graph
+    without breaks (no read back from the device), equal to the eager pass (dynamo's eager backend counts)."""
+    from torch._dynamo.testing import CompileCounter
+
+    level = tiny_model("tiny_mar", perturb=0.3).levels[0]
+    counter = CompileCounter()
+    traced = torch.compile(level.revealed_conds, fullgraph=True, backend=counter, dynamic=False)
+    with torch.no_grad():
+        inputs = _mar_pass_inputs(level, 4, 3, torch.Generator().manual_seed(0))
+        for a, e in zip(traced(*inputs), level.revealed_conds(*inputs), strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 1
+
+
 def test_compiled_steps_run_as_they_are_under_a_dispatch_mode(monkeypatch):
     """Under torch's FLOP counter (a dispatch mode) `compiled` hands back the method: compiling there would
     leave torch.compile skipping the steps for good (eager, at more than eager's cost)."""
@@ -160,7 +185,8 @@ def test_compiled_steps_run_as_they_are_under_a_dispatch_mode(monkeypatch):
 @pytest.mark.skipif(sys.platform == "win32" or _cpu_compiler_missing(),
                     reason="torch.compile on a CPU needs a C++ compiler (CXX, else g++; clang++ on macOS)")
 def test_compiled_pixel_loop_computes_what_the_eager_one_does():
-    """compile=True: the compiled channel loop draws what the eager one draws from the same uniforms. Its
+    """compile=True: the compiled channel loop draws what the eager one draws from the same uniforms; the
+    compiled AR position step and MAR pass compute what the eager ones do. Its
     kernels round differently, so a uniform within rounding of a boundary of the distribution function
     may draw the neighbouring value: all but a few of 64 pixels' draws must agree, with their
     log-probabilities; end to end, sample(compile=True) makes images."""
@@ -192,6 +218,14 @@ def test_compiled_pixel_loop_computes_what_the_eager_one_does():
     images = fractalgen.sample(model, labels=[1, 4], cfg=2.0, seed=5, threads=1, compile=True)
     assert images.shape == (2, model.config.channels, model.config.img_size, model.config.img_size)
     assert images.dtype == torch.uint8
+    # a MAR level's compiled transformer pass: the eager pass's conditions
+    mar = tiny_model("tiny_mar", perturb=0.3)
+    level = mar.levels[0]
+    with torch.no_grad():
+        inputs = _mar_pass_inputs(level, 6, 3, g)
+        for a, e in zip(fractalgen.sampling.compiled(level.revealed_conds)(*inputs), level.revealed_conds(*inputs),
+                        strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("capability, bits", [("DEFAULT", 1), ("AVX2", 256), ("AVX512", 512), ("SVE256", None)])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..config import LevelConfig
 from ..nn import ViTBlock, select_tokens
-from ..sampling import Known, SampleContext, coding_order, cosine_masked_after
+from ..sampling import Known, SampleContext, coding_order, compiled, cosine_masked_after
 from .base import Level, LevelOutput, NextLevel, Normalize, complete_conds, patchify, unpatchify
 from .pixel import PixelHead
 
@@ -251,6 +251,9 @@ class MARLevel(Level):
             orders = random_orders(B, N, device, ctx.generator, last=known_full)  # unknown tokens first
         steps = min(N, ctx.steps)
         schedule, on_step = ctx.schedule, ctx.level_on_step
+        revealed_conds = self.revealed_conds
+        if ctx.compiled and ctx.coder is None and known is None:  # (the codec's passes stay as they are everywhere)
+            revealed_conds = compiled(self.revealed_conds)  # fuses the norms, GELU and residual adds around the matmuls
         left = N  # with nothing given whole: tokens still masked in every row, known on the host
         for step in range(steps):
             if known_full is None:
@@ -276,7 +279,7 @@ class MARLevel(Level):
             if rows.numel():
                 if schedule is not None:  # level 0: guidance follows the fraction generated
                     guidance = schedule(ctx.guidance_scale, (total - keep).float() / total.clamp(min=1))
-                next_conds = self.revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
+                next_conds = revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
                                                  ctx.doubled(first), None if valid is None else ctx.doubled(valid))
                 next_known = None
                 if known_values is not None and known_mask is not None:
