@@ -87,8 +87,8 @@ def sample(model: FractalModel, labels: Sequence[int | str] | torch.Tensor | Non
     bf16, fp32 elsewhere; see nn/precision.py). `compile=True` runs the decode steps (the pixel
     heads' channels, the AR levels' positions) and the MAR levels' transformer passes through
     torch.compile (`sampling.compiled`: a C++ compiler on CPUs; the first batch of each shape compiles
-    first, for seconds to minutes, so it pays for long runs). `threads` (keyword): CPU threads for this call, 'auto', a number or None
-    (runtime.call_threads). Settings and the rest by position are deprecated.
+    first, for seconds to minutes, so it pays for long runs). `threads` (keyword): CPU threads for
+    this call, 'auto', a number or None (runtime.call_threads). Settings and the rest by position are deprecated.
     """
     given = legacy_overrides(legacy, "sample", LEGACY_ORDER, 5, cfg=cfg, cfg_schedule=cfg_schedule,
                              temperature=temperature, filter_threshold=filter_threshold, num_iter=num_iter,

@@ -92,9 +92,9 @@ def add_sample(sub):
                    "with --per-class and several classes, else a near-square grid)")
     p.add_argument("--scale", type=integer(1), help="enlarge each pixel of the grid this many times, nearest "
                    "neighbour (default: small images enlarged to a readable size)")
-    p.add_argument("--compile", action="store_true", help="compile the decode steps (pixel heads, AR levels) and MAR levels with "
-                   "torch.compile (needs a C++ compiler on a CPU; the first batch compiles first, so it pays "
-                   "for long runs)")
+    p.add_argument("--compile", action="store_true", help="compile the decode steps (pixel heads, AR levels) and "
+                   "MAR levels with torch.compile (needs a C++ compiler on a CPU; the first batch compiles first, so "
+                   "it pays for long runs)")
     add_runtime(p)
     add_json(p)
     p.set_defaults(func=run_sample)
