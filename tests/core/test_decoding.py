@@ -169,6 +169,26 @@ def test_the_mar_pass_traces_as_one_graph():
     assert counter.frame_count == 1
 
 
+def test_the_mar_pass_compiles_once_more_for_any_number_of_rows(monkeypatch):
+    """A MAR level's rows change from step to step: compiled, its pass is one graph for its first shapes and
+    one for any, even where eager runs the MLP in pieces of rows (inside torch.compile it runs whole)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from fractalgen.nn import blocks
+
+    level = tiny_model("tiny_mar", perturb=0.3).levels[0]
+    monkeypatch.setattr(blocks, "MLP_PIECE_ELEMENTS", 16 * level.blocks[0].mlp.fc1.out_features)  # 16 rows
+    counter = CompileCounter()
+    traced = torch.compile(level.revealed_conds, backend=counter)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for rows in (4, 6, 9, 13):
+            inputs = _mar_pass_inputs(level, rows, 2, g)
+            for a, e in zip(traced(*inputs), level.revealed_conds(*inputs), strict=True):
+                torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 2
+
+
 def test_compiled_steps_run_as_they_are_under_a_dispatch_mode(monkeypatch):
     """Under torch's FLOP counter (a dispatch mode) `compiled` hands back the method: compiling there would
     leave torch.compile skipping the steps for good (eager, at more than eager's cost)."""

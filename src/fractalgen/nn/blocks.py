@@ -75,7 +75,9 @@ class MLP(nn.Module):
         view, which an in-place dropout cannot write into cheaply (see nn/dropout.py)."""
         rows = x.flatten(0, -2)
         piece = max(1, MLP_PIECE_ELEMENTS // self.fc1.out_features)
-        if rows.shape[0] > piece and rows.device.type == "cpu" and not torch.is_grad_enabled():
+        # (not inside torch.compile: inductor plans its own buffers, and pieces would make the graph depend on M)
+        if (not torch.compiler.is_compiling() and not torch.is_grad_enabled() and rows.device.type == "cpu"
+                and rows.shape[0] > piece):
             return torch.cat([self._rows(part) for part in rows.split(piece)]).view(x.shape[:-1] + (-1,))
         return self._rows(rows).view(x.shape[:-1] + (-1,))
 
