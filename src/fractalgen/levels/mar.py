@@ -280,7 +280,7 @@ class MARLevel(Level):
                 if schedule is not None:  # level 0: guidance follows the fraction generated
                     guidance = schedule(ctx.guidance_scale, (total - keep).float() / total.clamp(min=1))
                 next_conds = revealed_conds(ctx.doubled(patches), ctx.doubled(mask), conds, guide,
-                                                 ctx.doubled(first), None if valid is None else ctx.doubled(valid))
+                                            ctx.doubled(first), None if valid is None else ctx.doubled(valid))
                 next_known = None
                 if known_values is not None and known_mask is not None:
                     next_known = Known(known_values[rows, index].view(-1, C, p, p),

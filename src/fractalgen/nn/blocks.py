@@ -57,9 +57,10 @@ class LlamaBlock(nn.Module):
 
 
 # Without gradients on a CPU, the MLP runs on pieces of rows whose hidden activations (rows x 4D)
-# hold at most this many elements (4 MiB in fp32). A whole MAR level's hidden activations are tens
-# of MB: allocated fresh at every block, their pages are faulted in and zeroed by the kernel every
-# time (about 240,000 page faults per 16 CIFAR samples, none in pieces); a piece's buffer is reused.
+# hold at most this many elements (4 MiB in fp32). Whole, a MAR level's hidden activations are a
+# fresh buffer of several MB at every block (9 MB for level 0 of cifar_mar sampling 16 images), whose
+# pages the kernel faults in and zeroes every time: about 240,000 page faults per 16 CIFAR samples,
+# none in pieces, whose smaller buffers the allocator reuses.
 MLP_PIECE_ELEMENTS = 2**20
 
 
