@@ -5,27 +5,30 @@
 
 Each model runs in a fresh process with inductor's cache pointed at a new, empty folder
 (`TORCHINDUCTOR_CACHE_DIR`), so nothing compiled earlier is reused. The process builds the preset
-(seeded weights) and samples 16 images (cfg 2.0 linear, 16 iterations per level, as
-`benchmarks.speed`) twice with compile=True: the first call compiles every graph, the second
-shows the cost of sampling once they exist. Needs the C++ compiler torch.compile runs on a CPU.
+(seeded weights) and samples 16 images (`benchmarks.speed`'s settings, 16 iterations per level)
+twice with compile=True: the first call compiles every graph, the second shows the cost of
+sampling once they exist. Needs the C++ compiler torch.compile runs on a CPU.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
+from .speed import SAMPLING
+
 CHILD = """
-import sys, time
+import json, sys, time
 import torch
 import fractalgen
 torch.set_num_threads(int(sys.argv[2]))
 torch.manual_seed(0)
 model = fractalgen.build(sys.argv[1]).eval()
-settings = dict(labels=[i % 10 for i in range(16)], cfg=2.0, cfg_schedule="linear", temperature=1.0,
-                filter_threshold=1e-4, num_iter=(16,) * model.config.num_levels, threads=None, compile=True)
+settings = dict(labels=[i % 10 for i in range(16)], num_iter=(16,) * model.config.num_levels, threads=None,
+                compile=True, **json.loads(sys.argv[3]))
 for _ in range(2):
     start = time.perf_counter()
     fractalgen.sample(model, **settings)
@@ -37,8 +40,8 @@ def first_calls(model: str, threads: int) -> list[str]:
     """Seconds of the first and second compiled call, in a fresh process with an empty compile cache."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        out = subprocess.run([sys.executable, "-c", CHILD, model, str(threads)], env=env, check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", CHILD, model, str(threads), json.dumps(SAMPLING)], env=env,
+                             check=True, capture_output=True, text=True)
     return out.stdout.split()
 
 

@@ -158,11 +158,11 @@ def compiled(method: Any, static: bool = False) -> Callable:
     CPU kernels torch runs now (`cpu_options`); on CUDA, mode "reduce-overhead" (the step replayed as
     a CUDA graph). The first call compiles for its shapes (seconds to a minute); a call with other
     shapes (a MAR level's number of rows, or of revealed patches, changes from step to step) compiles
-    once more, for any number, unless `static`: then once per shape (an AR level's step keeps its shapes for a whole
-    generation, and torch 2.13 fails to compile its cache writes for any number of rows). Later calls,
-    and later processes through inductor's cache on disk, reuse them. Under a dispatch mode (torch's
-    FLOP counter, say) the method runs as it is: torch.compile would skip its frames then and ever
-    after, running it eagerly at more than eager's cost.
+    once more, for any number, unless `static`: then once per shape (an AR level's step keeps its
+    shapes for a whole generation, and torch 2.13 fails to compile its cache writes for any number of
+    rows). Later calls, and later processes through inductor's cache on disk, reuse them. Under a
+    dispatch mode (torch's FLOP counter, say) the method runs as it is: torch.compile would skip its
+    frames then and ever after, running it eagerly at more than eager's cost.
     """
     if is_in_torch_dispatch_mode():
         return method
