@@ -14,7 +14,9 @@ off), and the benchmark stops if they differ: the comparison is like for like.
 Tasks: one AdamW training step (loss, backward, clip 3.0, step) at batch 32, dropout on, with
 one fixed draw of the MAR training masks given to both (the work per step depends on it);
 sampling 16 images (labels 0..9,0..5, cfg 2.0 linear, temperature 1.0, filter 1e-4,
-iterations 16,16), reported per image. Runs of the two implementations alternate (the
+iterations 16,16), reported per image. Ours samples eager (as `sample()` does by default) and
+with compile=True (its compilation in an untimed warm-up run first), each a row of its own against
+the same runs of theirs (`--ours-sampling` picks). Runs of the implementations alternate (the
 order flips every repetition) and each time is the best of `--reps`: on a shared machine
 the best run is the one least disturbed by other jobs; the process CPU time (best of the same
 runs) moves less with the load than wall time. GFLOP/s: each implementation's own
@@ -44,9 +46,14 @@ from torch.utils.flop_counter import FlopCounterMode
 import fractalgen
 from fractalgen.levels.mar import likelihood_mask, training_mask
 from fractalgen.nn import precision_context
+from fractalgen.sampling import CompilerMissing, check_cpu_compiler
 
 TARGETS = {("ar", "train"): 2.0, ("mar", "train"): 2.0, ("ar", "sample"): 3.5, ("mar", "sample"): 2.0}  # issue 27
 SAMPLING = {"cfg": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "filter_threshold": 1e-4}
+# Ours is timed as `sample()` runs by default (eager) and, for sampling, also with compile=True: each its own
+# row, against the same runs of theirs.
+OURS = {"eager": "ours", "compiled": "ours compiled"}
+WHAT = {"ours": "", "ours compiled": ", compile=True"}
 
 
 # ---- measurement helpers ---------------------------------------------------------------------
@@ -278,7 +285,8 @@ def sample_theirs(model, labels, num_iter, config, bf16: bool):
 # ---- one table per thread count ----------------------------------------------------------------
 
 def measure(models, tasks, args, threads):
-    """{(name, task): {"ours": Timing, "theirs": Timing}} measured with `threads` torch threads."""
+    """{(name, task): {"ours": Timing, "ours compiled": Timing, "theirs": Timing}} measured with `threads` torch
+    threads (training: ours eager only)."""
     torch.set_num_threads(threads)
     cells = {}
     for name, ours, theirs in models:
@@ -289,14 +297,15 @@ def measure(models, tasks, args, threads):
             # The same MAR training masks for both and for every step: the work per step depends on how
             # many patches are masked, and fresh draws would make it differ from run to run.
             masks = mar_masks(config, args.batch, train=True, seed=2)
-            runs = {"ours": train_step_ours(ours, images, labels, masks, args.ours_precision)}
+            runs = {OURS["eager"]: train_step_ours(ours, images, labels, masks, args.ours_precision)}
             if theirs is not None:
                 runs["theirs"] = train_step_theirs(theirs, images, labels, masks, config,
                                                    args.theirs_precision == "bf16")
             cells[name, "train"] = {k: (Timing(per=1), fn) for k, fn in runs.items()}
         if "sample" in tasks:
             labels = [i % config.num_classes for i in range(args.images)]
-            runs = {"ours": sample_ours(ours, labels, num_iter, args.ours_precision, args.ours_compile)}
+            runs = {OURS[mode]: sample_ours(ours, labels, num_iter, args.ours_precision, mode == "compiled")
+                    for mode in args.ours_sampling}
             if theirs is not None:
                 runs["theirs"] = sample_theirs(theirs, labels, num_iter, config, args.theirs_precision == "bf16")
             cells[name, "sample"] = {k: (Timing(per=args.images), fn) for k, fn in runs.items()}
@@ -309,10 +318,10 @@ def measure(models, tasks, args, threads):
             else:
                 timing.flops = count_flops(lambda fn=fn: fn(1)) * timing.per
             print(f"  {threads} thread(s): {name} {task} {who}: {timing.flops / 1e9:.1f} GFLOP per run", flush=True)
-            if who == "ours" and args.ours_compile and task == "sample":
+            if who == OURS["compiled"]:
                 start = time.perf_counter()
                 fn()  # compiles the graphs of the timed shapes (the FLOP count ran other ones)
-                print(f"  {threads} thread(s): {name} sampling ours: first run with compilation "
+                print(f"  {threads} thread(s): {name} sampling {who}: first run with compilation "
                       f"{time.perf_counter() - start:.1f} s", flush=True)
     for rep in range(args.reps):
         for (name, task), runs in cells.items():
@@ -332,27 +341,31 @@ def table(results, peaks, batch: int) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for threads, cells in results.items():
-        for (name, task), t in cells.items():
-            unit = "s/step" if task == "train" else "s/image"
-            what = f"training step, batch {batch}" if task == "train" else "sampling"
-            ours, theirs = t["ours"], t.get("theirs")
-            peak = peaks[threads]
-            if theirs is None:
-                rows.append(f"| {name} | {what} | {threads} | - | {ours.best:.3f} {unit} | - "
-                            f"| - / {min(ours.cpu_seconds):.3f} s | {ours.gflops():.1f} "
-                            f"| {ours.limit(peak):.3f} {unit} | {ours.gflops() / peak:.0%} "
-                            f"| {max(ours.peak_mib):.0f} MiB |")
-                continue
-            ratio = theirs.best / ours.best
-            rows.append(
-                f"| {name} | {what} | {threads} | {theirs.best:.3f} {unit} | {ours.best:.3f} {unit} "
-                f"| {ratio:.2f}x ({TARGETS[name.rsplit('_', 1)[1], task]:g}x) "
-                f"| {min(theirs.cpu_seconds):.3f} / {min(ours.cpu_seconds):.3f} s "
-                f"| {theirs.gflops():.1f} / {ours.gflops():.1f} "
-                f"| {theirs.limit(peak):.3f} / {ours.limit(peak):.3f} {unit} "
-                f"| {theirs.gflops() / peak:.0%} / {ours.gflops() / peak:.0%} "
-                f"| {max(theirs.peak_mib):.0f} / {max(ours.peak_mib):.0f} MiB |")
+        for (name, task), timings in cells.items():
+            for who in OURS.values():
+                if who in timings:
+                    rows.append(table_row(name, task, threads, timings[who], timings.get("theirs"), peaks[threads],
+                                          batch, WHAT[who]))
     return "\n".join(rows)
+
+
+def table_row(name: str, task: str, threads: int, ours: Timing, theirs: Timing | None, peak: float, batch: int,
+              how: str) -> str:
+    unit = "s/step" if task == "train" else "s/image"
+    what = f"training step, batch {batch}" if task == "train" else "sampling" + how
+    if theirs is None:
+        return (f"| {name} | {what} | {threads} | - | {ours.best:.3f} {unit} | - "
+                f"| - / {min(ours.cpu_seconds):.3f} s | {ours.gflops():.1f} "
+                f"| {ours.limit(peak):.3f} {unit} | {ours.gflops() / peak:.0%} "
+                f"| {max(ours.peak_mib):.0f} MiB |")
+    ratio = theirs.best / ours.best
+    return (f"| {name} | {what} | {threads} | {theirs.best:.3f} {unit} | {ours.best:.3f} {unit} "
+            f"| {ratio:.2f}x ({TARGETS[name.rsplit('_', 1)[1], task]:g}x) "
+            f"| {min(theirs.cpu_seconds):.3f} / {min(ours.cpu_seconds):.3f} s "
+            f"| {theirs.gflops():.1f} / {ours.gflops():.1f} "
+            f"| {theirs.limit(peak):.3f} / {ours.limit(peak):.3f} {unit} "
+            f"| {theirs.gflops() / peak:.0%} / {ours.gflops() / peak:.0%} "
+            f"| {max(theirs.peak_mib):.0f} / {max(ours.peak_mib):.0f} MiB |")
 
 
 def parse_args(argv=None):
@@ -367,9 +380,10 @@ def parse_args(argv=None):
     p.add_argument("--num-iter", type=int, default=16, help="sampling iterations at every level")
     p.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: ours with precision bf16 (as `fractalgen train/sample --precision bf16`)")
-    p.add_argument("--ours-compile", action="store_true",
-                   help="ours samples with compile=True (the decode steps through torch.compile); "
-                   "compilation happens in an untimed warm-up run, whose time is printed")
+    p.add_argument("--ours-sampling", nargs="+", choices=list(OURS), default=list(OURS),
+                   help="how ours samples: eager (sample()'s default) and/or compiled (compile=True; compilation "
+                   "happens in an untimed warm-up run, whose time is printed), each timed in the same "
+                   "interleaved runs as theirs")
     p.add_argument("--theirs-precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: their torch.cuda.amp.autocast mapped to CPU bf16 autocast; fp32: a no-op, as on a "
                         "CPU their code runs")
@@ -378,6 +392,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if "compiled" in args.ours_sampling and "sample" in args.tasks:
+        try:
+            check_cpu_compiler()
+        except CompilerMissing as e:
+            print(f"ours compiled is not timed: {e}", flush=True)
+            args.ours_sampling = [mode for mode in args.ours_sampling if mode != "compiled"]
     reference = None
     if args.reference:
         from . import reference as ref_module
@@ -417,7 +437,7 @@ def main(argv=None):
           f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs")
     print(f"precision: authors' code {args.theirs_precision}, fractalgen {args.ours_precision}"
           + ("" if args.ours_precision == args.theirs_precision else " (NOT the same precision)")
-          + ("; fractalgen samples with compile=True" if args.ours_compile else "") + "\n")
+          + "; fractalgen samples " + " and ".join(args.ours_sampling) + "\n")
     print(table(results, peaks, args.batch))
     return 0
 

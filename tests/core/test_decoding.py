@@ -79,6 +79,22 @@ def test_decode_steps_at_tensor_positions_equal_the_blocks():
         assert not torch.allclose(vit_step(x[:, 1], positions[1]), stepped_vit[:, 1], atol=1e-3)
 
 
+def test_the_first_position_takes_its_own_value_exactly():
+    """At position 0 a step has one slot to attend to: its weight is exactly 1, and the step takes the value
+    as it is (no product, no softmax). The same bits as the written-out attention over every slot."""
+    torch.manual_seed(0)
+    R, T, D, H = 3, 5, 32, 4
+    x = torch.randn(R, D)
+    llama, vit = LlamaBlock(D, H, 0.0, 0.0).eval(), ViTBlock(D, H).eval()
+    turns = rotary_turns(rotary_table_2d(2, D // H, num_prefix=1))
+    with torch.no_grad():
+        for block, step, turn in ((llama, LlamaStep, turns[0]), (vit, ViTStep, None)):
+            shortcut, written_out = step(block, R, T), step(block, R, T)
+            args = () if turn is None else (turn,)
+            real_args = () if turn is None else (torch.view_as_real(turn),)
+            assert torch.equal(shortcut(x, 0, *args), written_out(x, torch.tensor([0]), *real_args))
+
+
 def test_projection_is_the_linear_layer():
     linear = torch.nn.Linear(7, 5)
     x = torch.randn(4, 7)
