@@ -437,7 +437,7 @@ def main(argv=None):
           f"filter 1e-4, iterations {args.num_iter} per level; best of {args.reps} interleaved runs")
     print(f"precision: authors' code {args.theirs_precision}, fractalgen {args.ours_precision}"
           + ("" if args.ours_precision == args.theirs_precision else " (NOT the same precision)")
-          + "; fractalgen samples " + " and ".join(args.ours_sampling) + "\n")
+          + ("; fractalgen samples " + " and ".join(args.ours_sampling) if "sample" in args.tasks else "") + "\n")
     print(table(results, peaks, args.batch))
     return 0
 
