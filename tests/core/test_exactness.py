@@ -175,3 +175,23 @@ def test_mlp_in_pieces_equals_the_whole(monkeypatch):
     with_grad = mlp(x)
     assert calls == [210] and with_grad.requires_grad
     torch.testing.assert_close(with_grad.detach(), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_mlp_without_gradients_computes_gelu_in_place_to_the_same_bits():
+    """Without gradients GELU overwrites fc1's fresh output: the same bits as F.gelu, the input untouched,
+    and with gradients its backward still gets the input it reads."""
+    from fractalgen.nn import blocks
+
+    torch.manual_seed(0)
+    mlp = blocks.MLP(32, 128, dropout=0.0).eval()
+    x = torch.randn(70, 32)
+    kept = x.clone()
+    reference = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x))).detach()
+    with torch.no_grad():
+        assert torch.equal(mlp(x), reference)
+    assert torch.equal(x, kept)
+    y = x.clone().requires_grad_()
+    mlp(y).sum().backward()
+    y_ref = x.clone().requires_grad_()
+    mlp.fc2(torch.nn.functional.gelu(mlp.fc1(y_ref))).sum().backward()
+    assert torch.equal(y.grad, y_ref.grad)

@@ -83,7 +83,12 @@ class MLP(nn.Module):
         return self._rows(rows).view(x.shape[:-1] + (-1,))
 
     def _rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(rows)))))
+        hidden = self.fc1(rows)
+        # Without gradients GELU overwrites its input (the same values, one fewer fresh buffer of the MLP's
+        # widest activations: a MAR level-1 pass of cifar_mar sampling about 10% faster); with them its
+        # backward reads the input.
+        hidden = torch.ops.aten.gelu_(hidden) if not torch.is_grad_enabled() else F.gelu(hidden)
+        return self.drop(self.fc2(self.drop(hidden)))
 
 
 class LayerNorm(nn.LayerNorm):
