@@ -75,19 +75,19 @@ class MLP(nn.Module):
         """x (..., D) -> (..., D). Computed on rows (M, D): a linear layer's output on a 3-D input is a
         view, which an in-place dropout cannot write into cheaply (see nn/dropout.py)."""
         rows = x.flatten(0, -2)
+        no_grad = not torch.is_grad_enabled()
         piece = max(1, MLP_PIECE_ELEMENTS // self.fc1.out_features)
         # (not inside torch.compile: inductor plans its own buffers, and pieces would make the graph depend on M)
-        if (not torch.compiler.is_compiling() and not torch.is_grad_enabled() and rows.device.type == "cpu"
-                and rows.shape[0] > piece):
-            return torch.cat([self._rows(part) for part in rows.split(piece)]).view(x.shape[:-1] + (-1,))
-        return self._rows(rows).view(x.shape[:-1] + (-1,))
+        if no_grad and not torch.compiler.is_compiling() and rows.device.type == "cpu" and rows.shape[0] > piece:
+            return torch.cat([self._rows(part, no_grad) for part in rows.split(piece)]).view(x.shape[:-1] + (-1,))
+        return self._rows(rows, no_grad).view(x.shape[:-1] + (-1,))
 
-    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+    def _rows(self, rows: torch.Tensor, gelu_in_place: bool) -> torch.Tensor:
         hidden = self.fc1(rows)
         # Without gradients GELU overwrites its input (the same values, one fewer fresh buffer of the MLP's
         # widest activations: a MAR level-1 pass of cifar_mar sampling about 10% faster); with them its
         # backward reads the input.
-        hidden = torch.ops.aten.gelu_(hidden) if not torch.is_grad_enabled() else F.gelu(hidden)
+        hidden = torch.ops.aten.gelu_(hidden) if gelu_in_place else F.gelu(hidden)
         return self.drop(self.fc2(self.drop(hidden)))
 
 
